@@ -1,0 +1,110 @@
+"""Evaluation helpers: the unbiased pass@k estimator, pass@k curves, and saving them as JSON and PNG.
+
+pass@k is the chance that at least one of k samples drawn (without replacement) from the n samples we
+generated for a problem is correct. With c correct samples out of n, the unbiased estimator is
+(Chen et al. 2021, "Evaluating Large Language Models Trained on Code", arXiv 2107.03374):
+
+    pass@k = 1 - C(n - c, k) / C(n, k)
+
+which we compute as a product of k-free factors so that large n (e.g. 1000) never overflows.
+"""
+
+import json
+import math
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass@k for one problem with `c` correct out of `n` samples.
+
+    Computes 1 - C(n-c, k) / C(n, k) as 1 - prod_{i=n-c+1}^{n} (1 - k/i), which stays finite for any n.
+    Returns 1.0 when n - c < k (every k-subset contains a correct sample).
+
+    >>> pass_at_k(n=4, c=1, k=1)
+    0.25
+    >>> pass_at_k(n=4, c=1, k=2)  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+    0.5
+    >>> pass_at_k(n=4, c=3, k=2)
+    1.0
+    """
+    if n < 1 or c < 0 or k < 1:
+        raise ValueError(f"pass_at_k needs n >= 1, c >= 0, k >= 1; got n={n}, c={c}, k={k}")
+    if c > n:
+        raise ValueError(f"pass_at_k: more correct samples than samples (c={c} > n={n})")
+    if k > n:
+        raise ValueError(f"pass_at_k: cannot draw k={k} samples out of n={n}; generate at least k samples")
+    if n - c < k:
+        return 1.0
+    prob_all_wrong = math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+    return 1.0 - prob_all_wrong
+
+
+def default_ks(n: int) -> list[int]:
+    """The k values of a pass@k curve: powers of two up to n, plus n itself.
+
+    >>> default_ks(8)
+    [1, 2, 4, 8]
+    >>> default_ks(10)
+    [1, 2, 4, 8, 10]
+    """
+    if n < 1:
+        raise ValueError(f"default_ks needs n >= 1 samples per problem; got n={n}")
+    ks = [2**j for j in range(n.bit_length())]
+    if ks[-1] != n:
+        ks.append(n)
+    return ks
+
+
+def pass_at_k_curve(correct_counts: list[int], n: int, ks: list[int] | None = None) -> dict[int, float]:
+    """Mean pass@k over problems, for each k in `ks` (default: 1, 2, 4, ..., n).
+
+    `correct_counts[j]` is the number of correct samples among the `n` generated for problem j.
+
+    >>> pass_at_k_curve([0, 2], n=2)  # problem 0 never solved, problem 1 always
+    {1: 0.5, 2: 0.5}
+    >>> pass_at_k_curve([1, 1], n=2)
+    {1: 0.5, 2: 1.0}
+    """
+    if not correct_counts:
+        raise ValueError("pass_at_k_curve: correct_counts is empty (no problems were evaluated)")
+    ks = default_ks(n) if ks is None else ks
+    return {k: sum(pass_at_k(n, c, k) for c in correct_counts) / len(correct_counts) for k in ks}
+
+
+def save_pass_at_k(
+    curves: dict[str, dict[int, float]], json_path: str | Path, png_path: str | Path, title: str = ""
+) -> None:
+    """Write pass@k curves (name -> {k: pass@k}) to a JSON file and a PNG plot with a log2 x-axis.
+
+    The JSON keeps the same shape, with k as a string key (JSON objects only have string keys):
+    `{"base": {"1": 0.31, "2": 0.45}, "grpo": {...}}`.
+
+    >>> save_pass_at_k({"base": {1: 0.3, 2: 0.5}}, "out/pass_at_k.json", "out/pass_at_k.png")  # doctest: +SKIP
+    """
+    json_path, png_path = Path(json_path), Path(png_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    as_json = {name: {str(k): value for k, value in curve.items()} for name, curve in curves.items()}
+    json_path.write_text(json.dumps(as_json, indent=2) + "\n")
+
+    # Figure + Agg canvas directly (no pyplot): works headless and never touches global matplotlib state.
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, curve in curves.items():
+        ks = sorted(curve)
+        ax.plot(ks, [curve[k] for k in ks], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # "1 2 4 8", not "2^0 2^1 2^2 2^3"
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("pass@k")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)

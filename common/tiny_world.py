@@ -1,0 +1,363 @@
+"""The tiny built-in world: a seeded arithmetic task, a character tokenizer and a small Qwen2 policy.
+
+Everything here is built locally (no downloads) so that every algorithm runs, and learns, on a laptop CPU:
+
+* **Task.** Multi-step arithmetic written like a math problem, answered in ``\\boxed{}``:
+
+      Compute 23+7-5.            ->   23+7=30
+                                      30-5=25
+                                      \\boxed{25}
+
+  Three difficulty tiers (the ``category`` of each example), usable as curriculum categories:
+  ``easy`` (two steps of + and -), ``medium`` (three steps of + and -) and ``hard`` (a product by a
+  small number, e.g. ``Compute (12+9)*3-4.``). The problems need written working: the model has no
+  way to produce the answer except by carrying each intermediate result forward.
+* **Tokenizer.** One token per character (printable ASCII plus newline) and the special tokens of the
+  Qwen2.5 family (``<|endoftext|>`` is both EOS and padding, as in Qwen2.5-Math, so the code must keep
+  an explicit completion mask), saved with a chat template in the Hugging Face format.
+* **Model.** A ``Qwen2ForCausalLM`` of about two million parameters, saved with ``save_pretrained``,
+  so the scripts load it exactly as they load ``Qwen/Qwen2.5-Math-1.5B``.
+* **Warm-up.** A short supervised run on worked solutions of which a share contain one plausible
+  *slip* (an intermediate result off by one, carried forward consistently). The base policy therefore
+  knows the method but is unreliable: sampled at temperature 1 it solves some problems, and solves
+  many more given several tries, which is what RL sharpens. The warm-up mix also contains the formats
+  later methods need: a *hinted* prompt that states the answer and asks for the working (ExPO's
+  self-explanations; hinted solutions never slip) and a prompt that asks for a ``<confidence>`` tag
+  (RLCR).
+
+``build_tiny_world()`` does all of this once and caches the result under ``cache/`` (see ``world_dir``);
+the model path ``"tiny"`` in every script resolves to it. The measured pass@k of the base policy is
+written next to the weights in ``world_card.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+WORLD_VERSION = "v1"
+TIERS = ("easy", "medium", "hard")
+HINT_TEMPLATE = "{question} The answer is {answer}. Show the working."
+CONFIDENCE_SUFFIX = " State your confidence."
+
+# --------------------------------------------------------------------------------------------------
+# Task: problems, worked solutions and the train/test split
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str  # "Compute 23+7-5."
+    answer: int  # 25
+    category: str  # "easy" | "medium" | "hard"
+    steps: tuple[tuple[str, str, int], ...]  # ((left, op, right), ...) applied left to right, e.g. (("23","+",7), ("30","-",5))
+
+
+def _apply(value: int, op: str, operand: int) -> int:
+    return {"+": value + operand, "-": value - operand, "*": value * operand}[op]
+
+
+def sample_problem(rng: random.Random, category: str) -> Problem:
+    """Draw one problem of a tier. Intermediate results stay in 0..99 so every step is a
+    two-digit-by-one-digit operation.
+
+    >>> p = sample_problem(random.Random(0), "easy"); p.question.startswith("Compute "), p.category
+    (True, 'easy')
+    """
+    while True:
+        if category == "hard":
+            value = rng.randint(2, 30)
+            first = ("+", rng.randint(1, 9)) if rng.random() < 0.5 else ("-", rng.randint(1, 9))
+            ops = [first, ("*", rng.randint(2, 4)), (rng.choice("+-"), rng.randint(1, 9))]
+        else:
+            num_ops = 2 if category == "easy" else 3
+            value = rng.randint(10, 60)
+            ops = [(rng.choice("+-"), rng.randint(1, 9)) for _ in range(num_ops)]
+        start, steps, ok = value, [], True
+        for op, operand in ops:
+            new = _apply(value, op, operand)
+            ok = ok and 0 <= new <= 99
+            steps.append((value, op, operand))
+            value = new
+        if not ok:
+            continue
+        if category == "hard":
+            question = f"Compute ({start}{ops[0][0]}{ops[0][1]})*{ops[1][1]}{ops[2][0]}{ops[2][1]}."
+        else:
+            question = "Compute " + str(start) + "".join(f"{op}{x}" for op, x in ops) + "."
+        return Problem(question, value, category, tuple(steps))
+
+
+def is_test_question(question: str) -> bool:
+    """Deterministic held-out split: one question in ten (by hash) is reserved for evaluation."""
+    return int(hashlib.sha256(question.encode()).hexdigest(), 16) % 10 == 0
+
+
+def generate_problems(num: int, split: str, seed: int, categories: tuple[str, ...] = TIERS) -> list[Problem]:
+    """``num`` distinct problems of ``split`` ("train" or "test"), cycling through the categories."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    rng = random.Random(f"tiny-{split}-{seed}")
+    seen, out = set(), []
+    for i in range(num * 200):
+        if len(out) == num:
+            break
+        p = sample_problem(rng, categories[len(out) % len(categories)])
+        if p.question in seen or is_test_question(p.question) != (split == "test"):
+            continue
+        seen.add(p.question)
+        out.append(p)
+    else:  # pragma: no cover - the problem space is far larger than any split we ask for
+        raise RuntimeError(f"could only draw {len(out)} distinct {split} problems")
+    return out
+
+
+def worked_solution(problem: Problem, rng: random.Random | None = None, slip_rate: float = 0.0) -> str:
+    """The written working, one line per step, then the boxed result.
+
+    With probability ``slip_rate`` per step the result is off by one; later steps carry the slip,
+    so the working stays internally consistent but the final answer is wrong.
+
+    >>> p = Problem("Compute 23+7-5.", 25, "easy", ((23, "+", 7), (30, "-", 5)))
+    >>> worked_solution(p)
+    '23+7=30\\n30-5=25\\n\\\\boxed{25}'
+    """
+    lines, value = [], problem.steps[0][0]
+    for _, op, operand in problem.steps:
+        result = _apply(value, op, operand)
+        if rng is not None and rng.random() < slip_rate:
+            result = max(0, result + rng.choice((-1, 1)))
+        lines.append(f"{value}{op}{operand}={result}")
+        value = result
+    lines.append(f"\\boxed{{{value}}}")
+    return "\n".join(lines)
+
+
+def tiny_examples(split: str = "train", num: int | None = None, seed: int = 0) -> list[dict]:
+    """Rows for ``common.data``: ``{"question", "answer", "category"}``. Default sizes: 3,000 train
+    problems, 300 test problems (100 per tier)."""
+    num = num if num is not None else (3000 if split == "train" else 300)
+    return [
+        {"question": p.question, "answer": str(p.answer), "category": p.category}
+        for p in generate_problems(num, split, seed)
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizer and model
+# --------------------------------------------------------------------------------------------------
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|unk|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def build_tokenizer():
+    """A character-level ``PreTrainedTokenizerFast``: one token per printable ASCII character or
+    newline, plus Qwen-style special tokens. EOS and padding are both ``<|endoftext|>``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = ["\n"] + [chr(c) for c in range(32, 127)]
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + chars)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|unk|>",
+        padding_side="left",
+        model_max_length=512,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@dataclass
+class WorldConfig:
+    """Sizes and warm-up settings of the tiny world (recorded in ``world_card.json``)."""
+
+    hidden_size: int = 192
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    warmup_steps: int = 1200
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    slip_rate: float = 0.25
+    tier_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
+    hint_share: float = 0.1
+    confidence_share: float = 0.1
+    num_train_problems: int = 20000
+    seed: int = 0
+
+
+def build_model(tokenizer, cfg: WorldConfig):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+# --------------------------------------------------------------------------------------------------
+# Warm-up (supervised) and the build entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def warmup_pairs(cfg: WorldConfig) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs for the supervised warm-up, prompts in the "plain" template."""
+    rng = random.Random(f"tiny-warmup-{cfg.seed}")
+    problems = []
+    pools = {c: generate_problems(cfg.num_train_problems // 3, "train", cfg.seed + 1, (c,)) for c in TIERS}
+    for _ in range(cfg.num_train_problems):
+        problems.append(rng.choice(pools[rng.choices(TIERS, weights=cfg.tier_weights)[0]]))
+    pairs = []
+    for p in problems:
+        u = rng.random()
+        if u < cfg.hint_share:  # ExPO-style hinted prompt: the working is always right
+            question = HINT_TEMPLATE.format(question=p.question, answer=p.answer)
+            pairs.append((question + "\n", worked_solution(p)))
+        elif u < cfg.hint_share + cfg.confidence_share:  # RLCR-style confidence tag (uninformative)
+            solution = worked_solution(p, rng, cfg.slip_rate)
+            conf = rng.choice([0.2, 0.4, 0.6, 0.8])
+            pairs.append((p.question + CONFIDENCE_SUFFIX + "\n", f"{solution}\n<confidence>{conf}</confidence>"))
+        else:
+            pairs.append((p.question + "\n", worked_solution(p, rng, cfg.slip_rate)))
+    return pairs
+
+
+def warmup(model, tokenizer, cfg: WorldConfig, log_every: int = 100) -> list[float]:
+    """Supervised fine-tuning on completion tokens (EOS included), AdamW with cosine decay."""
+    import torch
+
+    pairs = warmup_pairs(cfg)
+    eos = tokenizer.eos_token_id
+    encoded = [
+        (tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(c, add_special_tokens=False)["input_ids"] + [eos])
+        for p, c in pairs
+    ]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
+    warm = max(1, cfg.warmup_steps // 20)
+
+    def lr_at(step):
+        if step < warm:
+            return (step + 1) / warm
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, cfg.warmup_steps - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    gen = random.Random(f"tiny-batches-{cfg.seed}")
+    model.train()
+    losses, start = [], time.time()
+    for step in range(cfg.warmup_steps):
+        batch = gen.sample(encoded, cfg.batch_size)
+        width = max(len(p) + len(c) for p, c in batch)
+        ids = torch.full((len(batch), width), eos, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, (p, c) in enumerate(batch):  # right padding for training
+            seq = p + c
+            ids[i, : len(seq)] = torch.tensor(seq)
+            labels[i, len(p) : len(seq)] = torch.tensor(c)
+            attn[i, : len(seq)] = 1
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if (step + 1) % log_every == 0 or step == 0:
+            rate = (step + 1) / (time.time() - start)
+            eta = (cfg.warmup_steps - step - 1) / rate
+            print(
+                f"  warm-up step {step + 1}/{cfg.warmup_steps}  loss {sum(losses[-log_every:]) / len(losses[-log_every:]):.3f}"
+                f"  ({rate:.1f} steps/s, ~{eta:.0f}s left)",
+                file=sys.stderr,
+                flush=True,
+            )
+    model.eval()
+    return losses
+
+
+def world_dir() -> Path:
+    """Where the tiny world is cached: ``$RLVR_CACHE_DIR/tiny-world-<version>`` (default: ``cache/`` at
+    the repository root)."""
+    root = Path(os.environ.get("RLVR_CACHE_DIR", Path(__file__).resolve().parent.parent / "cache"))
+    return root / f"tiny-world-{WORLD_VERSION}"
+
+
+def build_tiny_world(force: bool = False, cfg: WorldConfig | None = None, measure: bool = True) -> Path:
+    """Build (or reuse) the tiny world and return the directory holding the model and tokenizer.
+
+    The directory appears atomically: it is written under a temporary name and renamed at the end,
+    so an interrupted build is simply redone next time.
+    """
+    import torch
+
+    cfg = cfg or WorldConfig()
+    out = world_dir()
+    if (out / "world_card.json").exists() and not force:
+        return out
+    print(f"Building the tiny world in {out} (once; cached afterwards)...", file=sys.stderr, flush=True)
+    start = time.time()
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, cfg)
+    num_params = sum(p.numel() for p in model.parameters())
+    print(f"  model: Qwen2, {num_params / 1e6:.2f}M parameters; vocab {len(tokenizer)}", file=sys.stderr)
+    losses = warmup(model, tokenizer, cfg)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    card = {
+        "version": WORLD_VERSION,
+        "config": asdict(cfg),
+        "num_parameters": num_params,
+        "final_warmup_loss": sum(losses[-50:]) / len(losses[-50:]),
+        "build_seconds": round(time.time() - start, 1),
+    }
+    if measure:
+        card["base_policy"] = measure_base_policy(tmp)
+    (tmp / "world_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    print(f"  tiny world ready in {time.time() - start:.0f}s: {out}", file=sys.stderr, flush=True)
+    return out
+
+
+def measure_base_policy(model_dir: Path, n: int = 16, num_problems: int = 300) -> dict:
+    """pass@k (k = 1..n) of the warmed-up policy on held-out problems, overall and per tier."""
+    from common.evaluate import evaluate_policy
+    from common.model import load_policy
+
+    model, tokenizer = load_policy(str(model_dir))
+    examples = tiny_examples("test", num_problems)
+    return evaluate_policy(model, tokenizer, examples, n=n, template="plain", max_new_tokens=48, temperature=1.0)

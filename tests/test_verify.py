@@ -1,0 +1,355 @@
+"""Tests for common/verify.py: extraction, normalization, equivalence, timeouts, threads, batches."""
+
+import threading
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common.verify import (
+    Verifier,
+    VerifyResult,
+    extract_answer,
+    gold_is_usable,
+    normalize_gold,
+    parse_tag,
+    verify,
+)
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    with Verifier(timeout=2.0, num_workers=2) as shared:
+        yield shared
+
+
+# ----------------------------------------------------------------------------------------------
+# extract_answer
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"so the answer is \boxed{\frac{1}{2}}.", r"\frac{1}{2}"),  # nested braces
+        (r"\boxed{\left\{1, 2\right\}}", r"\left\{1, 2\right\}"),  # escaped braces do not count
+        (r"\boxed{ 42 }", "42"),
+        (r"the answer is $\boxed 5$.", "5"),  # no braces
+        (r"\fbox{3}", "3"),
+        (r"first \boxed{7}, no wait, \boxed{8}", "8"),  # the last box counts
+        (r"\boxed{7} and the final count is 9", "7"),  # a box beats a later plain number
+        ("She pays 3 * 24 = 72 dollars.\n#### 72", "72"),  # GSM8K
+        ("#### 1\n#### 2\nthat's all", "2"),
+        ("#### Step 1\nadd 3 and 4 to get 7\n#### Final answer\nIt is 7.", "7"),  # markdown headings
+        ("so x = -3", "-3"),  # fallback: the last plain number
+        ("so x = \u22123", "-3"),  # unicode minus
+        ("It costs $1,234 in total.", "1234"),  # thousands separator
+        ("it is 0.5 or maybe 3/4", "3/4"),
+        ("10-5 = 5 apples, 2.5 each", "2.5"),  # "10-5" is not "-5"
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I do not know.",
+        r"\boxed{}",  # empty box
+        r"\boxed{   }",  # whitespace-only box
+        r"the answer is 5, so \boxed{}",  # an empty last box is not rescued by an earlier number
+        r"\boxed{7} and then \boxed{",  # unclosed (truncated) last box: not parsed, no earlier box
+        r"\boxed{\frac{1}{2}",
+        "#### ",
+        "#### Final answer",
+    ],
+)
+def test_extract_answer_not_parsed(text):
+    assert extract_answer(text) is None
+
+
+def test_extract_answer_fallback_disabled():
+    assert extract_answer("the answer is 12", fallback=False) is None
+    assert extract_answer(r"\boxed{12}", fallback=False) == "12"
+    assert extract_answer("#### 12", fallback=False) == "12"
+
+
+# ----------------------------------------------------------------------------------------------
+# parse_tag
+# ----------------------------------------------------------------------------------------------
+
+
+def test_parse_tag():
+    text = "<confidence>0.2</confidence> hmm <confidence>\n 0.9 \n</confidence> done"
+    assert parse_tag(text, "confidence") == "0.9"  # the last tag wins, content stripped
+    assert parse_tag("<confidence></confidence>", "confidence") == ""
+    assert parse_tag("no tag", "confidence") is None
+    assert parse_tag("<confidence>0.5", "confidence") is None  # unclosed
+    assert parse_tag("<answer>4</answer>", "confidence") is None
+
+
+# ----------------------------------------------------------------------------------------------
+# normalize_gold and gold_is_usable
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gold", "expected"),
+    [
+        ("72", "72"),
+        ("$18$", "18"),
+        ("\\$18", "18"),
+        ("1,000", "1000"),
+        ("#### 1,072", "1072"),
+        ("Natalia sold 48/2 = 24 clips.\n#### 72", "72"),  # a whole GSM8K answer field
+        (r"$\boxed{\dfrac{1}{2}}$", r"\frac{1}{2}"),
+        (r"so the area is $\boxed{12\pi}$.", r"12\pi"),  # a whole MATH solution
+        (r"18\%", "18"),  # the percent sign is dropped, the number is kept
+        (r"\text{13}", "13"),
+        (r"\text{(B)}", "(B)"),
+        ("\u22123", "-3"),
+        ("(1,234)", "(1,234)"),  # not a bare number: the comma stays
+        ("", None),
+        ("   ", None),
+        ("$$", None),
+        (r"\boxed{}", None),
+    ],
+)
+def test_normalize_gold(gold, expected):
+    assert normalize_gold(gold) == expected
+    if expected is not None:  # data loaders store normalized golds; verify() normalizes again
+        assert normalize_gold(expected) == expected
+
+
+def test_gold_is_usable():
+    assert gold_is_usable("72")
+    assert gold_is_usable("#### 1,072")
+    assert gold_is_usable(r"\frac{\pi}{2}")  # needs math-verify
+    assert gold_is_usable(r"\text{(B)}")
+    assert not gold_is_usable("")
+    assert not gold_is_usable("  ")
+    assert not gold_is_usable(r"\boxed{}")
+    assert not gold_is_usable("???")  # garbage: math-verify finds no expression
+    assert not gold_is_usable(r"\frac{1}{")
+
+
+# ----------------------------------------------------------------------------------------------
+# verify: known right and wrong answers
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold"),
+    [
+        (r"\boxed{0.5}", r"\frac{1}{2}"),
+        (r"\boxed{\dfrac{1}{2}}", r"\frac{1}{2}"),
+        (r"\boxed{\tfrac12}", "0.5"),
+        (r"\boxed{\frac12}", r"\frac{1}{2}"),
+        (r"\boxed{1/2}", r"\dfrac{1}{2}"),
+        (r"\boxed{2.50}", "2.5"),
+        (r"\boxed{72.0}", "#### 72"),
+        (r"\boxed{-3}", "\u22123"),
+        ("\\boxed{\u22123}", "-3"),
+        (r"\boxed{1,000}", "1000"),
+        ("I think it is 1,000", "$1000$"),
+        (r"\boxed{\$18}", "18"),
+        (r"\boxed{18}", r"18\%"),  # percent sign dropped on both sides ...
+        (r"\boxed{18\%}", "18"),
+        (r"\boxed{5 \text{ cm}}", "5"),
+        (r"\boxed{5}", r"5\text{ cm}"),
+        (r"\boxed{12\text{ inches}^2}", "12"),  # math-verify strips this unit
+        (r"\boxed{x = 5}", "5"),
+        (r"\boxed{30^\circ}", "30"),
+        (r"\boxed{\frac{\sqrt2}{2}}", r"\sqrt{2}/2"),  # math-verify
+        (r"\boxed{(1,2)}", "x^2-3x+2<0"),  # math-verify: a set answers an inequality
+        (r"\boxed{\text{(B)}}", "B"),
+        (r"\boxed{\{1, 2\}}", r"\{2, 1\}"),
+    ],
+)
+def test_verify_correct(completion, gold):
+    assert verify(completion, gold) == VerifyResult(
+        parsed=True, correct=True, answer=extract_answer(completion)
+    )
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold"),
+    [
+        ("the answer is 12", "2"),  # no substring credit
+        (r"\boxed{12}", "2"),
+        (r"\boxed{7} no wait \boxed{8}", "7"),  # the last box counts
+        (r"\boxed{7+1}", "7"),  # the gold inside a longer expression
+        (r"\boxed{7 or 8}", "7"),
+        (r"\boxed{0.18}", r"18\%"),  # ... but no percent leniency: 0.18 is not 18%
+        (r"\boxed{18\%}", "0.18"),
+        (r"\boxed{0.333}", r"\frac{1}{3}"),  # exact: no float tolerance on plain numbers
+        (r"\boxed{3+2i}", "5"),
+        (r"\boxed{x^2-3x+2<0}", "(1,2)"),  # restating the question is not an answer (gold first)
+        ("\\boxed{\uff17}", "7"),  # fullwidth digit 7
+        ("\\boxed{\u0443}", "y"),  # Cyrillic u, looks like y
+        (r"\boxed{" + "9" * 5000 + "}", "9"),  # beyond int()'s digit limit: no crash
+    ],
+)
+def test_verify_wrong(completion, gold):
+    result = verify(completion, gold)
+    assert result.parsed and not result.correct
+
+
+def test_verify_not_parsed_is_never_correct():
+    assert verify("I give up.", "3") == VerifyResult(parsed=False, correct=False, answer=None)
+    assert verify(r"\boxed{}", "0") == VerifyResult(parsed=False, correct=False, answer=None)
+    assert verify(r"\boxed{ }", "") == VerifyResult(parsed=False, correct=False, answer=None)
+    assert verify("the answer is 3", "3", fallback=False) == VerifyResult(False, False, None)
+
+
+def test_verify_unusable_gold_is_never_correct():
+    assert verify(r"\boxed{5}", "") == VerifyResult(parsed=True, correct=False, answer="5")
+    assert verify(r"\boxed{???}", "???") == VerifyResult(parsed=True, correct=False, answer="???")
+
+
+def test_verify_pathological_expression_times_out():
+    start = time.monotonic()
+    result = verify(r"\boxed{9^{9^{9^{9}}}}", "7", timeout=2.0)
+    elapsed = time.monotonic() - start
+    assert result == VerifyResult(parsed=True, correct=False, answer="9^{9^{9^{9}}}")
+    assert elapsed < 2.0 + 3.0
+    assert verify(r"\boxed{\sqrt{4}}", "2").correct  # the restarted worker answers again
+
+
+def test_verify_from_worker_thread():
+    results = []
+    errors = []
+
+    def run():
+        try:
+            results.append(verify(r"\boxed{\frac{\sqrt{2}}{2}}", r"\frac{1}{\sqrt{2}}"))  # math-verify path
+            results.append(verify(r"\boxed{4}", "4"))  # fast path
+        except Exception as error:  # surface it in the main thread
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=60)
+    assert not errors
+    assert [result.correct for result in results] == [True, True]
+
+
+# ----------------------------------------------------------------------------------------------
+# Verifier
+# ----------------------------------------------------------------------------------------------
+
+
+def test_verify_batch_keeps_order(verifier):
+    items = [
+        (r"\boxed{3}", "3", True),  # fast path
+        (r"\boxed{\sqrt{2}}", r"\sqrt{2}", True),  # math-verify
+        (r"\boxed{9^{9^{9^{9}}}}", "1", False),  # times out
+        ("no answer here", "5", False),  # not parsed
+        (r"\boxed{\frac{\pi}{2}}", r"\pi/2", True),  # math-verify
+        (r"\boxed{4}", "5", False),  # fast path
+        (r"\boxed{2x+2}", "2(x+1)", True),  # math-verify
+        (r"\boxed{x+1}", "x+2", False),  # math-verify
+    ]
+    completions, golds, expected = zip(*items)
+    start = time.monotonic()
+    results = verifier.verify_batch(list(completions), list(golds))
+    assert time.monotonic() - start < verifier.timeout + 10.0
+    assert [result.correct for result in results] == list(expected)
+    assert [result.parsed for result in results] == [True, True, True, False, True, True, True, True]
+    assert [result.answer for result in results] == [extract_answer(completion) for completion in completions]
+
+
+def test_verify_batch_fast_path_is_fast():
+    completions = [f"so the total is {3 * i} apples. \\boxed{{{3 * i:,}}}" for i in range(2000)]
+    golds = [f"#### {3 * i}" if i % 2 else str(3 * i) for i in range(2000)]
+    with Verifier() as fresh:
+        start = time.monotonic()
+        results = fresh.verify_batch(completions, golds)
+        elapsed = time.monotonic() - start
+        assert fresh._workers == []  # plain numbers never start a math-verify worker
+    assert all(result.correct for result in results)
+    assert elapsed < 1.0
+
+
+def test_verifier_survives_a_dead_worker():
+    with Verifier(timeout=5.0) as fresh:
+        assert fresh.verify_batch([r"\boxed{\sqrt{4}}"], ["2"])[0].correct
+        fresh._workers[0].process.kill()  # e.g. the OOM killer
+        fresh._workers[0].process.wait()
+        assert fresh.verify_batch([r"\boxed{\sqrt{9}}"], ["3"])[0].correct  # retried on a new worker
+
+
+def test_verify_batch_length_mismatch(verifier):
+    with pytest.raises(ValueError):
+        verifier.verify_batch(["1", "2"], ["1"])
+
+
+def test_verify_batch_empty(verifier):
+    assert verifier.verify_batch([], []) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Fuzz: nothing raises
+# ----------------------------------------------------------------------------------------------
+
+latex_tokens = st.sampled_from(
+    [
+        "\\boxed",
+        "\\fbox",
+        "{",
+        "}",
+        "\\{",
+        "\\}",
+        "\\frac",
+        "\\sqrt",
+        "\\text{",
+        "####",
+        "\n",
+        " ",
+        "$",
+        "\\$",
+    ]
+    + [
+        "-",
+        "\u2212",
+        ",",
+        ".",
+        "/",
+        "%",
+        "\\%",
+        "=",
+        "x",
+        "\uff17",
+        "(",
+        ")",
+        "\\pi",
+        "1",
+        "23",
+        "0.5",
+        "1,000",
+    ]
+)
+latex_like = st.lists(latex_tokens, max_size=30).map("".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.one_of(st.text(max_size=200), latex_like))
+def test_extract_answer_never_raises(text):
+    for fallback in (True, False):
+        answer = extract_answer(text, fallback=fallback)
+        assert answer is None or (isinstance(answer, str) and answer.strip() == answer and answer)
+    parse_tag(text, "confidence")
+    normalize_gold(text)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    completion=latex_like,
+    gold=st.one_of(latex_like, st.sampled_from(["3", r"\frac{1}{2}", "x+1", "#### 72"])),
+)
+def test_verify_never_raises(verifier, completion, gold):
+    result = verifier.verify_batch([completion], [gold])[0]
+    assert result.parsed == (result.answer is not None)
+    assert not (result.correct and not result.parsed)
