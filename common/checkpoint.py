@@ -238,3 +238,40 @@ def check_writable(path: str | Path, min_free_bytes: int = 100 * 2**20) -> None:
             f"cannot use output directory {path}: only {free_bytes / 2**20:.0f} MiB free on its disk, "
             f"need at least {min_free_bytes / 2**20:.0f} MiB"
         )
+
+
+class StopRequest:
+    """Turn Ctrl-C (SIGINT) and SIGTERM into a request to stop at the end of the current step.
+
+    The training loop checks ``stop.requested`` after each step, saves a checkpoint and exits cleanly;
+    a second Ctrl-C interrupts at once. Use as a context manager so the previous handlers come back.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:  # second signal: give up on a clean stop
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\nStop requested: finishing this step, then saving a checkpoint (Ctrl-C again to abort).",
+            flush=True,
+        )
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False

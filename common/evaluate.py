@@ -108,3 +108,81 @@ def save_pass_at_k(
     ax.legend()
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
+
+
+def evaluate_policy(
+    model,
+    tokenizer,
+    examples: list,
+    n: int = 8,
+    template: str = "plain",
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    sampler=None,
+    verifier=None,
+    desc: str = "eval",
+) -> dict:
+    """Sample ``n`` completions per held-out example and report pass@k, overall and per category.
+
+    ``examples`` are ``common.data.Example`` objects or dicts with ``question``/``answer``/``category``.
+    Returns ``{"pass@1": .., "pass@2": .., ..., "pass@n": .., "mean_reward": .., "parsed_rate": ..,
+    "truncated_rate": .., "curve": {k: pass@k}, "per_category": {cat: {"pass@1", "pass@n", "count"}},
+    "n": n, "num_problems": len(examples)}``. pass@1 equals the mean reward: it is the expected accuracy
+    of one sample at this temperature.
+    """
+    from common.data import build_prompt
+    from common.rollout import HFSampler
+    from common.tracking import Progress
+    from common.verify import Verifier
+
+    def field(e, name):
+        return e[name] if isinstance(e, dict) else getattr(e, name)
+
+    sampler = sampler or HFSampler(model, tokenizer, compute_logprobs=False)
+    own_verifier = verifier is None
+    verifier = verifier or Verifier()
+    correct_counts, parsed, truncated = [], 0, 0
+    per_cat: dict[str, list[int]] = {}
+    chunk = max(1, 512 // n)  # prompts per generate call
+    progress = Progress(len(examples), desc=desc)
+    try:
+        for start in range(0, len(examples), chunk):
+            batch = examples[start : start + chunk]
+            prompts = [build_prompt(field(e, "question"), template, tokenizer) for e in batch]
+            rollout = sampler.generate(
+                prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
+            )
+            golds = [field(e, "answer") for e in batch for _ in range(n)]
+            results = verifier.verify_batch(rollout.completions, golds)
+            parsed += sum(r.parsed for r in results)
+            truncated += int(rollout.truncated.sum())
+            for i, e in enumerate(batch):
+                c = sum(r.correct for r in results[i * n : (i + 1) * n])
+                correct_counts.append(c)
+                per_cat.setdefault(field(e, "category") or "all", []).append(c)
+            progress.update(len(batch))
+    finally:
+        progress.close()
+        if own_verifier:
+            verifier.close()
+    curve = pass_at_k_curve(correct_counts, n)
+    total = len(examples) * n
+    out = {f"pass@{k}": v for k, v in curve.items()}
+    out.update(
+        mean_reward=sum(correct_counts) / total,
+        parsed_rate=parsed / total,
+        truncated_rate=truncated / total,
+        curve=curve,
+        per_category={
+            cat: {
+                "pass@1": sum(cs) / (len(cs) * n),
+                f"pass@{n}": pass_at_k_curve(cs, n, [n])[n],
+                "count": len(cs),
+            }
+            for cat, cs in sorted(per_cat.items())
+        },
+        n=n,
+        num_problems=len(examples),
+    )
+    return out

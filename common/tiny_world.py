@@ -12,8 +12,8 @@ Everything here is built locally (no downloads) so that every algorithm runs, an
   ``easy`` (two steps of + and -), ``medium`` (three steps of + and -) and ``hard`` (a product by a
   small number, e.g. ``Compute (12+9)*3-4.``). The problems need written working: the model has no
   way to produce the answer except by carrying each intermediate result forward.
-* **Tokenizer.** One token per character (printable ASCII plus newline) and the special tokens of the
-  Qwen2.5 family (``<|endoftext|>`` is both EOS and padding, as in Qwen2.5-Math, so the code must keep
+* **Tokenizer.** One token per character: the stock byte-level ``Qwen2Tokenizer`` with no merges, and
+  the special tokens of the Qwen2.5 family (``<|endoftext|>`` is both EOS and padding, as in Qwen2.5-Math, so the code must keep
   an explicit completion mask), saved with a chat template in the Hugging Face format.
 * **Model.** A ``Qwen2ForCausalLM`` of about two million parameters, saved with ``save_pretrained``,
   so the scripts load it exactly as they load ``Qwen/Qwen2.5-Math-1.5B``.
@@ -58,7 +58,9 @@ class Problem:
     question: str  # "Compute 23+7-5."
     answer: int  # 25
     category: str  # "easy" | "medium" | "hard"
-    steps: tuple[tuple[str, str, int], ...]  # ((left, op, right), ...) applied left to right, e.g. (("23","+",7), ("30","-",5))
+    steps: tuple[
+        tuple[str, str, int], ...
+    ]  # ((left, op, right), ...) applied left to right, e.g. (("23","+",7), ("30","-",5))
 
 
 def _apply(value: int, op: str, operand: int) -> int:
@@ -107,7 +109,7 @@ def generate_problems(num: int, split: str, seed: int, categories: tuple[str, ..
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     rng = random.Random(f"tiny-{split}-{seed}")
     seen, out = set(), []
-    for i in range(num * 200):
+    for _ in range(num * 200):
         if len(out) == num:
             break
         p = sample_problem(rng, categories[len(out) % len(categories)])
@@ -155,7 +157,7 @@ def tiny_examples(split: str = "train", num: int | None = None, seed: int = 0) -
 # Tokenizer and model
 # --------------------------------------------------------------------------------------------------
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|unk|>"]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
     "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
@@ -163,25 +165,20 @@ CHAT_TEMPLATE = (
 
 
 def build_tokenizer():
-    """A character-level ``PreTrainedTokenizerFast``: one token per printable ASCII character or
-    newline, plus Qwen-style special tokens. EOS and padding are both ``<|endoftext|>``."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """A byte-level tokenizer with no merges: exactly one token per byte (one per character for ASCII).
 
-    chars = ["\n"] + [chr(c) for c in range(32, 127)]
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + chars)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.add_special_tokens(SPECIAL_TOKENS)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        unk_token="<|unk|>",
-        padding_side="left",
-        model_max_length=512,
-    )
+    It is the stock ``Qwen2Tokenizer`` (byte-level BPE) with an empty merge list, so ``AutoTokenizer``,
+    vLLM and every other loader treat it exactly like the Qwen2.5 tokenizer. Special tokens follow
+    Qwen2.5: ``<|endoftext|>`` is both EOS and padding (as in Qwen2.5-Math), plus the chat markers.
+    """
+    from tokenizers import pre_tokenizers
+    from transformers import Qwen2Tokenizer
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # the 256 byte symbols
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + alphabet)}
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                               unk_token="<|endoftext|>", padding_side="left", model_max_length=512)  # fmt: skip
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -194,7 +191,7 @@ class WorldConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 512
-    warmup_steps: int = 1200
+    warmup_steps: int = 600
     batch_size: int = 64
     learning_rate: float = 3e-3
     slip_rate: float = 0.25
@@ -245,7 +242,9 @@ def warmup_pairs(cfg: WorldConfig) -> list[tuple[str, str]]:
         elif u < cfg.hint_share + cfg.confidence_share:  # RLCR-style confidence tag (uninformative)
             solution = worked_solution(p, rng, cfg.slip_rate)
             conf = rng.choice([0.2, 0.4, 0.6, 0.8])
-            pairs.append((p.question + CONFIDENCE_SUFFIX + "\n", f"{solution}\n<confidence>{conf}</confidence>"))
+            pairs.append(
+                (p.question + CONFIDENCE_SUFFIX + "\n", f"{solution}\n<confidence>{conf}</confidence>")
+            )
         else:
             pairs.append((p.question + "\n", worked_solution(p, rng, cfg.slip_rate)))
     return pairs
@@ -258,7 +257,10 @@ def warmup(model, tokenizer, cfg: WorldConfig, log_every: int = 100) -> list[flo
     pairs = warmup_pairs(cfg)
     eos = tokenizer.eos_token_id
     encoded = [
-        (tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(c, add_special_tokens=False)["input_ids"] + [eos])
+        (
+            tokenizer(p, add_special_tokens=False)["input_ids"],
+            tokenizer(c, add_special_tokens=False)["input_ids"] + [eos],
+        )
         for p, c in pairs
     ]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
@@ -360,4 +362,6 @@ def measure_base_policy(model_dir: Path, n: int = 16, num_problems: int = 300) -
 
     model, tokenizer = load_policy(str(model_dir))
     examples = tiny_examples("test", num_problems)
-    return evaluate_policy(model, tokenizer, examples, n=n, template="plain", max_new_tokens=48, temperature=1.0)
+    return evaluate_policy(
+        model, tokenizer, examples, n=n, template="plain", max_new_tokens=48, temperature=1.0
+    )

@@ -1,0 +1,110 @@
+"""Loading a policy and computing per-token log-probs of completions.
+
+``load_policy("tiny")`` builds (once) and loads the tiny built-in world; any other name is passed to
+``transformers`` (a local directory or a Hugging Face model id such as ``Qwen/Qwen2.5-Math-1.5B``).
+
+``completion_logprobs`` is the one place where the policy is evaluated on sampled completions. It runs
+the transformer body once, then applies the LM head to a few rows at a time, so the full
+``[batch, length, vocab]`` float32 logits tensor (about 0.6 GB per 1,000 tokens of a 151k-vocabulary
+model) never exists at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def resolve_model_path(name: str) -> str:
+    """``"tiny"`` -> the cached tiny world (built on first use); anything else is returned unchanged."""
+    if name == "tiny":
+        from common.tiny_world import build_tiny_world
+
+        return str(build_tiny_world())
+    return name
+
+
+def load_policy(name: str, dtype: str = "float32", device: str = "cpu", gradient_checkpointing: bool = False):
+    """Load ``(model, tokenizer)`` for training: left padding, a pad token, ``use_cache`` off for training.
+
+    A path that does not exist and is not a plausible hub id fails here, with the name in the message,
+    before any expensive work.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name)
+    looks_local = path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") > 1
+    if looks_local and not Path(path).expanduser().exists():
+        raise FileNotFoundError(f"--model-name-or-path {name!r}: no such directory")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as err:
+        raise OSError(f"could not load model {name!r}: {err}") from err
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model, tokenizer
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends a completion: the tokenizer's EOS plus the generation config's."""
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos:
+        ids.update(gen_eos)
+    return sorted(i for i in ids if i is not None)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as ``generate`` uses them: mask [0, 0, 1, 1, 1] -> [0, 0, 0, 1, 2]."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_logprobs(
+    model,
+    input_ids: torch.Tensor,  # [B, P + C] left-padded prompt followed by right-padded completion
+    attention_mask: torch.Tensor,  # [B, P + C]
+    num_completion_tokens: int,  # C
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+    chunk_size: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and optionally entropies) of the last ``C`` tokens of each row under ``model``.
+
+    Logits are divided by ``temperature`` so the log-probs are those of the distribution the sampler
+    drew from. Returns ``logprobs [B, C]`` and ``entropy [B, C]`` (or None); padding positions hold
+    finite garbage and must be masked by the caller. The entropy is detached (a metric) unless
+    ``entropy_grad`` is set (an entropy bonus in the loss).
+    """
+    C = num_completion_tokens
+    body = model.base_model  # the transformer without the LM head (model.model for Qwen2/Llama)
+    hidden = body(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state  # [B, P + C, H]
+    hidden = hidden[:, -C - 1 : -1]  # [B, C, H]: the state before each completion token predicts it
+    targets = input_ids[:, -C:]  # [B, C]
+    lm_head = model.get_output_embeddings()
+    logprob_chunks, entropy_chunks = [], []
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = lm_head(hidden[start : start + chunk_size]).float() / temperature  # [b, C, V]
+        logp_all = F.log_softmax(logits, dim=-1)
+        logprob_chunks.append(logp_all.gather(-1, targets[start : start + chunk_size, :, None]).squeeze(-1))
+        if with_entropy:
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                entropy_chunks.append(-(logp_all.exp() * logp_all).sum(-1))
+    logprobs = torch.cat(logprob_chunks)  # [B, C]
+    entropy = torch.cat(entropy_chunks) if with_entropy else None  # [B, C]
+    return logprobs, entropy

@@ -1,0 +1,164 @@
+"""Rollouts: sample ``n`` completions per prompt and return everything training needs.
+
+Every backend returns a ``Rollout`` with the same fields, so an algorithm never knows which engine
+sampled its data. ``HFSampler`` uses ``transformers``' ``generate`` on the training model itself
+(so its weights are always current); the vLLM backend (``--rollout vllm``) fills the same fields.
+
+Shapes: ``B = num_prompts * n`` rows, grouped by prompt (rows ``i*n .. i*n+n-1`` answer prompt ``i``),
+``P`` prompt tokens (left-padded), ``C`` completion tokens (right-padded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from common.model import completion_logprobs, eos_token_ids
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_mask: torch.Tensor  # [B, P] 1 on real prompt tokens
+    completion_ids: torch.Tensor  # [B, C] right-padded with the pad token
+    completion_mask: torch.Tensor  # [B, C] float, 1 up to AND INCLUDING the first EOS
+    behavior_logprobs: torch.Tensor  # [B, C] log-prob of each sampled token under the sampler (0 on padding)
+    truncated: torch.Tensor  # [B] bool: no EOS within max_new_tokens
+    completions: list[str]  # [B] decoded completions, special tokens removed
+    group_index: torch.Tensor  # [B] index of the prompt each row answers
+
+    @property
+    def input_ids(self) -> torch.Tensor:  # [B, P + C]
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:  # [B, P + C]
+        return torch.cat([self.prompt_mask, self.completion_mask.long()], dim=1)
+
+    def select(self, rows: torch.Tensor) -> Rollout:
+        """The rollout restricted to ``rows`` (a bool mask or index tensor)."""
+        idx = rows.nonzero().squeeze(-1) if rows.dtype == torch.bool else rows
+        return Rollout(
+            self.prompt_ids[idx],
+            self.prompt_mask[idx],
+            self.completion_ids[idx],
+            self.completion_mask[idx],
+            self.behavior_logprobs[idx],
+            self.truncated[idx],
+            [self.completions[i] for i in idx.tolist()],
+            self.group_index[idx],
+        )
+
+
+class Sampler(Protocol):
+    """What an algorithm needs from a rollout engine."""
+
+    def generate(
+        self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0
+    ) -> Rollout: ...
+
+    def update_weights(self, model) -> None:
+        """Make the engine sample from ``model``'s current weights (called after every optimizer step)."""
+        ...
+
+
+def completion_mask_from_ids(
+    completion_ids: torch.Tensor, eos_ids: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask that keeps every token up to and including the first EOS, and the truncation flags.
+
+    The pad token may equal EOS (Qwen2.5-Math), so the mask is built from the *first* EOS position,
+    never from ``ids != pad``, and the EOS itself is kept so that ending the answer is trained.
+
+    >>> completion_mask_from_ids(torch.tensor([[5, 6, 0, 0], [5, 6, 7, 8]]), eos_ids=[0])
+    (tensor([[1., 1., 1., 0.],
+            [1., 1., 1., 1.]]), tensor([False,  True]))
+    """
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device))  # [B, C]
+    eos_seen_before = (
+        is_eos.long().cumsum(-1) - is_eos.long()
+    ) > 0  # [B, C] an EOS occurred strictly earlier
+    mask = (~eos_seen_before).float()
+    truncated = ~is_eos.any(-1)
+    return mask, truncated
+
+
+class HFSampler:
+    """Sampling with ``model.generate`` on the training model itself (nothing to sync).
+
+    ``batch_size`` caps how many sequences one ``generate`` call decodes at once.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 256, compute_logprobs: bool = True):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.compute_logprobs = compute_logprobs
+        self.eos_ids = eos_token_ids(model, tokenizer)
+
+    def update_weights(self, model) -> None:
+        self.model = model  # same object: generate always sees the current weights
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0
+    ) -> Rollout:
+        tok, model = self.tokenizer, self.model
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        rows = [p for p in prompts for _ in range(n)]  # [B] each prompt repeated n times, grouped
+        enc = tok(rows, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        P = enc["input_ids"].shape[1]
+        pieces = []
+        for start in range(0, len(rows), self.batch_size):
+            ids = enc["input_ids"][start : start + self.batch_size]
+            mask = enc["attention_mask"][start : start + self.batch_size]
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_p=top_p if temperature > 0 else None,
+                top_k=None,
+                eos_token_id=self.eos_ids,
+                pad_token_id=tok.pad_token_id,
+            )
+            pieces.append(out[:, P:])
+        C = max(p.shape[1] for p in pieces)
+        completion_ids = torch.full((len(rows), C), tok.pad_token_id, dtype=torch.long, device=device)
+        for start, piece in zip(range(0, len(rows), self.batch_size), pieces):
+            completion_ids[start : start + piece.shape[0], : piece.shape[1]] = piece
+        completion_mask, truncated = completion_mask_from_ids(completion_ids, self.eos_ids)
+        completion_ids = torch.where(completion_mask.bool(), completion_ids, tok.pad_token_id)
+        rollout = Rollout(
+            prompt_ids=enc["input_ids"],
+            prompt_mask=enc["attention_mask"],
+            completion_ids=completion_ids,
+            completion_mask=completion_mask,
+            behavior_logprobs=torch.zeros_like(completion_mask),
+            truncated=truncated,
+            completions=tok.batch_decode(completion_ids, skip_special_tokens=True),
+            group_index=torch.arange(len(prompts), device=device).repeat_interleave(n),
+        )
+        if self.compute_logprobs and temperature > 0:
+            chunks = []
+            for start in range(0, len(rows), self.batch_size):
+                sl = slice(start, start + self.batch_size)
+                lp, _ = completion_logprobs(
+                    model, rollout.input_ids[sl], rollout.attention_mask[sl], C, temperature
+                )
+                chunks.append(lp)
+            rollout.behavior_logprobs = torch.cat(chunks) * completion_mask
+        model.train(was_training)
+        return rollout
+
+
+def make_sampler(kind: str, model, tokenizer, **kwargs) -> Sampler:
+    """``--rollout hf`` (default) or ``--rollout vllm``."""
+    if kind == "hf":
+        return HFSampler(model, tokenizer, **kwargs)
+    if kind == "vllm":
+        raise NotImplementedError("--rollout vllm is not available yet in this version; use --rollout hf")
+    raise ValueError(f"--rollout must be 'hf' or 'vllm', got {kind!r}")

@@ -1,0 +1,70 @@
+"""The sampler's masks and log-probs, on the real tiny model."""
+
+import torch
+
+from common.model import completion_logprobs
+from common.rollout import HFSampler, completion_mask_from_ids
+
+
+def test_mask_keeps_eos_and_drops_padding_when_pad_equals_eos():
+    ids = torch.tensor([[5, 6, 0, 0, 0], [5, 0, 0, 0, 0], [5, 6, 7, 8, 9]])
+    mask, truncated = completion_mask_from_ids(ids, eos_ids=[0])
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert truncated.tolist() == [False, False, True]
+
+
+def test_mask_with_several_eos_ids():
+    mask, truncated = completion_mask_from_ids(torch.tensor([[5, 2, 0, 0], [0, 5, 5, 5]]), eos_ids=[0, 2])
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 0, 0, 0]] and not truncated.any()
+
+
+def test_empty_completion_is_just_eos():
+    mask, truncated = completion_mask_from_ids(torch.tensor([[0, 0]]), eos_ids=[0])
+    assert mask.tolist() == [[1, 0]] and not truncated.any()
+
+
+def test_hf_sampler_fields_and_groups(tiny_policy):
+    model, tok = tiny_policy
+    torch.manual_seed(0)
+    prompts = ["Compute 12+3-4.\n", "Compute (5+2)*3-1.\n", "Compute 40-9-9+2.\n"]
+    r = HFSampler(model, tok).generate(prompts, n=4, max_new_tokens=40)
+    B, C = r.completion_ids.shape
+    assert B == 12 and r.group_index.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert len(r.completions) == 12 and r.prompt_ids.shape[0] == 12
+    lengths = r.completion_mask.sum(-1).long()
+    for i in range(B):
+        n = int(lengths[i])
+        if not r.truncated[i]:  # the last kept token is EOS, everything after it is padding
+            assert r.completion_ids[i, n - 1].item() == tok.eos_token_id
+        assert (r.completion_mask[i, n:] == 0).all()
+        assert r.completions[i] == tok.decode(r.completion_ids[i, :n], skip_special_tokens=True)
+    # behaviour log-probs are those of the sampled tokens: negative where kept, 0 on padding
+    assert (r.behavior_logprobs[r.completion_mask.bool()] <= 0).all()
+    assert (r.behavior_logprobs[~r.completion_mask.bool()] == 0).all()
+
+
+def test_truncation_flag_at_the_limit(tiny_policy):
+    model, tok = tiny_policy
+    r = HFSampler(model, tok).generate(["Compute 12+3-4+5.\n"], n=3, max_new_tokens=4)
+    assert r.truncated.all() and r.completion_mask.sum().item() == 12
+
+
+def test_training_logprobs_match_the_sampler_and_ignore_left_padding(tiny_policy):
+    """Recomputing log-probs with the training forward gives the sampler's values (ratio 1), and a
+    left-padded row gives the same log-probs as the same row alone (position ids skip padding)."""
+    model, tok = tiny_policy
+    torch.manual_seed(1)
+    r = HFSampler(model, tok).generate(["Compute 3+4-1.\n", "Compute (11+9)*2+7.\n"], n=2, max_new_tokens=40)
+    C = r.completion_ids.shape[1]
+    with torch.no_grad():
+        lp, ent = completion_logprobs(model, r.input_ids, r.attention_mask, C, with_entropy=True)
+        m = r.completion_mask.bool()
+        assert torch.allclose(lp[m], r.behavior_logprobs[m], atol=1e-5)
+        assert (ent[m] >= 0).all()
+        # the shorter prompt (row 0) is left-padded in the batch; alone it has no padding
+        alone = r.select(torch.tensor([0]))
+        keep = alone.prompt_mask[0].bool()
+        ids = torch.cat([alone.prompt_ids[:, keep], alone.completion_ids], 1)
+        att = torch.cat([alone.prompt_mask[:, keep], alone.completion_mask.long()], 1)
+        lp_alone, _ = completion_logprobs(model, ids, att, C)
+        assert torch.allclose(lp_alone[0][m[0]], lp[0][m[0]], atol=1e-5)
