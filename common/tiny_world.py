@@ -17,10 +17,13 @@ Everything here is built locally (no downloads) so that every algorithm runs, an
   an explicit completion mask), saved with a chat template in the Hugging Face format.
 * **Model.** A ``Qwen2ForCausalLM`` of about two million parameters, saved with ``save_pretrained``,
   so the scripts load it exactly as they load ``Qwen/Qwen2.5-Math-1.5B``.
-* **Warm-up.** A short supervised run on worked solutions of which a share contain one plausible
-  *slip* (an intermediate result off by one, carried forward consistently). The base policy therefore
-  knows the method but is unreliable: sampled at temperature 1 it solves some problems, and solves
-  many more given several tries, which is what RL sharpens. The warm-up mix also contains the formats
+* **Warm-up.** A short supervised run on worked solutions written in two styles, as if by two
+  writers: a *careful* one (``23 + 7 = 30``, a quarter of the data) that never slips, and a *compact*
+  one (``23+7=30``) whose every step has a 30% chance of a plausible *slip* (a result off by one,
+  carried forward consistently). The base policy therefore knows the method but is unreliable:
+  sampled at temperature 1 it mostly writes compact, slip-prone working, solves some problems, and
+  solves many more given several tries. RL has a real behaviour to find and sharpen: write carefully
+  (a choice made at the first tokens of the answer) and stop slipping. The warm-up mix also contains the formats
   later methods need: a *hinted* prompt that states the answer and asks for the working (ExPO's
   self-explanations; hinted solutions never slip) and a prompt that asks for a ``<confidence>`` tag
   (RLCR).
@@ -43,7 +46,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-WORLD_VERSION = "v1"
+WORLD_VERSION = "v2"
 TIERS = ("easy", "medium", "hard")
 HINT_TEMPLATE = "{question} The answer is {answer}. Show the working."
 CONFIDENCE_SUFFIX = " State your confidence."
@@ -122,22 +125,29 @@ def generate_problems(num: int, split: str, seed: int, categories: tuple[str, ..
     return out
 
 
-def worked_solution(problem: Problem, rng: random.Random | None = None, slip_rate: float = 0.0) -> str:
+def worked_solution(problem: Problem, rng: random.Random | None = None, slip_rate: float = 0.0, careful: bool = False) -> str:
     """The written working, one line per step, then the boxed result.
 
-    With probability ``slip_rate`` per step the result is off by one; later steps carry the slip,
-    so the working stays internally consistent but the final answer is wrong.
+    Two writing styles: *compact* (``23+7=30``) and *careful* (``23 + 7 = 30``, spaces around every
+    operator). With probability ``slip_rate`` per step a compact line's result is off by one; later
+    steps carry the slip, so the working stays internally consistent but the final answer is wrong.
+    Careful lines never slip.
 
     >>> p = Problem("Compute 23+7-5.", 25, "easy", ((23, "+", 7), (30, "-", 5)))
     >>> worked_solution(p)
     '23+7=30\\n30-5=25\\n\\\\boxed{25}'
+    >>> worked_solution(p, careful=True)
+    '23 + 7 = 30\\n30 - 5 = 25\\n\\\\boxed{25}'
     """
     lines, value = [], problem.steps[0][0]
     for _, op, operand in problem.steps:
         result = _apply(value, op, operand)
-        if rng is not None and rng.random() < slip_rate:
-            result = max(0, result + rng.choice((-1, 1)))
-        lines.append(f"{value}{op}{operand}={result}")
+        if careful:
+            lines.append(f"{value} {op} {operand} = {result}")
+        else:
+            if rng is not None and rng.random() < slip_rate:
+                result = max(0, result + rng.choice((-1, 1)))
+            lines.append(f"{value}{op}{operand}={result}")
         value = result
     lines.append(f"\\boxed{{{value}}}")
     return "\n".join(lines)
@@ -194,7 +204,8 @@ class WorldConfig:
     warmup_steps: int = 600
     batch_size: int = 64
     learning_rate: float = 3e-3
-    slip_rate: float = 0.25
+    slip_rate: float = 0.3
+    careful_share: float = 0.25
     tier_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
     hint_share: float = 0.1
     confidence_share: float = 0.1
@@ -235,18 +246,17 @@ def warmup_pairs(cfg: WorldConfig) -> list[tuple[str, str]]:
         problems.append(rng.choice(pools[rng.choices(TIERS, weights=cfg.tier_weights)[0]]))
     pairs = []
     for p in problems:
+        careful = rng.random() < cfg.careful_share  # which "writer" produced this solution
         u = rng.random()
         if u < cfg.hint_share:  # ExPO-style hinted prompt: the working is always right
             question = HINT_TEMPLATE.format(question=p.question, answer=p.answer)
-            pairs.append((question + "\n", worked_solution(p)))
+            pairs.append((question + "\n", worked_solution(p, careful=True)))
         elif u < cfg.hint_share + cfg.confidence_share:  # RLCR-style confidence tag (uninformative)
-            solution = worked_solution(p, rng, cfg.slip_rate)
+            solution = worked_solution(p, rng, cfg.slip_rate, careful)
             conf = rng.choice([0.2, 0.4, 0.6, 0.8])
-            pairs.append(
-                (p.question + CONFIDENCE_SUFFIX + "\n", f"{solution}\n<confidence>{conf}</confidence>")
-            )
+            pairs.append((p.question + CONFIDENCE_SUFFIX + "\n", f"{solution}\n<confidence>{conf}</confidence>"))
         else:
-            pairs.append((p.question + "\n", worked_solution(p, rng, cfg.slip_rate)))
+            pairs.append((p.question + "\n", worked_solution(p, rng, cfg.slip_rate, careful)))
     return pairs
 
 
