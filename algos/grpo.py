@@ -44,10 +44,10 @@ import tyro
 
 from common.checkpoint import StopRequest, check_writable, latest_checkpoint, load_checkpoint, save_checkpoint
 from common.data import build_prompt, load_examples
-from common.evaluate import evaluate_policy, save_pass_at_k
+from common.evaluate import evaluate_policy
 from common.model import completion_logprobs, load_policy
 from common.rollout import make_sampler
-from common.tracking import Progress, Tracker, print_table
+from common.tracking import Progress, Tracker, report_before_after
 from common.verify import Verifier
 
 
@@ -408,27 +408,10 @@ def main(args: Args) -> dict:
     # TRY NOT TO MODIFY: before/after table, plots
     final_eval = extra.get("final_eval") or evaluate(args.eval_n, "eval final")
     total_time = elapsed_before + time.time() - session_start
-    k = args.eval_n
-    rows = [
-        {"policy": "base", "pass@1": extra["base_eval"]["pass@1"], f"pass@{k}": extra["base_eval"][f"pass@{k}"],
-         "mean_reward": extra["base_eval"]["mean_reward"], "wall_time_s": extra["base_wall_time"]},
-        {"policy": f"{args.exp_name} step {args.num_steps}", "pass@1": final_eval["pass@1"], f"pass@{k}": final_eval[f"pass@{k}"],
-         "mean_reward": final_eval["mean_reward"], "wall_time_s": total_time},
-    ]  # fmt: skip
-    table = print_table(
-        rows,
-        ["policy", "pass@1", f"pass@{k}", "mean_reward", "wall_time_s"],
-        title=f"Held-out results ({eval_name}, n={k})",
-    )
-    plots = tracker.plot_learning_curves()
-    save_pass_at_k(
-        {"base": extra["base_eval"]["curve"], args.exp_name: final_eval["curve"]},
-        run_dir / "pass_at_k.json", run_dir / "plots" / "pass_at_k.png", title=f"pass@k on {eval_name}",
+    report_before_after(
+        tracker, args.exp_name, args.num_steps, extra["base_eval"], final_eval, eval_name,
+        extra["base_wall_time"], total_time,
     )  # fmt: skip
-    (run_dir / "results.txt").write_text(table + "\n")
-    print(
-        f"logs: {run_dir}/metrics.jsonl, TensorBoard: {run_dir}/tb, plots: {', '.join(map(str, plots))}, {run_dir}/plots/pass_at_k.png"
-    )
     tracker.close()
     verifier.close()
     return {"base": extra["base_eval"], "final": final_eval, "run_dir": str(run_dir)}

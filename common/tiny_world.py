@@ -46,7 +46,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-WORLD_VERSION = "v2"
+WORLD_VERSION = "v3"
 TIERS = ("easy", "medium", "hard")
 HINT_TEMPLATE = "{question} The answer is {answer}. Show the working."
 CONFIDENCE_SUFFIX = " State your confidence."
@@ -71,25 +71,28 @@ def _apply(value: int, op: str, operand: int) -> int:
 
 
 def sample_problem(rng: random.Random, category: str) -> Problem:
-    """Draw one problem of a tier. Intermediate results stay in 0..99 so every step is a
-    two-digit-by-one-digit operation.
+    """Draw one problem of a tier. Every intermediate result stays in 0..39 and every operand is one
+    digit, so a small model can learn the arithmetic itself perfectly; what it must learn to do
+    reliably is to carry each result forward without a slip.
 
     >>> p = sample_problem(random.Random(0), "easy"); p.question.startswith("Compute "), p.category
     (True, 'easy')
     """
     while True:
         if category == "hard":
-            value = rng.randint(2, 30)
-            first = ("+", rng.randint(1, 9)) if rng.random() < 0.5 else ("-", rng.randint(1, 9))
-            ops = [first, ("*", rng.randint(2, 4)), (rng.choice("+-"), rng.randint(1, 9))]
+            value = rng.randint(2, 12)
+            first = (rng.choice("+-"), rng.randint(1, 9))
+            ops = [first, ("*", rng.randint(2, 3)), (rng.choice("+-"), rng.randint(1, 9))]
         else:
             num_ops = 2 if category == "easy" else 3
-            value = rng.randint(10, 60)
+            value = rng.randint(5, 25)
             ops = [(rng.choice("+-"), rng.randint(1, 9)) for _ in range(num_ops)]
         start, steps, ok = value, [], True
-        for op, operand in ops:
+        for i, (op, operand) in enumerate(ops):
             new = _apply(value, op, operand)
-            ok = ok and 0 <= new <= 99
+            ok = ok and 0 <= new <= (
+                12 if category == "hard" and i == 0 else 39 if category == "hard" else 29
+            )
             steps.append((value, op, operand))
             value = new
         if not ok:
@@ -125,7 +128,9 @@ def generate_problems(num: int, split: str, seed: int, categories: tuple[str, ..
     return out
 
 
-def worked_solution(problem: Problem, rng: random.Random | None = None, slip_rate: float = 0.0, careful: bool = False) -> str:
+def worked_solution(
+    problem: Problem, rng: random.Random | None = None, slip_rate: float = 0.0, careful: bool = False
+) -> str:
     """The written working, one line per step, then the boxed result.
 
     Two writing styles: *compact* (``23+7=30``) and *careful* (``23 + 7 = 30``, spaces around every
@@ -204,8 +209,8 @@ class WorldConfig:
     warmup_steps: int = 600
     batch_size: int = 64
     learning_rate: float = 3e-3
-    slip_rate: float = 0.3
-    careful_share: float = 0.25
+    slip_rate: float = 0.35
+    careful_share: float = 0.2
     tier_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
     hint_share: float = 0.1
     confidence_share: float = 0.1
@@ -241,7 +246,7 @@ def warmup_pairs(cfg: WorldConfig) -> list[tuple[str, str]]:
     """(prompt, completion) pairs for the supervised warm-up, prompts in the "plain" template."""
     rng = random.Random(f"tiny-warmup-{cfg.seed}")
     problems = []
-    pools = {c: generate_problems(cfg.num_train_problems // 3, "train", cfg.seed + 1, (c,)) for c in TIERS}
+    pools = {c: generate_problems(3000, "train", cfg.seed + 1, (c,)) for c in TIERS}
     for _ in range(cfg.num_train_problems):
         problems.append(rng.choice(pools[rng.choices(TIERS, weights=cfg.tier_weights)[0]]))
     pairs = []
@@ -254,7 +259,9 @@ def warmup_pairs(cfg: WorldConfig) -> list[tuple[str, str]]:
         elif u < cfg.hint_share + cfg.confidence_share:  # RLCR-style confidence tag (uninformative)
             solution = worked_solution(p, rng, cfg.slip_rate, careful)
             conf = rng.choice([0.2, 0.4, 0.6, 0.8])
-            pairs.append((p.question + CONFIDENCE_SUFFIX + "\n", f"{solution}\n<confidence>{conf}</confidence>"))
+            pairs.append(
+                (p.question + CONFIDENCE_SUFFIX + "\n", f"{solution}\n<confidence>{conf}</confidence>")
+            )
         else:
             pairs.append((p.question + "\n", worked_solution(p, rng, cfg.slip_rate, careful)))
     return pairs

@@ -315,3 +315,38 @@ class Progress:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def report_before_after(
+    tracker: "Tracker",
+    exp_name: str,
+    num_steps: int,
+    base_eval: dict,
+    final_eval: dict,
+    eval_name: str,
+    base_wall_time: float,
+    total_wall_time: float,
+) -> str:
+    """The end of every run: print the before/after table, write it to ``results.txt``, draw the
+    learning curves and the pass@k curves, and say where everything is."""
+    from common.evaluate import save_pass_at_k
+
+    k = final_eval["n"]
+    rows = [
+        {"policy": "base", "pass@1": base_eval["pass@1"], f"pass@{k}": base_eval[f"pass@{k}"],
+         "mean_reward": base_eval["mean_reward"], "wall_time_s": base_wall_time},
+        {"policy": f"{exp_name} step {num_steps}", "pass@1": final_eval["pass@1"], f"pass@{k}": final_eval[f"pass@{k}"],
+         "mean_reward": final_eval["mean_reward"], "wall_time_s": total_wall_time},
+    ]  # fmt: skip
+    columns = ["policy", "pass@1", f"pass@{k}", "mean_reward", "wall_time_s"]
+    table = print_table(rows, columns, title=f"Held-out results ({eval_name}, n={k} samples per problem)")
+    run_dir = tracker.run_dir
+    plots = tracker.plot_learning_curves()
+    pass_png = run_dir / "plots" / "pass_at_k.png"
+    save_pass_at_k({"base": base_eval["curve"], exp_name: final_eval["curve"]}, run_dir / "pass_at_k.json", pass_png,
+                   title=f"pass@k on {eval_name}")  # fmt: skip
+    (run_dir / "results.txt").write_text(table + "\n")
+    print(
+        f"logs: {run_dir}/metrics.jsonl  TensorBoard: {run_dir}/tb  plots: {', '.join(map(str, [*plots, pass_png]))}"
+    )
+    return table
