@@ -102,9 +102,9 @@ class Args:
     """nucleus sampling threshold"""
 
     # --- optimisation ---
-    num_steps: int = 80
+    num_steps: int = 100
     """training steps (one rollout batch each)"""
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-4
     """AdamW learning rate (constant after warm-up)"""
     warmup_steps: int = 5
     """linear learning-rate warm-up steps"""

@@ -4,14 +4,15 @@ Everything here is built locally (no downloads) so that every algorithm runs, an
 
 * **Task.** Multi-step arithmetic written like a math problem, answered in ``\\boxed{}``:
 
-      Compute 23+7-5.            ->   23+7=30
-                                      30-5=25
-                                      \\boxed{25}
+      Compute 3+5-4+2.           ->   3+5=8
+                                      8-4=4
+                                      4+2=6
+                                      \\boxed{6}
 
   Three difficulty tiers (the ``category`` of each example), usable as curriculum categories:
-  ``easy`` (two steps of + and -), ``medium`` (three steps of + and -) and ``hard`` (a product by a
-  small number, e.g. ``Compute (12+9)*3-4.``). The problems need written working: the model has no
-  way to produce the answer except by carrying each intermediate result forward.
+  ``easy`` (three steps), ``medium`` (four steps) and ``hard`` (six steps), all single-digit + and -.
+  The problems need written working: the model has no way to produce the answer except by carrying
+  each intermediate result forward, and a slip anywhere in the chain makes the answer wrong.
 * **Tokenizer.** One token per character: the stock byte-level ``Qwen2Tokenizer`` with no merges, and
   the special tokens of the Qwen2.5 family (``<|endoftext|>`` is both EOS and padding, as in Qwen2.5-Math, so the code must keep
   an explicit completion mask), saved with a chat template in the Hugging Face format.
@@ -46,7 +47,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-WORLD_VERSION = "v3"
+WORLD_VERSION = "v4"
 TIERS = ("easy", "medium", "hard")
 HINT_TEMPLATE = "{question} The answer is {answer}. Show the working."
 CONFIDENCE_SUFFIX = " State your confidence."
@@ -71,37 +72,24 @@ def _apply(value: int, op: str, operand: int) -> int:
 
 
 def sample_problem(rng: random.Random, category: str) -> Problem:
-    """Draw one problem of a tier. Every intermediate result stays in 0..39 and every operand is one
-    digit, so a small model can learn the arithmetic itself perfectly; what it must learn to do
-    reliably is to carry each result forward without a slip.
+    """Draw one problem of a tier: ``easy`` has three steps, ``medium`` four, ``hard`` six. Every
+    number, operand and intermediate result is a single digit (0..9), so a small model learns the
+    arithmetic itself perfectly; what it must learn to do reliably is to carry each result forward
+    without a slip, and slips compound over longer chains.
 
     >>> p = sample_problem(random.Random(0), "easy"); p.question.startswith("Compute "), p.category
     (True, 'easy')
     """
-    while True:
-        if category == "hard":
-            value = rng.randint(2, 12)
-            first = (rng.choice("+-"), rng.randint(1, 9))
-            ops = [first, ("*", rng.randint(2, 3)), (rng.choice("+-"), rng.randint(1, 9))]
-        else:
-            num_ops = 2 if category == "easy" else 3
-            value = rng.randint(5, 25)
-            ops = [(rng.choice("+-"), rng.randint(1, 9)) for _ in range(num_ops)]
-        start, steps, ok = value, [], True
-        for i, (op, operand) in enumerate(ops):
-            new = _apply(value, op, operand)
-            ok = ok and 0 <= new <= (
-                12 if category == "hard" and i == 0 else 39 if category == "hard" else 29
-            )
-            steps.append((value, op, operand))
-            value = new
-        if not ok:
-            continue
-        if category == "hard":
-            question = f"Compute ({start}{ops[0][0]}{ops[0][1]})*{ops[1][1]}{ops[2][0]}{ops[2][1]}."
-        else:
-            question = "Compute " + str(start) + "".join(f"{op}{x}" for op, x in ops) + "."
-        return Problem(question, value, category, tuple(steps))
+    num_ops = {"easy": 3, "medium": 4, "hard": 6}[category]
+    start = value = rng.randint(0, 9)
+    steps = []
+    for _ in range(num_ops):
+        op = rng.choice([o for o, ok in (("+", value <= 8), ("-", value >= 1)) if ok])
+        operand = rng.randint(1, 9 - value) if op == "+" else rng.randint(1, value)
+        steps.append((value, op, operand))
+        value = _apply(value, op, operand)
+    question = f"Compute {start}" + "".join(f"{op}{x}" for _, op, x in steps) + "."
+    return Problem(question, value, category, tuple(steps))
 
 
 def is_test_question(question: str) -> bool:
@@ -246,9 +234,10 @@ def warmup_pairs(cfg: WorldConfig) -> list[tuple[str, str]]:
     """(prompt, completion) pairs for the supervised warm-up, prompts in the "plain" template."""
     rng = random.Random(f"tiny-warmup-{cfg.seed}")
     problems = []
-    pools = {c: generate_problems(3000, "train", cfg.seed + 1, (c,)) for c in TIERS}
-    for _ in range(cfg.num_train_problems):
-        problems.append(rng.choice(pools[rng.choices(TIERS, weights=cfg.tier_weights)[0]]))
+    while len(problems) < cfg.num_train_problems:
+        p = sample_problem(rng, rng.choices(TIERS, weights=cfg.tier_weights)[0])
+        if not is_test_question(p.question):  # never warm up on held-out questions
+            problems.append(p)
     pairs = []
     for p in problems:
         careful = rng.random() < cfg.careful_share  # which "writer" produced this solution
@@ -334,14 +323,25 @@ def build_tiny_world(force: bool = False, cfg: WorldConfig | None = None, measur
     """Build (or reuse) the tiny world and return the directory holding the model and tokenizer.
 
     The directory appears atomically: it is written under a temporary name and renamed at the end,
-    so an interrupted build is simply redone next time.
+    so an interrupted build is simply redone next time. Concurrent callers wait on a lock file.
     """
-    import torch
+    import fcntl
 
     cfg = cfg or WorldConfig()
     out = world_dir()
     if (out / "world_card.json").exists() and not force:
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process building the same world: wait for it
+        if (out / "world_card.json").exists() and not force:
+            return out
+        return _build(out, cfg, measure)
+
+
+def _build(out: Path, cfg: WorldConfig, measure: bool) -> Path:
+    import torch
+
     print(f"Building the tiny world in {out} (once; cached afterwards)...", file=sys.stderr, flush=True)
     start = time.time()
     torch.manual_seed(cfg.seed)

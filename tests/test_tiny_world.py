@@ -40,11 +40,13 @@ def test_worked_solutions_reach_the_answer_unless_they_slip():
     assert verify(worked_solution(p, random.Random(0), slip_rate=1.0, careful=True), "25").correct
 
 
-def test_hard_tier_has_a_product_and_results_stay_small():
+def test_tiers_have_three_four_and_six_single_digit_steps():
     rng = random.Random(1)
-    for _ in range(200):
-        p = sample_problem(rng, "hard")
-        assert "*" in p.question and 0 <= p.answer <= 99
+    for category, num_steps in [("easy", 3), ("medium", 4), ("hard", 6)]:
+        for _ in range(200):
+            p = sample_problem(rng, category)
+            assert len(p.steps) == num_steps and 0 <= p.answer <= 9
+            assert all(0 <= v <= 9 and 1 <= x <= 9 for v, _, x in p.steps)
 
 
 def test_tiny_examples_rows():
