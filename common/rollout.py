@@ -155,10 +155,17 @@ class HFSampler:
         return rollout
 
 
-def make_sampler(kind: str, model, tokenizer, **kwargs) -> Sampler:
-    """``--rollout hf`` (default) or ``--rollout vllm``."""
+def make_sampler(kind: str, model, tokenizer, gpu_memory_utilization: float = 0.3, **kwargs) -> Sampler:
+    """``--rollout hf`` (default) or ``--rollout vllm``.
+
+    ``gpu_memory_utilization`` (``--vllm-gpu-memory-utilization``) only concerns vLLM and is ignored by
+    the HF backend, so every script can pass it unconditionally; other kwargs go to the chosen backend.
+    vLLM is imported only here, so the HF path never needs it installed.
+    """
     if kind == "hf":
         return HFSampler(model, tokenizer, **kwargs)
     if kind == "vllm":
-        raise NotImplementedError("--rollout vllm is not available yet in this version; use --rollout hf")
+        from common.vllm_rollout import VLLMSampler
+
+        return VLLMSampler(model, tokenizer, gpu_memory_utilization=gpu_memory_utilization, **kwargs)
     raise ValueError(f"--rollout must be 'hf' or 'vllm', got {kind!r}")

