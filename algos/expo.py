@@ -121,7 +121,7 @@ class Args:
     """prompts per training step"""
     group_size: int = 8
     """G: completions sampled per prompt"""
-    max_new_tokens: int = 48
+    max_new_tokens: int = 80
     """completion length limit (also L_max of seq-mean-token-sum-norm)"""
     temperature: float = 1.0
     """sampling temperature (training and evaluation)"""
@@ -129,9 +129,9 @@ class Args:
     """nucleus sampling threshold"""
 
     # --- optimisation ---
-    num_steps: int = 80
+    num_steps: int = 100
     """training steps (one rollout batch each)"""
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-4
     """AdamW learning rate (constant after warm-up)"""
     warmup_steps: int = 5
     """linear learning-rate warm-up steps"""

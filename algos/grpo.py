@@ -94,7 +94,7 @@ class Args:
     """prompts per training step"""
     group_size: int = 8
     """G: completions sampled per prompt"""
-    max_new_tokens: int = 48
+    max_new_tokens: int = 80
     """completion length limit (also L_max of seq-mean-token-sum-norm)"""
     temperature: float = 1.0
     """sampling temperature (training and evaluation)"""
