@@ -110,3 +110,11 @@ def test_importing_the_script_has_no_side_effects(capsys):
 
     importlib.reload(algos.grpo)
     assert capsys.readouterr().out == ""
+
+
+def test_truncated_importance_weights_cap_and_no_gradient():
+    from algos.grpo import truncated_is_weights
+
+    old = torch.log(torch.tensor([[0.5, 0.9, 0.2]])).requires_grad_()
+    w = truncated_is_weights(old, torch.log(torch.tensor([[0.1, 0.9, 0.4]])), cap=2.0)
+    assert torch.allclose(w, torch.tensor([[2.0, 1.0, 0.5]])) and not w.requires_grad
