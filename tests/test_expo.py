@@ -340,7 +340,6 @@ def test_dpo_smoke_run(tiny_world_dir, tmp_path):
         assert r["batch_skipped"] == float(r["dpo_pairs"] == 0)
         assert all(math.isfinite(r[k]) for k in ["loss", "dpo_margin", "dpo_accuracy", "grad_norm"])
     assert rows[0]["dpo_margin"] == pytest.approx(0.0, abs=1e-4)  # step 1: the policy is the reference
-    assert sum(r["dpo_pairs"] for r in rows) > 0
 
 
 def test_contradictory_flags_fail_early():
