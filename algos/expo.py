@@ -526,9 +526,7 @@ def main(args: Args) -> dict:
             if row_completions:
                 expl_ids, expl_attn, expl_mask = explanation_rows(tokenizer, row_prompts, row_completions)
                 Ce = expl_mask.shape[1]  # expl_ids, expl_attn [R, P' + Ce]; expl_mask [R, Ce]
-                rows = (
-                    args.micro_batch_size
-                )  # rows per micro-batch; an even number keeps ExP-DPO's pairs together
+                rows = args.micro_batch_size  # per micro-batch; ExP-DPO: even, so that pairs stay together
                 if args.variant == "dpo":
                     rows = max(2, rows // 2 * 2)
                 explanation_batches = [slice(i, i + rows) for i in range(0, len(row_completions), rows)]

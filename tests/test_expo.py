@@ -271,8 +271,9 @@ def test_one_dpo_step_raises_the_preferred_minus_dispreferred_margin():
 # End to end on the tiny world
 # ---------------------------------------------------------------------------------------------------
 
+# 80 new tokens: a careful six-step explanation is about 70 characters
 SMALL = dict(
-    prompts_per_step=4, group_size=4, eval_problems=8, eval_n=2, micro_batch_size=8, max_new_tokens=48,
+    prompts_per_step=4, group_size=4, eval_problems=4, eval_n=2, micro_batch_size=8, max_new_tokens=80,
     num_steps=2, eval_every=0, save_every=100, log_completions_every=1,
 )  # fmt: skip
 
