@@ -324,9 +324,16 @@ SMALL = dict(
 )  # fmt: skip
 
 
-def test_topr_smoke_run_and_exact_resume(tiny_world_dir, tmp_path, monkeypatch):
-    out = main(Args(output_dir=str(tmp_path), run_name="ref", **SMALL))
-    rows = [r for r in read_jsonl(tmp_path / "ref" / "metrics.jsonl") if "loss" in r]
+@pytest.fixture(scope="module")
+def reference_run(tiny_world_dir, tmp_path_factory):
+    """One small uninterrupted run, shared by the smoke test and the resume test."""
+    out_dir = tmp_path_factory.mktemp("topr")
+    return out_dir, main(Args(output_dir=str(out_dir), run_name="ref", **SMALL))
+
+
+def test_topr_smoke_run(reference_run):
+    out_dir, out = reference_run
+    rows = [r for r in read_jsonl(out_dir / "ref" / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and [r["iteration"] for r in rows] == [1, 1, 2, 2]
     for key in ["loss", "grad_norm", "entropy", "logprob_mismatch", "accuracy", "reward_mean", "dataset_size",
                 "positive_frac", "effective_positive_share", "positive_weight_share", "clip_frac", "lr"]:  # fmt: skip
@@ -339,10 +346,17 @@ def test_topr_smoke_run_and_exact_resume(tiny_world_dir, tmp_path, monkeypatch):
         assert first["negative_weight_mean"] in (None, pytest.approx(1.0, abs=1e-4))
     assert rows[1]["logprob_mismatch"] > rows[0]["logprob_mismatch"]  # ... the second is off-policy
     assert "eval/pass@1" not in rows[1] and "eval/pass@2" in rows[3]
-    assert (tmp_path / "ref" / "dataset.pt").stat().st_size > 0
+    assert (out_dir / "ref" / "dataset.pt").stat().st_size > 0
+    assert (out_dir / "ref" / "results.txt").read_text().count("pass@1") == 1
     assert 0.0 <= out["final"]["pass@1"] <= 1.0
 
-    # Ctrl-C after step 3 (inside iteration 2), then --resume: the same metrics, each step once
+
+@pytest.mark.slow
+def test_topr_interrupted_inside_an_iteration_resumes_exactly(reference_run, monkeypatch):
+    """Ctrl-C after step 3 (inside iteration 2), then --resume: dataset.pt is reloaded, not resampled,
+    and every step's metrics equal the uninterrupted run's."""
+    out_dir, _ = reference_run
+
     class InterruptAtStep3(topr.Tracker):
         def log(self, step, metrics):
             super().log(step, metrics)
@@ -351,11 +365,11 @@ def test_topr_smoke_run_and_exact_resume(tiny_world_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(topr, "Tracker", InterruptAtStep3)
     with pytest.raises(SystemExit) as stopped:
-        main(Args(output_dir=str(tmp_path), run_name="cut", **SMALL))
+        main(Args(output_dir=str(out_dir), run_name="cut", **SMALL))
     assert stopped.value.code == 130
     monkeypatch.setattr(topr, "Tracker", InterruptAtStep3.__base__)
-    main(Args(output_dir=str(tmp_path), run_name="cut", resume=True, **SMALL))
-    got, want = read_jsonl(tmp_path / "cut" / "metrics.jsonl"), read_jsonl(tmp_path / "ref" / "metrics.jsonl")
+    main(Args(output_dir=str(out_dir), run_name="cut", resume=True, **SMALL))
+    got, want = read_jsonl(out_dir / "cut" / "metrics.jsonl"), read_jsonl(out_dir / "ref" / "metrics.jsonl")
     assert [r["step"] for r in got] == [r["step"] for r in want] == [0, 1, 2, 3, 4]
     for g, w in zip(got, want):
         for key in ["loss", "grad_norm", "accuracy", "negative_weight_mean", "eval/pass@1"]:
@@ -365,6 +379,7 @@ def test_topr_smoke_run_and_exact_resume(tiny_world_dir, tmp_path, monkeypatch):
                 assert g.get(key) == pytest.approx(w[key], rel=1e-5, abs=1e-6), (g["step"], key)
 
 
+@pytest.mark.slow
 def test_sft_on_positives_only_flag_drops_the_negatives(tiny_world_dir, tmp_path):
     small = {**SMALL, "iterations": 1, "eval_problems": 4, "eval_n": 1}
     main(Args(output_dir=str(tmp_path), run_name="sft", negatives="drop", **small))
