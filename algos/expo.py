@@ -40,7 +40,7 @@ Deviations / choices:
   (EOS) within ``--max-new-tokens``; a truncated text is not a finished explanation.
   ``--explanation-tries`` samples per question are drawn in one sampler call and the first good one
   is kept (the same distribution as retrying until one verifies, in one call instead of several).
-  The verifier cannot tell an explanation from a bare restatement of a* ("\boxed{25}"); on a real model
+  The verifier cannot tell an explanation from a bare restatement of a* ("\\boxed{25}"); on a real model
   the hint template asks the model not to restate it.
 - [ours] Normalisation: token-mean NLL per explanation, averaged over the Q questions of the batch
   (a question without an explanation adds 0), whatever ``--loss-agg`` does to the GRPO part; so with

@@ -47,8 +47,8 @@ Deviations / choices:
   the LM head the same way), trained in the same forward pass that gives the weights of this step (as
   in the code; Algorithm 1 in the paper updates the RM first). Its own AdamW, warm-up and grad clip.
 - Learning rates are constant after warm-up for both models (the code decays both with a cosine).
-- The actor's warm-up schedule keeps stepping while the actor is frozen (as in the code). The freeze is
-  ignored with ``--no-token-rm``: nothing else would learn.
+- The actor's warm-up starts when it unfreezes [ours]; the code's schedule runs during the freeze, so
+  its actor starts at the full learning rate. The freeze is ignored with ``--no-token-rm``.
 - A batch with no kept sample (no mixed group) makes no update and is counted in ``skipped_batches``.
 - Checkpoints: the RM's weights, optimizer and scheduler states are stored in the checkpoint's
   ``extra`` dict (``state.pt``) and restored on ``--resume``.
@@ -121,20 +121,24 @@ class Args:
     """prompts per training step"""
     group_size: int = 8
     """K: completions sampled per prompt (the RLOO group)"""
-    max_new_tokens: int = 48
+    max_new_tokens: int = 80
     """completion length limit"""
     temperature: float = 1.0
     """sampling temperature (training and evaluation)"""
     top_p: float = 1.0
     """nucleus sampling threshold"""
+    vllm_gpu_memory_utilization: float = 0.3
+    """share of GPU memory vLLM may take (weights + KV cache) with --rollout vllm"""
+    tis_cap: float = 0.0
+    """C: weight each token's loss by min(π_old / π_sampler, C) to correct the sampler/trainer mismatch (0: off)"""
 
     # --- optimisation ---
-    num_steps: int = 80
+    num_steps: int = 100
     """training steps (one rollout batch each)"""
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-4
     """actor AdamW learning rate (constant after warm-up)"""
     warmup_steps: int = 5
-    """linear learning-rate warm-up steps (actor and token RM)"""
+    """linear learning-rate warm-up steps (token RM from step 1, actor from its first unfrozen step)"""
     weight_decay: float = 0.0
     """AdamW weight decay (actor and token RM)"""
     max_grad_norm: float = 1.0
@@ -158,7 +162,7 @@ class Args:
     """train on every sample of every group instead of one correct + one incorrect per mixed group"""
     token_rm: bool = True
     """weight tokens with the token-level reward model (--no-token-rm: ω ≡ 1, the simpler variant)"""
-    rm_learning_rate: float = 5e-4
+    rm_learning_rate: float = 4e-4
     """token RM AdamW learning rate (OREAL: 2e-6, 4x the actor's)"""
     actor_freeze_steps: int = 5
     """first steps in which only the token RM learns (OREAL: 10 of 90); ignored with --no-token-rm"""
@@ -311,6 +315,18 @@ def oreal_policy_loss(
     return positive_coef * positive_loss, negative_coef * negative_loss
 
 
+def truncated_is_weights(
+    old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Truncated importance weights min(π_old / π_sampler, C), detached: they correct for the sampler
+    (e.g. vLLM) computing slightly different probabilities than the trainer (as TRL and verl do).
+
+    >>> truncated_is_weights(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])), cap=2.0)
+    tensor([[2., 1.]])
+    """
+    return torch.exp(old_logprobs - behavior_logprobs).clamp(max=cap).detach()
+
+
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0, 0 when equal).
 
@@ -330,6 +346,10 @@ def validate(args: Args) -> None:
         raise SystemExit(f"--group-size must be >= 2 for a leave-one-out advantage, got {args.group_size}")
     if args.micro_batch_size < 1 or args.prompts_per_step < 1 or args.num_steps < 0:
         raise SystemExit("--micro-batch-size and --prompts-per-step must be >= 1 and --num-steps >= 0")
+    if args.tis_cap > 0 and args.temperature == 0:
+        raise SystemExit(
+            "--tis-cap needs sampled behaviour log-probs; it cannot be used with --temperature 0"
+        )
     if args.actor_freeze_steps < 0:
         raise SystemExit(f"--actor-freeze-steps must be >= 0, got {args.actor_freeze_steps}")
 
@@ -374,7 +394,9 @@ def main(args: Args) -> dict:
         rm_scheduler = torch.optim.lr_scheduler.LambdaLR(
             rm_optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
         )
-    sampler = make_sampler(args.rollout, model, tokenizer)
+    sampler = make_sampler(
+        args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization
+    )
     verifier = Verifier()
 
     def evaluate(n: int, desc: str) -> dict:
@@ -472,6 +494,10 @@ def main(args: Args) -> dict:
                         args.temperature,
                         with_entropy=True,
                     )  # [b, C] each
+                    if args.tis_cap > 0:  # sampler/trainer mismatch correction, on the token weights
+                        weights = weights * truncated_is_weights(
+                            logprobs.detach(), train.behavior_logprobs[mb], args.tis_cap
+                        )
                     positive_loss, negative_loss = oreal_policy_loss(
                         logprobs, mb_mask, pos, train_advantages[mb], weights,
                         num_positive_tokens, num_negative_tokens, args.positive_coef, args.negative_coef,
@@ -509,7 +535,8 @@ def main(args: Args) -> dict:
             if reward_model is not None:
                 rm_optimizer.zero_grad(set_to_none=True)
                 rm_scheduler.step()
-            scheduler.step()
+            if update_actor:  # the actor's warm-up starts when it unfreezes
+                scheduler.step()
             sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
 
             # TRY NOT TO MODIFY: logging
@@ -527,7 +554,7 @@ def main(args: Args) -> dict:
                 "truncated_frac": rollout.truncated.float().mean().item(),
                 "grad_norm": float(grad_norm),
                 "rm_grad_norm": float(rm_grad_norm),
-                "lr": scheduler.get_last_lr()[0],
+                "lr": scheduler.get_last_lr()[0] if update_actor else 0.0,
                 "step_time": time.time() - step_start,
                 "samples_per_s": Q * G / (time.time() - step_start),
                 **stats,
