@@ -23,9 +23,9 @@ format), each gets its own p̂, (α_k, β_k) and BNPO advantage, and A = (1/K) �
 
 Defaults: the official ``recipe/bnpo/run.sh`` for the loss: ε_low 0.2, ε_high 0.28 (clip-higher),
 dual-clip c = 10, ``seq-mean-token-sum``, no KL, no entropy bonus, one update per batch, accuracy reward
-only (its format reward and decomposition are off). Rollout budget and learning rate as grpo.py on the
-tiny world (16 prompts × G = 8, lr 2e-4). The paper: Qwen2.5-Math-7B on MATH, 32 prompts × G = 16,
-lr 1e-6, T = 1, 5 epochs (README command line).
+only (its format reward and decomposition are off). Rollout budget, length and learning rate as grpo.py
+on the tiny world (100 steps of 16 prompts × G = 8, 80 new tokens, lr 1e-4). The paper:
+Qwen2.5-Math-7B on MATH, 32 prompts × G = 16, lr 1e-6, T = 1, 5 epochs (README command line).
 
 Deviations / choices:
 - p̂ ∈ {0, 1}: A = 0 explicitly. The code computes 1/f clamped to [0, 1e6] and multiplies by R − p̂ = 0;
@@ -113,17 +113,21 @@ class Args:
     """prompts per training step"""
     group_size: int = 8
     """G: completions sampled per prompt"""
-    max_new_tokens: int = 48
+    max_new_tokens: int = 80
     """completion length limit (also L_max of seq-mean-token-sum-norm)"""
     temperature: float = 1.0
     """sampling temperature (training and evaluation)"""
     top_p: float = 1.0
     """nucleus sampling threshold"""
+    vllm_gpu_memory_utilization: float = 0.3
+    """share of GPU memory vLLM may take (weights + KV cache) with --rollout vllm"""
+    tis_cap: float = 0.0
+    """C: weight each token's loss by min(π_old / π_sampler, C) to correct the sampler/trainer mismatch (0: off)"""
 
     # --- optimisation ---
-    num_steps: int = 80
+    num_steps: int = 100
     """training steps (one rollout batch each)"""
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-4
     """AdamW learning rate (constant after warm-up)"""
     warmup_steps: int = 5
     """linear learning-rate warm-up steps"""
@@ -312,6 +316,18 @@ def clipped_surrogate(
     return per_token_loss, was_clipped.detach()
 
 
+def truncated_is_weights(
+    old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Truncated importance weights min(π_old / π_sampler, C), detached: they correct for the sampler
+    (e.g. vLLM) computing slightly different probabilities than the trainer (as TRL and verl do).
+
+    >>> truncated_is_weights(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])), cap=2.0)
+    tensor([[2., 1.]])
+    """
+    return torch.exp(old_logprobs - behavior_logprobs).clamp(max=cap).detach()
+
+
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0, 0 when equal).
 
@@ -361,6 +377,10 @@ def validate(args: Args) -> None:
         raise SystemExit("--micro-batch-size and --prompts-per-step must be >= 1 and --num-steps >= 0")
     if args.updates_per_batch < 1:
         raise SystemExit(f"--updates-per-batch must be >= 1, got {args.updates_per_batch}")
+    if args.tis_cap > 0 and args.temperature == 0:
+        raise SystemExit(
+            "--tis-cap needs sampled behaviour log-probs; it cannot be used with --temperature 0"
+        )
     if args.dual_clip != 0 and args.dual_clip <= 1:  # Modification 3 (vs GRPO)
         raise SystemExit(f"--dual-clip must be 0 (off) or > 1, got {args.dual_clip}")
 
@@ -395,7 +415,9 @@ def main(args: Args) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
     )
-    sampler = make_sampler(args.rollout, model, tokenizer)
+    sampler = make_sampler(
+        args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization
+    )
     verifier = Verifier()
 
     def evaluate(n: int, desc: str) -> dict:
@@ -479,6 +501,10 @@ def main(args: Args) -> dict:
                     per_token_loss, clipped = clipped_surrogate(  # Modification 3 (vs GRPO): dual clip
                         logprobs, old, advantages[mb], args.clip_low, args.clip_high, args.dual_clip
                     )
+                    if args.tis_cap > 0:  # sampler/trainer mismatch correction
+                        per_token_loss = per_token_loss * truncated_is_weights(
+                            old, rollout.behavior_logprobs[mb], args.tis_cap
+                        )
                     if ref_logprobs is not None:
                         kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
                         per_token_loss = per_token_loss + args.kl_coef * kl

@@ -417,7 +417,7 @@ def main(args: Args) -> dict:
                         float((clipped * mask[mb]).sum()) / num_tokens / args.updates_per_batch
                     )
                     if update == 0:
-                        stats["entropy"] += float((entropy * mask[mb]).sum()) / num_tokens
+                        stats["entropy"] += float((entropy.detach() * mask[mb]).sum()) / num_tokens
                         gap = (logprobs.detach() - kept.behavior_logprobs[mb]).abs()
                         stats["logprob_mismatch"] += float((gap * mask[mb]).sum()) / num_tokens
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
