@@ -123,6 +123,10 @@ class Args:
     """sampling temperature (training and evaluation)"""
     top_p: float = 1.0
     """nucleus sampling threshold"""
+    vllm_gpu_memory_utilization: float = 0.3
+    """share of GPU memory vLLM may take (weights + KV cache) with --rollout vllm"""
+    tis_cap: float = 0.0
+    """C: weight each token's loss by min(π_old / π_sampler, C) to correct the sampler/trainer mismatch (0: off)"""
 
     # --- optimisation ---
     num_steps: int = 80
@@ -235,6 +239,18 @@ def clipped_surrogate(
     return per_token_loss, (clipped < unclipped).detach()
 
 
+def truncated_is_weights(
+    old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Truncated importance weights min(π_old / π_sampler, C), detached: they correct for the sampler
+    (e.g. vLLM) computing slightly different probabilities than the trainer (as TRL and verl do).
+
+    >>> truncated_is_weights(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])), cap=2.0)
+    tensor([[2., 1.]])
+    """
+    return torch.exp(old_logprobs - behavior_logprobs).clamp(max=cap).detach()
+
+
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0, 0 when equal).
 
@@ -284,6 +300,10 @@ def validate(args: Args) -> None:
         raise SystemExit("--micro-batch-size and --prompts-per-step must be >= 1 and --num-steps >= 0")
     if args.updates_per_batch < 1:
         raise SystemExit(f"--updates-per-batch must be >= 1, got {args.updates_per_batch}")
+    if args.tis_cap > 0 and args.temperature == 0:
+        raise SystemExit(
+            "--tis-cap needs sampled behaviour log-probs; it cannot be used with --temperature 0"
+        )
 
 
 def main(args: Args) -> dict:
@@ -316,7 +336,9 @@ def main(args: Args) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
     )
-    sampler = make_sampler(args.rollout, model, tokenizer)
+    sampler = make_sampler(
+        args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization
+    )
     verifier = Verifier()
 
     def evaluate(n: int, desc: str) -> dict:
@@ -402,6 +424,10 @@ def main(args: Args) -> dict:
                     per_token_loss, clipped = clipped_surrogate(
                         logprobs, old, advantages[mb], args.clip_low, args.clip_high
                     )
+                    if args.tis_cap > 0:  # sampler/trainer mismatch correction
+                        per_token_loss = per_token_loss * truncated_is_weights(
+                            old, kept.behavior_logprobs[mb], args.tis_cap
+                        )
                     # Modification 4 (vs GRPO): entropy bonus (paper 1e-4, official code 1e-3)
                     per_token_loss = per_token_loss - args.entropy_coef * entropy
                     if ref_logprobs is not None:
