@@ -65,6 +65,7 @@ from common.checkpoint import StopRequest, check_writable, latest_checkpoint, lo
 from common.data import build_prompt, load_examples
 from common.evaluate import evaluate_policy
 from common.model import completion_logprobs, load_policy
+from common.preflight import check_run_args
 from common.rollout import make_sampler
 from common.tracking import Progress, Tracker, report_before_after
 from common.verify import Verifier
@@ -383,6 +384,7 @@ def validate(args: Args) -> None:
         )
     if args.dual_clip != 0 and args.dual_clip <= 1:  # Modification 3 (vs GRPO)
         raise SystemExit(f"--dual-clip must be 0 (off) or > 1, got {args.dual_clip}")
+    check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
 
 
 def main(args: Args) -> dict:

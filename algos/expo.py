@@ -72,6 +72,7 @@ from common.checkpoint import StopRequest, check_writable, latest_checkpoint, lo
 from common.data import build_prompt, load_examples
 from common.evaluate import evaluate_policy
 from common.model import completion_logprobs, load_policy
+from common.preflight import check_run_args
 from common.rollout import make_sampler
 from common.tiny_world import HINT_TEMPLATE
 from common.tracking import Progress, Tracker, report_before_after
@@ -409,6 +410,7 @@ def validate(args: Args) -> None:
         raise SystemExit(f"--hint-template needs {{question}} and {{answer}}, got {args.hint_template!r}")
     if args.variant == "dpo" and args.kl_coef > 0:
         raise SystemExit("--variant dpo has no GRPO term to add a KL to (its reference is in the DPO loss)")
+    check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
 
 
 def main(args: Args) -> dict:

@@ -69,6 +69,7 @@ from common.checkpoint import StopRequest, check_writable, latest_checkpoint, lo
 from common.data import build_prompt, load_examples
 from common.evaluate import evaluate_policy
 from common.model import completion_logprobs, load_policy
+from common.preflight import check_run_args
 from common.rollout import make_sampler
 from common.tracking import Progress, Tracker, report_before_after
 from common.verify import Verifier
@@ -304,6 +305,7 @@ def validate(args: Args) -> None:
         raise SystemExit(
             "--tis-cap needs sampled behaviour log-probs; it cannot be used with --temperature 0"
         )
+    check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
 
 
 def main(args: Args) -> dict:

@@ -73,6 +73,7 @@ from common.checkpoint import StopRequest, check_writable, latest_checkpoint, lo
 from common.data import build_prompt, load_examples
 from common.evaluate import evaluate_policy
 from common.model import completion_logprobs, load_policy, position_ids_from_mask
+from common.preflight import check_run_args
 from common.rollout import make_sampler
 from common.tracking import Progress, Tracker, report_before_after
 from common.verify import Verifier
@@ -352,6 +353,7 @@ def validate(args: Args) -> None:
         )
     if args.actor_freeze_steps < 0:
         raise SystemExit(f"--actor-freeze-steps must be >= 0, got {args.actor_freeze_steps}")
+    check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
 
 
 def main(args: Args) -> dict:

@@ -137,35 +137,18 @@ def load_examples(
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number or None, got {limit}")
 
+    spec = _dataset_spec(dataset, split, question_field, answer_field)
     if dataset == "tiny":
         from common.tiny_world import tiny_examples
 
-        spec = DatasetSpec()
         rows = ((f"tiny:{split}:{i}", row) for i, row in enumerate(tiny_examples(split, limit, seed)))
-    elif dataset in DATASETS or dataset.startswith("hf:"):
-        if dataset in DATASETS:
-            spec = DATASETS[dataset]
-            if split not in spec.splits:
-                raise ValueError(f"dataset {dataset!r} has splits {list(spec.splits)}, not {split!r}")
-        else:
-            name, _, config = dataset.removeprefix("hf:").partition(":")
-            if not name or not question_field or not answer_field:
-                raise ValueError(
-                    f"{dataset!r}: a generic 'hf:NAME[:CONFIG]' dataset needs a name and both "
-                    "question_field and answer_field (e.g. --question-field problem --answer-field answer)"
-                )
-            spec = DatasetSpec(name, config or None)
+    elif spec.hf_path:
         import datasets
 
         hf_rows = datasets.load_dataset(spec.hf_path, spec.config, split=split)
         rows = ((f"{dataset}:{split}:{i}", row) for i, row in enumerate(hf_rows))
-    elif dataset.endswith(".jsonl"):
-        if not os.path.isfile(dataset):
-            raise FileNotFoundError(f"no such dataset file: {dataset}")
-        spec = DatasetSpec()
-        rows = _read_jsonl(dataset)
     else:
-        raise ValueError(f"unknown dataset {dataset!r}; valid forms: {VALID_FORMS}")
+        rows = _read_jsonl(dataset)
 
     return _examples_from_rows(
         rows,
@@ -176,6 +159,83 @@ def load_examples(
         spec.category,
         limit,
     )
+
+
+def _dataset_spec(
+    dataset: str, split: str, question_field: str | None, answer_field: str | None
+) -> DatasetSpec:
+    """The spec of a dataset argument, or the error for a name, split or file that cannot work."""
+    if dataset == "tiny":
+        return DatasetSpec()
+    if dataset in DATASETS:
+        spec = DATASETS[dataset]
+        if split not in spec.splits:
+            raise ValueError(f"dataset {dataset!r} has splits {list(spec.splits)}, not {split!r}")
+        return spec
+    if dataset.startswith("hf:"):
+        name, _, config = dataset.removeprefix("hf:").partition(":")
+        if not name or not question_field or not answer_field:
+            raise ValueError(
+                f"{dataset!r}: a generic 'hf:NAME[:CONFIG]' dataset needs a name and both "
+                "question_field and answer_field (e.g. --question-field problem --answer-field answer)"
+            )
+        return DatasetSpec(name, config or None)
+    if dataset.endswith(".jsonl"):
+        if not os.path.isfile(dataset):
+            raise FileNotFoundError(f"no such dataset file: {dataset}")
+        return DatasetSpec()
+    raise ValueError(f"unknown dataset {dataset!r}; valid forms: {VALID_FORMS}")
+
+
+def check_dataset(
+    dataset: str, split: str = "train", question_field: str | None = None, answer_field: str | None = None
+) -> None:
+    """Fail fast on a dataset argument that cannot work, before anything is downloaded or loaded.
+
+    Checks the name, the split and the fields a generic "hf:" dataset needs; a local .jsonl file is read
+    through once: every line must be a JSON object with a non-empty question, and at least one row must
+    have the answer field. Gold answers are not verified here (`load_examples` skips and counts those).
+    Raises the same errors as `load_examples`, naming the file, line and field.
+
+    >>> check_dataset("gsm9k")
+    Traceback (most recent call last):
+    ValueError: unknown dataset 'gsm9k'; valid forms: 'tiny', 'gsm8k', 'math', 'math500', 'hf:NAME' or 'hf:NAME:CONFIG' (with question_field and answer_field), or a path to a .jsonl file
+    """
+    spec = _dataset_spec(dataset, split, question_field, answer_field)
+    if dataset == "tiny" or spec.hf_path:
+        return
+    question_field, answer_field = question_field or spec.question_field, answer_field or spec.answer_field
+    rows_with_answer, first_row_fields = 0, None
+    for source, row in _read_jsonl(dataset):
+        first_row_fields = first_row_fields or sorted(row)
+        _check_question(source, row, question_field)
+        rows_with_answer += row.get(answer_field) is not None and bool(str(row[answer_field]).strip())
+    if first_row_fields is None:
+        raise ValueError(f"no rows in {dataset!r}")
+    if not rows_with_answer:
+        raise ValueError(
+            f"no usable examples in {dataset!r}: no row has a non-empty answer field {answer_field!r} "
+            f"(fields of the first row: {first_row_fields})"
+        )
+
+
+def check_template(template: str) -> None:
+    """Fail fast on an unknown prompt template (the same error `build_prompt` raises).
+
+    >>> check_template("qwen_math")
+    Traceback (most recent call last):
+    ValueError: unknown template 'qwen_math'; valid: ['plain', 'qwen-math', 'r1', 'chat']
+    """
+    if template != "chat" and template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; valid: {[*TEMPLATES, 'chat']}")
+
+
+def _check_question(source: str, row: dict, question_field: str) -> None:
+    if question_field not in row:
+        raise ValueError(f"{source}: missing question field {question_field!r} (fields: {sorted(row)})")
+    question = row[question_field]
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"{source}: question field {question_field!r} is empty or not text: {question!r}")
 
 
 def _read_jsonl(path: str) -> Iterator[tuple[str, dict]]:
@@ -213,13 +273,8 @@ def _examples_from_rows(
     for source, row in rows:
         if first_row_fields is None:
             first_row_fields = sorted(row)
-        if question_field not in row:
-            raise ValueError(f"{source}: missing question field {question_field!r} (fields: {sorted(row)})")
+        _check_question(source, row, question_field)
         question = row[question_field]
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError(
-                f"{source}: question field {question_field!r} is empty or not text: {question!r}"
-            )
 
         raw_answer = row.get(answer_field)
         if raw_answer is None or not str(raw_answer).strip():
@@ -301,6 +356,5 @@ def build_prompt(question: str, template: str, tokenizer=None) -> str:
             raise ValueError("template 'chat' needs a tokenizer (it uses tokenizer.apply_chat_template)")
         messages = [{"role": "user", "content": question}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if template not in TEMPLATES:
-        raise ValueError(f"unknown template {template!r}; valid: {[*TEMPLATES, 'chat']}")
+    check_template(template)
     return TEMPLATES[template].replace("{question}", question)

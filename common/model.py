@@ -26,18 +26,38 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def check_model_path(name: str) -> None:
+    """Fail fast on a model that cannot load: a local-looking path that is not a model directory.
+
+    ``"tiny"`` and plausible hub ids (``org/name``, ``gpt2``) pass; whether a hub id exists is only known when it
+    is downloaded. Raises FileNotFoundError naming the flag and the path.
+
+    >>> check_model_path("./no/such/model")
+    Traceback (most recent call last):
+    FileNotFoundError: --model-name-or-path './no/such/model': no such directory
+    """
+    if name == "tiny":
+        return
+    path = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1
+    if not looks_local:
+        return
+    if not path.exists():
+        raise FileNotFoundError(f"--model-name-or-path {name!r}: no such directory")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--model-name-or-path {name!r}: not a model directory (no config.json)")
+
+
 def load_policy(name: str, dtype: str = "float32", device: str = "cpu", gradient_checkpointing: bool = False):
     """Load ``(model, tokenizer)`` for training: left padding, a pad token, ``use_cache`` off for training.
 
-    A path that does not exist and is not a plausible hub id fails here, with the name in the message,
-    before any expensive work.
+    A path that does not exist and is not a plausible hub id fails here (`check_model_path`), with the
+    name in the message, before any expensive work.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_model_path(name)
     path = resolve_model_path(name)
-    looks_local = path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") > 1
-    if looks_local and not Path(path).expanduser().exists():
-        raise FileNotFoundError(f"--model-name-or-path {name!r}: no such directory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))

@@ -1,0 +1,48 @@
+"""The checks every script's `validate()` ends with: bad input fails in a second, not after the model loads.
+
+`check_run_args(args)` reads the fields that every `algos/*.py` `Args` shares (model, data, template,
+sampling, evaluation and checkpoint flags) and exits with one message naming the flag, file, line or
+field at fault: a model path that does not exist, an unknown dataset or split, a JSONL file with a
+malformed line or a row without a question, an unknown template, a flag out of range. It loads nothing
+and writes nothing; what it cannot know cheaply (whether a hub id or an "hf:" dataset exists, whether
+each gold answer parses) is found when the data and model load, still before the first rollout.
+The method's own flags (e.g. a group size of 1 for a group-relative advantage) stay in its `validate()`.
+
+    >>> check_run_args(Args(template="qwen_math"))  # doctest: +SKIP
+    SystemExit: error: unknown template 'qwen_math'; valid: ['plain', 'qwen-math', 'r1', 'chat']
+"""
+
+from common.data import check_dataset, check_template
+from common.model import check_model_path
+
+
+def default_eval_dataset(dataset: str) -> str:
+    """The held-out dataset when --eval-dataset is not given: MATH evaluates on MATH-500."""
+    return "math500" if dataset == "math" else dataset
+
+
+def check_run_args(args) -> None:
+    """Exit (SystemExit, non-zero) with one clear message if a shared flag cannot work."""
+    problems = [
+        (args.max_new_tokens < 1, f"--max-new-tokens must be >= 1, got {args.max_new_tokens}"),
+        (args.temperature < 0, f"--temperature must be >= 0, got {args.temperature}"),
+        (not 0 < args.top_p <= 1, f"--top-p must be in (0, 1], got {args.top_p}"),
+        (args.eval_every < 0, f"--eval-every must be >= 0 (0: only before and after), got {args.eval_every}"),
+        (args.eval_problems < 1, f"--eval-problems must be >= 1, got {args.eval_problems}"),
+        (args.eval_n < 1, f"--eval-n must be >= 1, got {args.eval_n}"),
+        (args.save_every < 1, f"--save-every must be >= 1, got {args.save_every}"),
+        (args.warmup_steps < 0, f"--warmup-steps must be >= 0, got {args.warmup_steps}"),
+        (args.learning_rate <= 0, f"--learning-rate must be > 0, got {args.learning_rate}"),
+        (args.max_grad_norm <= 0, f"--max-grad-norm must be > 0, got {args.max_grad_norm}"),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise SystemExit(f"error: {message}")
+    try:
+        check_model_path(args.model_name_or_path)
+        check_template(args.template)
+        check_dataset(args.dataset, "train", args.question_field, args.answer_field)
+        eval_dataset = args.eval_dataset or default_eval_dataset(args.dataset)
+        check_dataset(eval_dataset, "test", args.question_field, args.answer_field)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None

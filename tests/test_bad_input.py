@@ -1,0 +1,163 @@
+"""Bad input, for every script: one clear message naming the flag, file, line or field, a non-zero exit,
+and nothing expensive done first (no data or model loaded, no run directory created)."""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ["grpo", "nsr", "bnpo", "topr", "oreal", "expo"]
+
+# Flags that contradict the method itself, checked by each script's own validate().
+CONTRADICTORY = {
+    "grpo": ({"group_size": 1}, "--group-size must be >= 2"),
+    "bnpo": ({"group_size": 1}, "--group-size must be >= 2"),
+    "oreal": ({"group_size": 1}, "--group-size must be >= 2"),
+    "expo": ({"group_size": 1}, "--group-size must be >= 2"),
+    "nsr": ({"lam": -0.5}, "--lam must be >= 0"),  # no group baseline: one sample per prompt is allowed
+    "topr": ({"baseline": 1.0}, "--baseline must be in (-1, 1)"),
+}
+
+
+class Loaded(Exception):
+    """Raised by the patched loaders: the script got past its checks and started loading."""
+
+
+@pytest.fixture
+def guarded(monkeypatch):
+    """Each script's module with its data and model loaders replaced by ones that raise `Loaded`."""
+
+    def get(name):
+        module = importlib.import_module(f"algos.{name}")
+
+        def fail(*args, **kwargs):
+            raise Loaded(name)
+
+        monkeypatch.setattr(module, "load_examples", fail)
+        monkeypatch.setattr(module, "load_policy", fail)
+        return module
+
+    return get
+
+
+def _write(path: Path, lines: list[str]) -> str:
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def _bad_inputs(tmp_path: Path) -> list[tuple[str, dict, str]]:
+    """(case id, flags, text the message must contain)."""
+    no_config = tmp_path / "not_a_model"
+    no_config.mkdir()
+    good = json.dumps({"question": "1+1?", "answer": "2"})
+    malformed = _write(tmp_path / "malformed.jsonl", [good, "", '{"question": "2+2?", "answer": 4'])
+    no_question = _write(
+        tmp_path / "no_question.jsonl", [good, json.dumps({"problem": "2+2?", "answer": "4"})]
+    )
+    empty_question = _write(tmp_path / "empty_q.jsonl", [json.dumps({"question": "  ", "answer": "4"})])
+    not_object = _write(tmp_path / "list.jsonl", [good, "[1, 2]"])
+    no_answers = _write(tmp_path / "no_answers.jsonl", [json.dumps({"question": "2+2?", "solution": "4"})])
+    empty = _write(tmp_path / "empty.jsonl", [])
+    return [
+        ("model-missing", {"model_name_or_path": "/nonexistent/model"}, "--model-name-or-path '/nonexistent/model'"),
+        ("model-no-config", {"model_name_or_path": str(no_config)}, "not a model directory (no config.json)"),
+        ("dataset-unknown", {"dataset": "gsm9k"}, "unknown dataset 'gsm9k'"),
+        ("dataset-split", {"dataset": "math500"}, "dataset 'math500' has splits ['test'], not 'train'"),
+        ("eval-dataset-unknown", {"eval_dataset": "math501"}, "unknown dataset 'math501'"),
+        ("hf-without-fields", {"dataset": "hf:org/name"}, "needs a name and both question_field and answer_field"),
+        ("jsonl-missing", {"dataset": str(tmp_path / "nope.jsonl")}, f"no such dataset file: {tmp_path}/nope.jsonl"),
+        ("jsonl-malformed", {"dataset": malformed}, f"{malformed}:3: not valid JSON"),
+        ("jsonl-not-object", {"dataset": not_object}, f"{not_object}:2: expected a JSON object, got list"),
+        ("jsonl-no-question", {"dataset": no_question}, f"{no_question}:2: missing question field 'question'"),
+        ("jsonl-empty-question", {"dataset": empty_question}, f"{empty_question}:1: question field 'question' is empty"),
+        ("jsonl-no-answers", {"dataset": no_answers}, "no row has a non-empty answer field 'answer'"),
+        ("jsonl-custom-field", {"dataset": no_answers, "answer_field": "answer_text"}, "answer field 'answer_text'"),
+        ("jsonl-empty", {"dataset": empty}, f"no rows in '{empty}'"),
+        ("template", {"template": "qwen_math"}, "unknown template 'qwen_math'"),
+        ("max-new-tokens", {"max_new_tokens": 0}, "--max-new-tokens must be >= 1"),
+        ("temperature", {"temperature": -1.0}, "--temperature must be"),  # TOPR: > 0, the others: >= 0
+        ("top-p", {"top_p": 0.0}, "--top-p must be in (0, 1]"),
+        ("eval-n", {"eval_n": 0}, "--eval-n must be >= 1"),
+        ("eval-problems", {"eval_problems": 0}, "--eval-problems must be >= 1"),
+        ("save-every", {"save_every": 0}, "--save-every must be >= 1"),
+        ("learning-rate", {"learning_rate": 0.0}, "--learning-rate must be > 0"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_input_fails_before_anything_is_loaded(script, guarded, tmp_path):
+    module = guarded(script)
+    cases = _bad_inputs(tmp_path) + [("contradictory",) + CONTRADICTORY[script]]
+    for case, flags, expected in cases:
+        args = module.Args(output_dir=str(tmp_path / "runs"), run_name=case, **flags)
+        with pytest.raises(SystemExit) as exited:
+            module.main(args)
+        message = str(exited.value.code)
+        assert expected in message, (case, message)
+        assert "\n" not in message, (case, message)  # one message
+        assert not (tmp_path / "runs" / case).exists(), case  # nothing written either
+    # and the good flags get past the checks, to the (patched) loading
+    with pytest.raises(Loaded):
+        module.main(module.Args(output_dir=str(tmp_path / "runs"), run_name="good"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_command_line_prints_one_message_and_exits_non_zero(script, tmp_path):
+    """From the shell: the message names the file, line and field; no traceback; exit status 1."""
+    bad = _write(
+        tmp_path / "bad.jsonl", [json.dumps({"question": "1+1?", "answer": "2"}), json.dumps({"q": "?"})]
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "algos" / f"{script}.py"), f"--dataset={bad}", f"--output-dir={tmp_path}"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == f"error: {bad}:2: missing question field 'question' (fields: ['q'])"
+    assert list(tmp_path.iterdir()) == [tmp_path / "bad.jsonl"]  # no run directory
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_unusable_gold_rows_are_skipped_counted_and_reported(script, monkeypatch, tmp_path, capsys):
+    """Rows whose gold answer is missing or does not parse are skipped (never scored), counted in one line,
+    and reported on stderr with their file and line; training goes on with the rest."""
+    module = importlib.import_module(f"algos.{script}")
+    data = _write(
+        tmp_path / "golds.jsonl",
+        [
+            json.dumps({"question": "1+1?", "answer": "2"}),
+            json.dumps({"question": "2+2?", "answer": "???"}),  # math-verify finds no expression
+            json.dumps({"question": "3+3?"}),  # no answer field
+            json.dumps({"question": "4+4?", "answer": r"\frac{1}{"}),  # unclosed LaTeX
+            json.dumps({"question": "5+5?", "answer": r"\boxed{10}"}),
+        ],
+    )
+    loaded = {}
+
+    def stop_at_model(*args, **kwargs):
+        raise Loaded
+
+    real_load_examples = module.load_examples
+
+    def spy(dataset, split, *args, **kwargs):
+        loaded[split] = real_load_examples(dataset, split, *args, **kwargs)
+        return loaded[split]
+
+    monkeypatch.setattr(module, "load_examples", spy)
+    monkeypatch.setattr(module, "load_policy", stop_at_model)
+    with pytest.raises(Loaded):
+        module.main(module.Args(dataset=data, output_dir=str(tmp_path / "runs")))
+    assert [(e.question, e.answer) for e in loaded["train"]] == [("1+1?", "2"), ("5+5?", "10")]
+    out, err = capsys.readouterr()
+    assert f"loaded 2 examples from {data} (skipped 3: 2 unusable gold, 1 empty answer)" in out
+    for line, field in [
+        (2, "gold answer '???'"),
+        (3, "answer field 'answer' is missing"),
+        (4, "gold answer"),
+    ]:
+        assert f"skipped {data}:{line}: {field}" in err, err
