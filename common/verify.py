@@ -2,9 +2,10 @@ r"""Verifiable reward for math answers: extract the final answer, compare it wit
 
 Extraction (`extract_answer`), first rule that applies wins:
   1. the LAST `\boxed{...}` or `\fbox{...}` (also `\boxed 5` without braces). Braces are matched by
-     counting, so `\boxed{\frac{1}{2}}` works. Once the text has a box, the box decides: an empty,
-     whitespace-only or unclosed (truncated) last box is "not parsed", and we do not fall back to an
-     earlier box or to a number elsewhere in the text.
+     counting, so `\boxed{\frac{1}{2}}` works. Once the text has a box, the box decides: an empty or
+     blank last box (only whitespace, braces, `$`, LaTeX spacing such as `\quad` or an empty `\text{}`)
+     or an unclosed (truncated) one is "not parsed", and we do not fall back to an earlier box or to a
+     number elsewhere in the text. Several boxes with different answers: only the last one counts.
   2. GSM8K style: the rest of the line after the last `####` that is followed by a number or math
      (a markdown heading such as "#### Step 2" is not an answer).
   3. only if `fallback=True`: the last plain number in the text ("1,234" -> "1234", "-3", "0.5", "3/4").
@@ -13,11 +14,15 @@ Equivalence (`verify`):
   * both sides are first cleaned the same way (`_clean`): unicode minus -> "-", "$" and "\$" removed,
     "%" removed (so "18\%" equals "18" but NOT "0.18": no percent leniency, a known false-positive
     source), `\dfrac`/`\tfrac` -> `\frac`, `\text{13}` -> "13", "1,000" -> "1000".
-  * fast path, in this process: if both are plain numbers (integer, decimal, `a/b`, `\frac{a}{b}`,
-    optionally after "x =" or before "^\circ" or a unit `\text{ cm}`), compare them exactly as
-    `fractions.Fraction` (no float tolerance: "0.333" is not 1/3). This covers nearly all GSM8K / MATH integer answers,
-    so 2,000 of them verify in milliseconds.
-  * otherwise math-verify: `parse("\boxed{" + gold + "}")`, the same for the prediction, and
+  * a gold that is a plain number (integer, decimal, `a/b`, `\frac{a}{b}`) is answered only by a plain
+    number, optionally after "x =", or before "^\circ" or a unit `\text{ cm}`; the two are compared
+    exactly, in this process, as `fractions.Fraction` (no float tolerance: "0.333" is not 1/3). An
+    expression that merely evaluates to the number is not an answer: restating "Compute 3+5-4+2." as
+    `\boxed{3+5-4+2}` (which math-verify would evaluate to 6), `\sqrt{36}` for 6, or a hedge such as
+    `6 \text{ (or 7)}` earn nothing. Only ASCII digits count: look-alikes (fullwidth "６",
+    mathematical "𝟔", superscripts) are not numbers. This covers nearly all GSM8K / MATH integer
+    answers, so 2,000 of them verify in milliseconds.
+  * any other gold goes to math-verify: `parse("\boxed{" + gold + "}")`, the same for the prediction, and
     `math_verify.verify(gold, prediction)` with the GOLD FIRST. math-verify is asymmetric on purpose,
     so that restating the question (e.g. the inequality to solve) is not rewarded; swapped arguments
     are a known bug in other repos (open-r1 #557).
@@ -27,13 +32,18 @@ Timeout design. math-verify's own timeout uses `signal.alarm`, which raises outs
 thread (Math-Verify #50, #55) and cannot stop C code. So we call math-verify with its timeouts off
 (`parsing_timeout=None`, `timeout_seconds=None`) inside child processes that we own, and enforce a
 hard per-item timeout from here: an item that runs past `timeout` seconds gets its worker killed and
-restarted, and counts as parsed=True, correct=False. Each worker is a fresh interpreter
+restarted, and counts as parsed=True, correct=False. The timeout holds wherever `verify` is called
+from: the main thread, a worker thread, or a child process (a forked child starts workers of its own
+and never touches its parent's). Each worker is a fresh interpreter
 (`subprocess` running `_worker_loop`, talking over a socket with `multiprocessing.connection`): we never
 fork a parent that holds torch/CUDA state, and unlike multiprocessing's 'spawn' the child does not
 re-import the caller's `__main__` (no torch import per restart, no crash in scripts without an
-`if __name__ == "__main__"` guard). A worker is replaced as soon as it is killed, so its start-up
-(~0.5 s to import sympy) overlaps with other work. `verify()` uses one lazily created, module-level
-`Verifier`, so it also works from any thread.
+`if __name__ == "__main__"` guard). A worker imports math-verify and runs a few warm-up comparisons
+before it reports ready, so the lazy first-use costs of the parser and sympy (seconds on a busy machine)
+never count against an item's timeout. After the first timeout a spare worker is kept started, so a
+killed worker is replaced at once and one pathological answer costs the batch `timeout` seconds, not
+a worker start-up as well. `verify()` uses one lazily created, module-level `Verifier`, so it also works
+from any thread.
 
     >>> extract_answer("so x = 3, and the answer is \\boxed{\\frac{1}{2}}.")
     '\\frac{1}{2}'
@@ -43,6 +53,7 @@ re-import the caller's `__main__` (no torch import per restart, no crash in scri
 
 import logging
 import math
+import os
 import re
 import signal
 import socket
@@ -109,8 +120,22 @@ def _braced(text: str, start: int) -> str | None:
     return None
 
 
+_BLANK = re.compile(
+    r"(?:\s|[{}$~]|\\(?:quad|qquad|[,;:! ]|(?:text|textrm|textbf|mbox|mathrm|mathbf|hspace|phantom)(?![a-zA-Z])))*"
+)
+
+
+def _is_blank(content: str) -> bool:
+    r"""True if a box holds nothing but whitespace, braces, "$", "~", LaTeX spacing and empty wrappers.
+
+    >>> _is_blank("{}"), _is_blank("\\quad\\text{ }"), _is_blank("\\,$ $"), _is_blank("{0}")
+    (True, True, True, False)
+    """
+    return _BLANK.fullmatch(content) is not None
+
+
 def _last_box(text: str) -> tuple[bool, str | None]:
-    """(text has a box, content of its last box or None if that box is empty/unclosed)."""
+    """(text has a box, content of its last box or None if that box is blank or unclosed)."""
     last = _last_match(_BOX, text)
     if last is None:
         return False, None
@@ -119,7 +144,7 @@ def _last_box(text: str) -> tuple[bool, str | None]:
         content = _braced(rest, 0)
     else:  # "\boxed 5" or "\boxed5": one token, up to whitespace or "$"
         content = re.match(r"[^\s$]*", rest).group().rstrip(".,;")
-    if content is None or not content.strip():
+    if content is None or _is_blank(content):
         return True, None
     return True, content.strip()
 
@@ -166,8 +191,10 @@ def parse_tag(text: str, tag: str) -> str | None:
 # ----------------------------------------------------------------------------------------------
 
 _THOUSANDS = re.compile(r"-?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?")
-_TRAILING_UNIT = re.compile(r"\s*\\(?:text|textrm|mbox)\{[^{}0-9]*\}$")
-_WHOLE_TEXT = re.compile(r"\\(?:text|textrm|mbox)\{([^{}]*)\}")
+_TRAILING_UNIT = re.compile(
+    r"\s*\\(?:text|textrm|mbox|mathrm)\{[^{}0-9]*\}(?:\^\{?[23]\}?)?$"
+)  # \text{ cm}^2
+_WHOLE_TEXT = re.compile(r"\\(?:text|textrm|textbf|mbox|mathrm|mathbf)\{([^{}]*)\}")
 _DECIMAL = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 _SLASH_FRACTION = re.compile(r"(-?[0-9]+)/([0-9]+)")
 _LATEX_FRACTION = re.compile(r"(-?)\\frac(?:\{(-?[0-9]+)\}\{([0-9]+)\}|([0-9])([0-9]))")
@@ -187,7 +214,7 @@ def _clean(answer: str) -> str:
     answer = answer.replace("\\%", "").replace("%", "")
     answer = answer.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     answer = answer.replace("{,}", ",").replace("\\!", "").replace("\\,", "")
-    answer = answer.strip()
+    answer = answer.replace("\\ ", " ").replace("~", " ").strip()
     whole_text = _WHOLE_TEXT.fullmatch(answer)
     if whole_text:  # \text{13} -> 13
         answer = whole_text.group(1).strip()
@@ -199,17 +226,19 @@ def _clean(answer: str) -> str:
 def _as_number(answer: str) -> Fraction | None:
     r"""The exact value of a cleaned plain-number answer, None if it is anything else.
 
-    Also accepts "x = " before and a unit after the number (math-verify strips units itself);
-    units are only removed here, next to a plain number, so `3+2\text{i}` is never "3+2".
+    Also accepts a sign, "x = " before and a unit (`\text{ cm}`, `\text{ m}^2`) or a degree sign after the
+    number; a unit is only removed next to a plain number, so `3+2\text{i}` is never "3+2". Anything
+    with arithmetic left in it (`7+1`, `2^3`, `\sqrt{36}`) or non-ASCII digits is not a plain number.
 
     >>> _as_number("x = -0.5"), _as_number("\\frac12"), _as_number("30^\\circ"), _as_number("5\\text{ cm}")
     (Fraction(-1, 2), Fraction(1, 2), Fraction(30, 1), Fraction(5, 1))
-    >>> _as_number("7+1") is None
-    True
+    >>> _as_number("7+1") is None, _as_number("\\sqrt{36}") is None, _as_number("\uff16") is None
+    (True, True, True)
     """
     if len(answer) > 100:  # also keeps clear of int()'s 4300-digit limit
         return None
     answer = re.sub(r"^[a-zA-Z]\s*=\s*", "", answer)  # x = 5
+    answer = re.sub(r"^\+?(-?)\s*", r"\1", answer)  # "+5" -> "5", "- 5" -> "-5"
     answer = re.sub(r"\s*(?:\^\{?\\circ\}?|°)$", "", answer)  # 30^\circ
     answer = _TRAILING_UNIT.sub("", answer)  # 5\text{ cm}
     try:
@@ -245,19 +274,19 @@ def normalize_gold(gold: str) -> str | None:
     return gold or None
 
 
-def _fast_equal(answer: str, gold: str) -> bool | None:
-    """Exact comparison when both cleaned strings are plain numbers; None means "ask math-verify"."""
-    answer_value, gold_value = _as_number(answer), _as_number(gold)
-    if answer_value is None or gold_value is None:
-        return None
-    return answer_value == gold_value
-
-
 # ----------------------------------------------------------------------------------------------
 # math-verify in child processes, with a hard per-item timeout
 # ----------------------------------------------------------------------------------------------
 
-_STARTUP_TIMEOUT = 120.0  # seconds a new worker may take to import math-verify (sympy) on a busy machine
+_STARTUP_TIMEOUT = 120.0  # seconds a new worker may take to import and warm up math-verify on a busy machine
+# Run once by every worker before it reports ready: the parser and sympy initialize lazily on first use
+# (several seconds on a busy machine), and that must not be charged to the first real item's timeout.
+_WARM_UP = [
+    ("\\frac{\\sqrt{2}}{2}", "\\sqrt{2}/2"),
+    ("x^2-3x+2<0", "(1, 2]"),
+    ("\\{1, 2\\}", "x = \\pi"),
+    ("\\text{(B)}", "B"),
+]
 
 
 def _math_verify_equal(gold: str, prediction: str | None) -> bool:
@@ -287,8 +316,8 @@ def _worker_loop(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent
     for name in ("math_verify", "latex2sympy2_extended"):  # "timeout disabled" and parse-error noise
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    import math_verify  # noqa: F401 -- import before "ready" so the timeout covers only the work
-
+    for gold, prediction in _WARM_UP:  # import and first-use costs before "ready": items pay only their work
+        _math_verify_equal(gold, prediction)
     conn.send("ready")
     while True:
         try:
@@ -329,9 +358,13 @@ class _Worker:
         self.conn.close()
 
 
-def _kill_all(workers: list[_Worker]) -> None:
+def _kill_all(workers: list[_Worker], owner_pid: int | None = None) -> None:
+    """Kill the workers and empty the list; in a forked child (pid != owner_pid) only forget them."""
     for worker in workers:
-        worker.kill()
+        if owner_pid is None or owner_pid == os.getpid():
+            worker.kill()
+        else:  # the parent's workers: close our copy of the socket, leave the process to its owner
+            worker.conn.close()
     workers.clear()
 
 
@@ -340,8 +373,9 @@ class Verifier:
 
     Results keep the input order. An item whose math-verify work (parsing gold and prediction,
     then comparing) runs past `timeout` seconds is scored parsed=True, correct=False, and its
-    worker is killed and restarted. Workers start on the
-    first item that needs them. Thread-safe (batches are served one at a time).
+    worker is killed and replaced by a spare one (started after the first kill). Workers start on the
+    first item that needs them. Thread-safe (batches are served one at a time); usable in a forked
+    child, which starts workers of its own.
 
         with Verifier(timeout=5.0, num_workers=2) as verifier:
             results = verifier.verify_batch(["\\boxed{72}", "no answer"], ["72", "3"])
@@ -355,8 +389,13 @@ class Verifier:
         self.num_workers = num_workers
         self.fallback = fallback
         self._workers: list[_Worker] = []  # started on first use, replaced in place
+        self._spares: list[_Worker] = []  # at most one, started after the first kill
         self._lock = threading.Lock()
-        weakref.finalize(self, _kill_all, self._workers)  # at garbage collection or interpreter exit
+        self._owner_pid = os.getpid()
+        self._finalizers = [
+            weakref.finalize(self, _kill_all, workers, self._owner_pid)  # at garbage collection or exit
+            for workers in (self._workers, self._spares)
+        ]
 
     def verify_batch(self, completions: list[str], golds: list[str]) -> list[VerifyResult]:
         return self._verify_batch(completions, golds, self.timeout, self.fallback)
@@ -378,9 +417,10 @@ class Verifier:
                 results[i] = VerifyResult(parsed=True, correct=False, answer=answer)
                 continue
             answer_cleaned = _clean(answer)
-            fast = _fast_equal(answer_cleaned, gold_normalized)
-            if fast is not None:
-                results[i] = VerifyResult(parsed=True, correct=fast, answer=answer)
+            gold_value = _as_number(gold_normalized)
+            if gold_value is not None:  # a number is answered by a number, compared exactly, here
+                correct = _as_number(answer_cleaned) == gold_value
+                results[i] = VerifyResult(parsed=True, correct=correct, answer=answer)
             elif not answer_cleaned:  # e.g. "\boxed{\$}": nothing left to compare
                 results[i] = VerifyResult(parsed=True, correct=False, answer=answer)
             else:
@@ -395,6 +435,8 @@ class Verifier:
         results = [False] * len(jobs)
         if not jobs:
             return results
+        if self._owner_pid != os.getpid():
+            self._adopt_after_fork()
         todo = deque(range(len(jobs)))
         with self._lock:
             while len(self._workers) < self.num_workers:
@@ -459,12 +501,45 @@ class Verifier:
                     raise RuntimeError(f"math-verify worker did not start within {_STARTUP_TIMEOUT} s")
 
     def _restart(self, slot: int) -> None:
+        """Kill the worker in `slot`; the spare takes its place at once and a new spare starts."""
         self._workers[slot].kill()
-        self._workers[slot] = _Worker()  # starts importing now, ready by the next job
+        if self._spares:
+            spare = self._spares.pop()
+            if not spare.ready and spare.conn.poll():  # it finished starting (or died) while it waited
+                try:
+                    message = spare.conn.recv()
+                except (EOFError, OSError):
+                    message = None
+                if message == "ready":
+                    spare.ready = True
+                else:
+                    spare.kill()
+                    spare = _Worker()
+            spare.started_at = time.monotonic()  # a late starter gets a full start-up allowance from now
+            self._workers[slot] = spare
+        else:
+            self._workers[slot] = _Worker()  # starts importing now, ready by the next job
+        self._spares.append(_Worker())
+
+    def _adopt_after_fork(self) -> None:
+        """In a forked child: forget the parent's workers (never kill them) and start afresh."""
+        for finalizer in self._finalizers:
+            finalizer.detach()
+        _kill_all(self._workers, self._owner_pid)
+        _kill_all(self._spares, self._owner_pid)
+        self._lock = threading.Lock()  # the parent's may have been held by another thread at fork time
+        self._owner_pid = os.getpid()
+        self._finalizers = [
+            weakref.finalize(self, _kill_all, workers, self._owner_pid)
+            for workers in (self._workers, self._spares)
+        ]
 
     def close(self) -> None:
+        if self._owner_pid != os.getpid():
+            self._adopt_after_fork()
         with self._lock:
             _kill_all(self._workers)
+            _kill_all(self._spares)
 
     def __enter__(self) -> "Verifier":
         return self

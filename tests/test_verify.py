@@ -159,7 +159,10 @@ def test_gold_is_usable():
         (r"\boxed{18\%}", "18"),
         (r"\boxed{5 \text{ cm}}", "5"),
         (r"\boxed{5}", r"5\text{ cm}"),
-        (r"\boxed{12\text{ inches}^2}", "12"),  # math-verify strips this unit
+        (r"\boxed{12\text{ inches}^2}", "12"),  # a unit next to a plain number is dropped
+        (r"\boxed{+12}", "12"),
+        (r"\boxed{\textbf{12}}", "12"),
+        (r"\boxed{12\ \text{cm}}", "12"),
         (r"\boxed{x = 5}", "5"),
         (r"\boxed{30^\circ}", "30"),
         (r"\boxed{\frac{\sqrt2}{2}}", r"\sqrt{2}/2"),  # math-verify
@@ -211,11 +214,11 @@ def test_verify_unusable_gold_is_never_correct():
 
 def test_verify_pathological_expression_times_out():
     start = time.monotonic()
-    result = verify(r"\boxed{9^{9^{9^{9}}}}", "7", timeout=2.0)
+    result = verify(r"\boxed{9^{9^{9^{9}}}}", r"2\sqrt{2}", timeout=2.0)  # symbolic gold: math-verify
     elapsed = time.monotonic() - start
     assert result == VerifyResult(parsed=True, correct=False, answer="9^{9^{9^{9}}}")
     assert elapsed < 2.0 + 3.0
-    assert verify(r"\boxed{\sqrt{4}}", "2").correct  # the restarted worker answers again
+    assert verify(r"\boxed{\sqrt{8}}", r"2\sqrt{2}").correct  # the restarted worker answers again
 
 
 def test_verify_from_worker_thread():
@@ -245,7 +248,7 @@ def test_verify_batch_keeps_order(verifier):
     items = [
         (r"\boxed{3}", "3", True),  # fast path
         (r"\boxed{\sqrt{2}}", r"\sqrt{2}", True),  # math-verify
-        (r"\boxed{9^{9^{9^{9}}}}", "1", False),  # times out
+        (r"\boxed{9^{9^{9^{9}}}}", "x+1", False),  # times out
         ("no answer here", "5", False),  # not parsed
         (r"\boxed{\frac{\pi}{2}}", r"\pi/2", True),  # math-verify
         (r"\boxed{4}", "5", False),  # fast path
@@ -275,10 +278,12 @@ def test_verify_batch_fast_path_is_fast():
 
 def test_verifier_survives_a_dead_worker():
     with Verifier(timeout=5.0) as fresh:
-        assert fresh.verify_batch([r"\boxed{\sqrt{4}}"], ["2"])[0].correct
+        assert fresh.verify_batch([r"\boxed{\sqrt{8}}"], [r"2\sqrt{2}"])[0].correct
         fresh._workers[0].process.kill()  # e.g. the OOM killer
         fresh._workers[0].process.wait()
-        assert fresh.verify_batch([r"\boxed{\sqrt{9}}"], ["3"])[0].correct  # retried on a new worker
+        assert fresh.verify_batch([r"\boxed{\sqrt{18}}"], [r"3\sqrt{2}"])[
+            0
+        ].correct  # retried on a new worker
 
 
 def test_verify_batch_length_mismatch(verifier):
@@ -353,3 +358,183 @@ def test_verify_never_raises(verifier, completion, gold):
     result = verifier.verify_batch([completion], [gold])[0]
     assert result.parsed == (result.answer is not None)
     assert not (result.correct and not result.parsed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Under attack: answers that try to game the reward earn nothing, and nothing stalls
+# ----------------------------------------------------------------------------------------------
+
+BIG = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold"),
+    [
+        # the question restated: an unevaluated expression is not an answer to a number
+        (r"Compute 3+5-4+2. So \boxed{3+5-4+2}", "6"),
+        (r"\boxed{2 \cdot 3}", "6"),
+        (r"\boxed{\sqrt{36}}", "6"),
+        (r"\boxed{x^2-5x+6=0}", "2, 3"),  # the equation to solve, for its roots
+        (r"\boxed{x^2-3x+2<0}", "(1,2)"),
+        # the gold inside a longer, wrong expression, or hedged
+        (r"\boxed{6 + 1}", "6"),
+        (r"\boxed{16}", "6"),
+        (r"\boxed{6x}", "6"),
+        (r"\boxed{6, 7}", "6"),
+        (r"\boxed{6 \pm 1}", "6"),
+        (r"\boxed{6 \text{ or } 7}", "6"),
+        (r"\boxed{6 \text{ (or 7)}}", "6"),
+        (r"\boxed{\{6, 7\}}", "6"),
+        (r"\boxed{x+1, x+2}", "x+1"),
+        (r"\boxed{x+1 \text{ or } x+2}", "x+1"),
+        (r"\boxed{\frac{\pi}{2}, \pi}", r"\frac{\pi}{2}"),
+        (r"\boxed{2, 3, 4}", "2, 3"),
+        (r"\boxed{\text{(B) or (C)}}", "B"),
+        # several boxes: the last one counts
+        (r"\boxed{6} or maybe \boxed{7}", "6"),
+        (r"\boxed{6}, \boxed{6}, \boxed{7}", "6"),
+        # enormous numbers and nested powers
+        (r"\boxed{10^{10^{10}}}", "6"),
+        (r"\boxed{9^{9^{9^{9}}}}", "6"),
+        (r"\boxed{" + BIG + "}", "6"),
+        (r"\boxed{" + BIG + "}", BIG),  # beyond the exact path's 100 characters: math-verify, no crash
+        (r"\boxed{1e400}", "6"),
+        (r"\boxed{(10^{100})!}", "6"),
+        (r"\boxed{9^{9^{9^{9}}}}", r"2\sqrt{2}"),  # symbolic gold: math-verify, which times out
+        # unicode look-alikes
+        ("\\boxed{\uff16}", "6"),  # fullwidth 6
+        ("\\boxed{\U0001d7d4}", "6"),  # mathematical bold 6
+        ("\\boxed{\u0666}", "6"),  # Arabic-Indic 6
+        ("\\boxed{\u2076}", "6"),  # superscript 6
+        ("\\boxed{\u2165}", "6"),  # Roman numeral six
+        ("\\boxed{2\u2076}", "26"),  # 2 to the 6th, not 26
+        (r"\boxed{O}", "0"),  # the letter O
+        (r"\boxed{l}", "1"),  # the letter l
+        ("\\boxed{\u0443}", "y"),  # Cyrillic u
+    ],
+)
+def test_attack_earns_no_reward(verifier, completion, gold):
+    start = time.monotonic()
+    result = verifier.verify_batch([completion], [gold])[0]
+    assert not result.correct, result
+    assert time.monotonic() - start < verifier.timeout + 60.0  # at worst one worker start on a busy machine
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [r"\boxed{}", r"\boxed{ }", r"\boxed{{}}", r"\boxed{\quad}", r"\boxed{\text{ }}", r"\boxed{$ $}",
+     r"\boxed{~\,}", r"\boxed{\mbox{}}", r"\boxed{7} then \boxed{\qquad}", r"\boxed $"],
+)  # fmt: skip
+def test_blank_box_is_not_an_answer(verifier, completion):
+    """A blank box is "not parsed": no reward, and no format reward for a parseable box (BNPO)."""
+    assert verifier.verify_batch([completion], ["0"])[0] == VerifyResult(
+        parsed=False, correct=False, answer=None
+    )
+
+
+def test_the_last_box_counts():
+    assert verify(r"\boxed{7} no, \boxed{6}", "6").correct
+    assert not verify(r"\boxed{6} no, \boxed{7}", "6").correct
+
+
+def _wait_until_ready(worker, timeout=180.0):
+    deadline = time.monotonic() + timeout
+    while not worker.ready and time.monotonic() < deadline:
+        if worker.conn.poll(0.2):
+            worker.ready = worker.conn.recv() == "ready"
+    assert worker.ready
+
+
+def test_a_killed_worker_is_replaced_by_a_warm_spare():
+    """After the first timeout a spare is kept started: the next pathological item costs `timeout`, and
+    the item after it is answered by the spare at once, not after a worker start-up."""
+    with Verifier(timeout=1.5) as fresh:
+        hang = [r"\boxed{9^{9^{9^{9}}}}"], [r"2\sqrt{2}"]
+        assert not fresh.verify_batch(*hang)[0].correct  # the first kill starts a spare
+        assert len(fresh._spares) == 1
+        _wait_until_ready(fresh._workers[0])
+        _wait_until_ready(fresh._spares[0])
+        spare_pid = fresh._spares[0].process.pid
+        start = time.monotonic()
+        assert not fresh.verify_batch(*hang)[0].correct
+        assert time.monotonic() - start < fresh.timeout + 3.0
+        assert fresh._workers[0].process.pid == spare_pid and fresh._workers[0].ready
+        assert fresh.verify_batch([r"\boxed{\sqrt{8}}"], [r"2\sqrt{2}"])[0].correct
+        assert fresh._workers[0].process.pid == spare_pid  # the warm spare answered it
+
+
+def test_timeout_holds_in_a_worker_thread():
+    results, errors = [], []
+
+    def run():
+        try:
+            start = time.monotonic()
+            results.append(verify(r"\boxed{9^{9^{9^{9}}}}", r"2\sqrt{2}", timeout=1.5))
+            results.append(time.monotonic() - start)
+        except Exception as error:  # surface it in the main thread
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=300)
+    assert not errors and not thread.is_alive()
+    assert not results[0].correct and results[0].parsed
+    assert results[1] < 1.5 + 60.0
+
+
+def _verify_in_child(queue):
+    start = time.monotonic()
+    hang = verify(r"\boxed{9^{9^{9^{9}}}}", r"2\sqrt{2}", timeout=1.5)
+    ok = verify(r"\boxed{\sqrt{8}}", r"2\sqrt{2}")
+    queue.put((hang.correct, ok.correct, time.monotonic() - start))
+
+
+def test_timeout_holds_in_a_forked_child_that_leaves_the_parents_workers_alone():
+    import multiprocessing
+
+    assert verify(r"\boxed{\sqrt{8}}", r"2\sqrt{2}").correct  # the parent's shared verifier has a worker
+    from common import verify as verify_module
+
+    parent_worker = verify_module._shared_verifier._workers[0]
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_verify_in_child, args=(queue,))
+    child.start()
+    hang_correct, ok_correct, elapsed = queue.get(timeout=400)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert (hang_correct, ok_correct) == (False, True)
+    assert elapsed < 1.5 + 2 * 120.0  # the child started its own workers (their start-up is not timed)
+    assert parent_worker.process.poll() is None  # still running: the child neither used nor killed it
+    assert verify_module._shared_verifier._workers[0] is parent_worker
+    assert verify(r"\boxed{\sqrt{18}}", r"3\sqrt{2}").correct
+
+
+attack_tokens = st.sampled_from(
+    ["^{9^{9^{9}}}", "^{10^{10}}", "!", "\\sum_{n=1}^{\\infty}", "\\int_0^1", "9" * 120, "\\left(", "\\right)",
+     "\\sqrt{", "\\frac{", "\\lor", "\\pm", "\\infty", "\\text{ or }", "\\{", "\\}", "x", "=", "<", "\\quad",
+     "\uff16", "\u2076", "\u0443", "6", "7", "+", ",", "(", ")", "{", "}", " "]
+)  # fmt: skip
+attack_like = st.lists(attack_tokens, max_size=12).map(lambda tokens: "\\boxed{" + "".join(tokens) + "}")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    completion=st.one_of(attack_like, latex_like),
+    gold=st.sampled_from(["6", r"2\sqrt{2}", "x+1", r"\frac{\pi}{2}", "(1,2)", "2, 3"]),
+)
+def test_fuzz_extraction_and_verification_return_within_the_timeout(fuzz_verifier, completion, gold):
+    """No exception escapes, and no call runs longer than the timeout plus, at worst, one worker start."""
+    from common.verify import _STARTUP_TIMEOUT
+
+    start = time.monotonic()
+    result = fuzz_verifier.verify_batch([completion], [gold])[0]
+    assert time.monotonic() - start < fuzz_verifier.timeout + _STARTUP_TIMEOUT
+    assert result.parsed == (result.answer is not None)
+    assert not (result.correct and not result.parsed)
+
+
+@pytest.fixture(scope="module")
+def fuzz_verifier():
+    with Verifier(timeout=1.0, num_workers=1) as shared:
+        yield shared
