@@ -2,36 +2,37 @@
 
 Everything here is built locally (no downloads) so that every algorithm runs, and learns, on a laptop CPU:
 
-* **Task.** Multi-step arithmetic written like a math problem, answered in ``\\boxed{}``:
+* **Task.** Multi-step arithmetic written like a math problem, answered in ``\\boxed{}``. The working
+  rewrites the expression with its first operation done, one line per step:
 
-      Compute 3+5-4+2.           ->   3+5=8
-                                      8-4=4
-                                      4+2=6
+      Compute 3+5-4+2.           ->   8-4+2
+                                      4+2
+                                      6
                                       \\boxed{6}
 
   Three difficulty tiers (the ``category`` of each example), usable as curriculum categories:
   ``easy`` (three steps), ``medium`` (four steps) and ``hard`` (six steps), all single-digit + and -.
-  The problems need written working: the model has no way to produce the answer except by carrying
-  each intermediate result forward, and a slip anywhere in the chain makes the answer wrong.
+  The model has no way to produce the answer except by carrying each intermediate result forward,
+  and a slip anywhere in the chain makes the answer wrong, so longer chains are harder.
 * **Tokenizer.** One token per character: the stock byte-level ``Qwen2Tokenizer`` with no merges, and
-  the special tokens of the Qwen2.5 family (``<|endoftext|>`` is both EOS and padding, as in Qwen2.5-Math, so the code must keep
-  an explicit completion mask), saved with a chat template in the Hugging Face format.
-* **Model.** A ``Qwen2ForCausalLM`` of about two million parameters, saved with ``save_pretrained``,
-  so the scripts load it exactly as they load ``Qwen/Qwen2.5-Math-1.5B``.
-* **Warm-up.** A short supervised run on worked solutions written in two styles, as if by two
-  writers: a *careful* one (``23 + 7 = 30``, a quarter of the data) that never slips, and a *compact*
-  one (``23+7=30``) whose every step has a 30% chance of a plausible *slip* (a result off by one,
-  carried forward consistently). The base policy therefore knows the method but is unreliable:
-  sampled at temperature 1 it mostly writes compact, slip-prone working, solves some problems, and
-  solves many more given several tries. RL has a real behaviour to find and sharpen: write carefully
-  (a choice made at the first tokens of the answer) and stop slipping. The warm-up mix also contains the formats
-  later methods need: a *hinted* prompt that states the answer and asks for the working (ExPO's
-  self-explanations; hinted solutions never slip) and a prompt that asks for a ``<confidence>`` tag
-  (RLCR).
+  the special tokens of the Qwen2.5 family (``<|endoftext|>`` is both EOS and padding, as in
+  Qwen2.5-Math, so the code must keep an explicit completion mask), saved with a chat template in the
+  Hugging Face format.
+* **Model.** A ``Qwen2ForCausalLM`` of under a million parameters, saved with ``save_pretrained``, so
+  the scripts load it exactly as they load ``Qwen/Qwen2.5-Math-1.5B``.
+* **Warm-up.** A short supervised run on worked solutions in which every line has a 30% chance of a
+  plausible *slip* (its result off by one, carried forward consistently). The model learns the method
+  (the most likely result on every line is the right one: greedy decoding solves almost every problem)
+  and also learns to slip as often as its teachers did. Sampled at temperature 1 the base policy is
+  therefore capable but unreliable: it solves some problems at the first try and many more given
+  several. RL has a real behaviour to sharpen: stop slipping. The warm-up mix also contains the
+  formats later methods need: a *hinted* prompt that states the answer and asks for the working
+  (ExPO's self-explanations; hinted solutions never slip) and a prompt that asks for a
+  ``<confidence>`` tag (RLCR).
 
-``build_tiny_world()`` does all of this once and caches the result under ``cache/`` (see ``world_dir``);
-the model path ``"tiny"`` in every script resolves to it. The measured pass@k of the base policy is
-written next to the weights in ``world_card.json``.
+``build_tiny_world()`` does all of this once (a few minutes on two CPU cores) and caches the result
+under ``cache/`` (see ``world_dir``); the model path ``"tiny"`` in every script resolves to it. The
+measured pass@k of the base policy is written next to the weights in ``world_card.json``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-WORLD_VERSION = "v4"
+WORLD_VERSION = "v5"
 TIERS = ("easy", "medium", "hard")
 HINT_TEMPLATE = "{question} The answer is {answer}. Show the working."
 CONFIDENCE_SUFFIX = " State your confidence."
@@ -116,32 +117,28 @@ def generate_problems(num: int, split: str, seed: int, categories: tuple[str, ..
     return out
 
 
-def worked_solution(
-    problem: Problem, rng: random.Random | None = None, slip_rate: float = 0.0, careful: bool = False
-) -> str:
-    """The written working, one line per step, then the boxed result.
+def worked_solution(problem: Problem, rng: random.Random | None = None, slip_rate: float = 0.0) -> str:
+    """The written working: each line rewrites the expression with its first operation done, until one
+    number is left; then the boxed result.
 
-    Two writing styles: *compact* (``23+7=30``) and *careful* (``23 + 7 = 30``, spaces around every
-    operator). With probability ``slip_rate`` per step a compact line's result is off by one; later
-    steps carry the slip, so the working stays internally consistent but the final answer is wrong.
-    Careful lines never slip.
+    With probability ``slip_rate`` per line (``rng`` given) the line's leading result is off by one;
+    later lines carry the slip, so the working stays internally consistent but the final answer is
+    wrong. Each line depends only on the line above it (the rest of the expression is copied), so a
+    small model learns the method itself quickly.
 
-    >>> p = Problem("Compute 23+7-5.", 25, "easy", ((23, "+", 7), (30, "-", 5)))
+    >>> p = Problem("Compute 3+5-4.", 4, "easy", ((3, "+", 5), (8, "-", 4)))
     >>> worked_solution(p)
-    '23+7=30\\n30-5=25\\n\\\\boxed{25}'
-    >>> worked_solution(p, careful=True)
-    '23 + 7 = 30\\n30 - 5 = 25\\n\\\\boxed{25}'
+    '8-4\\n4\\n\\\\boxed{4}'
+    >>> worked_solution(p, random.Random(0), slip_rate=1.0)
+    '9-4\\n6\\n\\\\boxed{6}'
     """
     lines, value = [], problem.steps[0][0]
-    for _, op, operand in problem.steps:
-        result = _apply(value, op, operand)
-        if careful:
-            lines.append(f"{value} {op} {operand} = {result}")
-        else:
-            if rng is not None and rng.random() < slip_rate:
-                result = max(0, result + rng.choice((-1, 1)))
-            lines.append(f"{value}{op}{operand}={result}")
-        value = result
+    for i, (_, op, operand) in enumerate(problem.steps):
+        value = _apply(value, op, operand)
+        if rng is not None and rng.random() < slip_rate:
+            value = max(0, value + rng.choice((-1, 1)))
+        rest = "".join(f"{o}{x}" for _, o, x in problem.steps[i + 1 :])
+        lines.append(f"{value}{rest}")
     lines.append(f"\\boxed{{{value}}}")
     return "\n".join(lines)
 
@@ -190,15 +187,14 @@ def build_tokenizer():
 class WorldConfig:
     """Sizes and warm-up settings of the tiny world (recorded in ``world_card.json``)."""
 
-    hidden_size: int = 192
+    hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    intermediate_size: int = 512
-    warmup_steps: int = 600
-    batch_size: int = 64
+    intermediate_size: int = 384
+    warmup_steps: int = 1200
+    batch_size: int = 32
     learning_rate: float = 3e-3
-    slip_rate: float = 0.35
-    careful_share: float = 0.2
+    slip_rate: float = 0.3
     tier_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
     hint_share: float = 0.1
     confidence_share: float = 0.1
@@ -240,19 +236,18 @@ def warmup_pairs(cfg: WorldConfig) -> list[tuple[str, str]]:
             problems.append(p)
     pairs = []
     for p in problems:
-        careful = rng.random() < cfg.careful_share  # which "writer" produced this solution
         u = rng.random()
         if u < cfg.hint_share:  # ExPO-style hinted prompt: the working is always right
             question = HINT_TEMPLATE.format(question=p.question, answer=p.answer)
-            pairs.append((question + "\n", worked_solution(p, careful=True)))
+            pairs.append((question + "\n", worked_solution(p)))
         elif u < cfg.hint_share + cfg.confidence_share:  # RLCR-style confidence tag (uninformative)
-            solution = worked_solution(p, rng, cfg.slip_rate, careful)
+            solution = worked_solution(p, rng, cfg.slip_rate)
             conf = rng.choice([0.2, 0.4, 0.6, 0.8])
             pairs.append(
                 (p.question + CONFIDENCE_SUFFIX + "\n", f"{solution}\n<confidence>{conf}</confidence>")
             )
         else:
-            pairs.append((p.question + "\n", worked_solution(p, rng, cfg.slip_rate, careful)))
+            pairs.append((p.question + "\n", worked_solution(p, rng, cfg.slip_rate)))
     return pairs
 
 
@@ -262,13 +257,9 @@ def warmup(model, tokenizer, cfg: WorldConfig, log_every: int = 100) -> list[flo
 
     pairs = warmup_pairs(cfg)
     eos = tokenizer.eos_token_id
-    encoded = [
-        (
-            tokenizer(p, add_special_tokens=False)["input_ids"],
-            tokenizer(c, add_special_tokens=False)["input_ids"] + [eos],
-        )
-        for p, c in pairs
-    ]
+    prompt_ids = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
+    encoded = [(p, c + [eos]) for p, c in zip(prompt_ids, completion_ids)]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
     warm = max(1, cfg.warmup_steps // 20)
 
@@ -380,5 +371,5 @@ def measure_base_policy(model_dir: Path, n: int = 16, num_problems: int = 300) -
     model, tokenizer = load_policy(str(model_dir))
     examples = tiny_examples("test", num_problems)
     return evaluate_policy(
-        model, tokenizer, examples, n=n, template="plain", max_new_tokens=48, temperature=1.0
+        model, tokenizer, examples, n=n, template="plain", max_new_tokens=80, temperature=1.0
     )

@@ -29,15 +29,38 @@ def test_worked_solutions_reach_the_answer_unless_they_slip():
     for category in TIERS:
         for _ in range(50):
             p = sample_problem(rng, category)
-            for careful in (False, True):
-                text = worked_solution(p, careful=careful)
-                assert verify(text, str(p.answer)).correct, text
+            text = worked_solution(p)
+            assert verify(text, str(p.answer)).correct, text
             assert len(text.splitlines()) == len(p.steps) + 1  # one line per step, then the box
-    # slips change the answer; careful lines never slip
-    p = Problem("Compute 23+7-5.", 25, "easy", ((23, "+", 7), (30, "-", 5)))
+            assert text.splitlines()[-2] == str(p.answer)
+    # a slip is carried forward: the working stays consistent, the answer is wrong but parsed
+    p = Problem("Compute 3+5-4.", 4, "easy", ((3, "+", 5), (8, "-", 4)))
+    assert worked_solution(p) == "8-4\n4\n\\boxed{4}"
     slipped = worked_solution(p, random.Random(0), slip_rate=1.0)
-    assert not verify(slipped, "25").correct and verify(slipped, "25").parsed
-    assert verify(worked_solution(p, random.Random(0), slip_rate=1.0, careful=True), "25").correct
+    assert slipped.splitlines()[0] in ("7-4", "9-4")
+    assert not verify(slipped, "4").correct and verify(slipped, "4").parsed
+
+
+def test_warmup_data_mixes_slips_hints_and_confidence_tags():
+    from common.tiny_world import CONFIDENCE_SUFFIX, WorldConfig, warmup_pairs
+
+    cfg = WorldConfig(num_train_problems=2000)
+    pairs = warmup_pairs(cfg)
+    hinted = [(q, c) for q, c in pairs if "The answer is" in q]
+    tagged = [(q, c) for q, c in pairs if CONFIDENCE_SUFFIX in q]
+    plain = [(q, c) for q, c in pairs if (q, c) not in hinted and (q, c) not in tagged]
+    assert abs(len(hinted) / len(pairs) - cfg.hint_share) < 0.03
+    assert abs(len(tagged) / len(pairs) - cfg.confidence_share) < 0.03
+    assert all(c.endswith("</confidence>") for _, c in tagged)
+    # hinted working never slips; plain working slips on about slip_rate of its lines
+    for q, c in hinted:
+        assert verify(c, q.split("The answer is ")[1].split(".")[0]).correct
+    first_lines_right = []
+    for q, c in plain:
+        a, op, b = q[len("Compute ") : len("Compute ") + 3]
+        first_lines_right.append(int(c.split("\n")[0].split("+")[0].split("-")[0]) == eval(a + op + b))
+    slip = 1 - sum(first_lines_right) / len(first_lines_right)
+    assert abs(slip - cfg.slip_rate) < 0.04, slip
 
 
 def test_tiers_have_three_four_and_six_single_digit_steps():
@@ -74,6 +97,6 @@ def test_base_policy_is_imperfect_but_capable(tiny_world_dir):
     curve = {int(k): v for k, v in card["base_policy"]["curve"].items()}
     assert 0.10 <= curve[1] <= 0.60, curve
     assert curve[16] >= curve[1] + 0.15, curve
-    # measured with max_new_tokens 48: six careful steps can run past it, so a few answers are cut off
-    assert card["base_policy"]["parsed_rate"] > 0.9
-    assert 1e6 < card["num_parameters"] < 1e7
+    assert card["base_policy"]["parsed_rate"] > 0.97  # the model has learned the format
+    assert card["base_policy"]["truncated_rate"] < 0.01
+    assert 5e5 < card["num_parameters"] < 1e7
