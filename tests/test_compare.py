@@ -1,0 +1,275 @@
+"""The comparison harness (common/compare.py): budget arithmetic, aggregation, the markdown section between
+its markers, resume/caching with fake run outputs, and one tiny real run of grpo.py end to end."""
+
+import doctest
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+import common.compare as compare
+from common.compare import (
+    BEGIN_MARKER,
+    END_MARKER,
+    METHODS,
+    Args,
+    aggregate,
+    budget_flags,
+    budget_samples,
+    fmt_mean_std,
+    grad_norm_stats,
+    mean_std,
+    plan_runs,
+    replace_between_markers,
+    samples_seen,
+)
+
+
+def test_doctests():
+    assert doctest.testmod(compare).failed == 0
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_gets_the_same_budget(method):
+    args = Args(steps=30)
+    flags, samples, eval_every = budget_flags(method, args)
+    assert samples == budget_samples(args) == 3840
+    assert eval_every >= 1
+    # the flags really say so: recompute the samples from the flags the script receives
+    value = dict(zip(flags[::2], map(int, flags[1::2])))
+    if METHODS[method]["budget"] == "topr":
+        assert (
+            value["--iterations"] * value["--questions-per-iteration"] * value["--samples-per-question"]
+            == 3840
+        )
+    else:
+        tries = compare.EXPO_TRIES if method == "expo" else 0
+        assert value["--num-steps"] * value["--prompts-per-step"] * (value["--group-size"] + tries) == 3840
+    if method == "expo":
+        assert METHODS["expo"]["flags"][METHODS["expo"]["flags"].index("--explanation-tries") + 1] == str(
+            tries
+        )
+
+
+def test_budget_rounding_stays_within_one_step():
+    args = Args(steps=7)  # 896 samples: ExPO's 192-sample steps cannot hit it exactly
+    for method in METHODS:
+        _, samples, _ = budget_flags(method, args)
+        assert abs(samples - 896) <= 96, method
+
+
+def test_plan_is_seed_major_with_one_run_dir_each(tmp_path):
+    specs = plan_runs(Args(methods=["grpo", "topr"], seeds=2), tmp_path)
+    assert [s.name for s in specs] == ["grpo__1", "topr__1", "grpo__2", "topr__2"]
+    cmd = shlex.split(specs[1].command(threads=1))
+    assert cmd[:2] == ["OMP_NUM_THREADS=1", "./run.sh"] and cmd[2] == "topr"
+    assert cmd[cmd.index("--seed") + 1] == "1" and cmd[cmd.index("--run-name") + 1] == "topr__1"
+    with pytest.raises(SystemExit, match="unknown method"):
+        plan_runs(Args(methods=["nope"]), tmp_path)
+
+
+def test_mean_std_and_format():
+    mean, std = mean_std([0.1, 0.2, 0.6])
+    assert mean == pytest.approx(0.3) and std == pytest.approx(0.264575, abs=1e-6)  # sqrt(0.14 / 2)
+    assert mean_std([]) == (None, None)
+    assert fmt_mean_std([0.1, 0.2, 0.6]) == "0.300 ± 0.265"
+    assert fmt_mean_std([None, 0.5]) == "0.500"
+
+
+def test_samples_seen_counts_expo_explanations_and_topr_datasets():
+    records = [{"step": 0}, {"step": 1, "explanation_samples": 64}, {"step": 2, "explanation_samples": 64}]
+    assert samples_seen(records, {"prompts_per_step": 16, "group_size": 8}, "expo") == [0, 192, 384]
+    records = [{"step": 0}, {"step": 30, "iteration": 1}, {"step": 31, "iteration": 2}]
+    config = {"questions_per_iteration": 60, "samples_per_question": 16}
+    assert samples_seen(records, config, "topr") == [0, 960, 1920]
+
+
+def test_grad_norm_stats_skip_steps_without_an_update():
+    records = [{"step": s, "grad_norm": g, "accuracy": 0.5} for s, g in enumerate([2.0, 4.0, 0.0, 6.0], 1)]
+    records.append({"step": 5, "grad_norm": 100.0, "actor_frozen": 1.0})
+    stats = grad_norm_stats(records)
+    assert stats["steps"] == 3 and stats["mean"] == pytest.approx(4.0)
+    assert stats["var"] == pytest.approx(4.0) and stats["cv"] == pytest.approx(0.5)
+
+
+def fake_eval(p1: float, n: int = 64) -> dict:
+    curve = {str(k): min(1.0, p1 * (1 + k) ** 0.5) for k in (1, 2, 4, 8, 16, 32, 64)}
+    curve["1"] = p1
+    tiers = {t: {"pass@1": p1, f"pass@{n}": curve[str(n)], "count": 10} for t in ("easy", "medium", "hard")}
+    return {"pass@1": p1, f"pass@{n}": curve[str(n)], "curve": curve, "per_category": tiers, "n": n}
+
+
+def test_aggregate_over_seeds():
+    runs = [
+        {"method": "grpo", "seed": s, "samples": 3840, "final_train_accuracy": acc, "wall_s": 100.0 * s,
+         "peak_rss_mib": 500.0, "grad_norm": {"mean": 1.0, "std": 0.1, "var": 0.01, "cv": 0.1, "train_accuracy": 0.3},
+         "curve": [[0, 0.2]], "train_curve": [[128, 0.2]], "command": f"cmd {s}"}
+        for s, acc in ((1, 0.3), (2, 0.5))
+    ]  # fmt: skip
+    evals = {"grpo__1": {"eval": fake_eval(0.2)}, "grpo__2": {"eval": fake_eval(0.4)}}
+    agg = aggregate(runs, evals, n=64)
+    assert agg["grpo"]["seeds"] == [1, 2]
+    assert agg["grpo"]["pass_at_k"][1] == [0.2, 0.4]
+    assert fmt_mean_std(agg["grpo"]["pass_at_k"][1]) == "0.300 ± 0.141"
+    assert mean_std(agg["grpo"]["final_train_accuracy"])[0] == pytest.approx(0.4)
+    assert agg["grpo"]["per_tier"]["hard"]["pass@1"] == [0.2, 0.4]
+    # a run without its evaluation is left out
+    assert aggregate(runs, {"grpo__1": {"eval": fake_eval(0.2)}}, n=64)["grpo"]["seeds"] == [1]
+
+
+def test_markers_keep_the_hand_written_rest():
+    text = f"# Results\n\nhand-written\n\n{BEGIN_MARKER}\nold table\n{END_MARKER}\n\n## After\nmore\n"
+    out = replace_between_markers(text, "new table")
+    assert out == f"# Results\n\nhand-written\n\n{BEGIN_MARKER}\nnew table\n{END_MARKER}\n\n## After\nmore\n"
+    assert replace_between_markers(out, "new table") == out  # idempotent
+    appended = replace_between_markers("# Results\n\nhand-written\n", "table")
+    assert appended == f"# Results\n\nhand-written\n\n{BEGIN_MARKER}\ntable\n{END_MARKER}\n"
+    with pytest.raises(ValueError):
+        replace_between_markers(f"# R\n{BEGIN_MARKER}\n", "x")
+
+
+class FakeChildren:
+    """Stands in for the training and evaluation subprocesses: writes the files they would write."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, argv, log_path, threads):
+        self.calls.append(argv)
+        if argv[1] == "-c":  # an evaluation: argv = [python, -c, code, config json, out path]
+            config, out_path = json.loads(argv[3]), Path(argv[4])
+            p1 = 0.25 if config["model"] == "tiny" else 0.3 + 0.01 * config["seed"]
+            compare.write_json(
+                out_path, {"config": config, "eval": fake_eval(p1, config["n"]), "wall_s": 1.0}
+            )
+            return 0, 1.0, 1.0, 300.0
+        script = Path(argv[1]).stem
+        flags = dict(zip(argv[2::2], argv[3::2]))  # every flag the harness passes has a value
+        run_dir = compare.ROOT / flags["--output-dir"] / flags["--run-name"]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if script == "topr":
+            config = {"questions_per_iteration": int(flags["--questions-per-iteration"]),
+                      "samples_per_question": int(flags["--samples-per-question"])}  # fmt: skip
+            records = [{"step": 0, "eval/pass@1": 0.25}]
+            records += [{"step": s, "iteration": (s - 1) // 2 + 1, "accuracy": 0.3, "grad_norm": 1.0 + s % 2}
+                        for s in range(1, 2 * int(flags["--iterations"]) + 1)]  # fmt: skip
+        else:
+            config = {
+                "prompts_per_step": int(flags["--prompts-per-step"]),
+                "group_size": int(flags["--group-size"]),
+            }
+            records = [{"step": 0, "eval/pass@1": 0.25}]
+            records += [{"step": s, "accuracy": 0.25 + 0.01 * s, "grad_norm": 1.0 + s % 2}
+                        for s in range(1, int(flags["--num-steps"]) + 1)]  # fmt: skip
+        records[-1]["eval/pass@1"] = 0.3
+        (run_dir / "config.json").write_text(json.dumps(config))
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        ckpt = run_dir / "checkpoints" / f"step-{records[-1]['step']:08d}"
+        (ckpt / "model").mkdir(parents=True, exist_ok=True)
+        (ckpt / "COMPLETE").write_text("{}")
+        return 0, 10.0, 9.0, 400.0
+
+
+@pytest.fixture
+def fake_world(monkeypatch, tmp_path):
+    import common.tiny_world
+
+    monkeypatch.setattr(common.tiny_world, "build_tiny_world", lambda: tmp_path / "tiny-world-test")
+    children = FakeChildren()
+    monkeypatch.setattr(compare, "run_child", children)
+    # a results file with a hand-written part, and every output under tmp_path (inside ROOT's view: absolute)
+    results = tmp_path / "docs" / "results.md"
+    results.parent.mkdir()
+    results.write_text("# Results\n\nhand-written\n")
+    args = Args(methods=["grpo", "topr", "expo"], seeds=2, steps=4, out_dir=str(tmp_path / "out"),
+                results_md=str(results), img_dir=str(tmp_path / "docs" / "img"))  # fmt: skip
+    return args, children
+
+
+def test_fake_comparison_writes_report_and_resumes(fake_world):
+    args, children = fake_world
+    summary = compare.main(args)
+    assert len(children.calls) == 6 + 6 + 1  # 6 trainings, 6 evaluations, the base
+    assert summary["meta"]["failed"] == []
+    text = Path(args.results_md).read_text()
+    assert text.startswith("# Results\n\nhand-written\n\n" + BEGIN_MARKER)
+    assert text.rstrip().endswith(END_MARKER)
+    assert "| grpo |" in text and "| topr |" in text and "| expo |" in text and "| base |" in text
+    assert "0.315 ± 0.007" in text  # grpo pass@1 over seeds 1, 2: 0.31, 0.32
+    assert "./run.sh grpo --num-steps 4" in text
+    for png in ("compare_learning_curves.png", "compare_pass_at_k.png"):
+        assert (Path(args.img_dir) / png).stat().st_size > 1000
+    saved = json.loads((Path(args.out_dir) / "summary.json").read_text())
+    assert saved["methods"]["topr"]["curves"][0] == [[0, 0.25], [512, 0.3]]  # 4 datasets x 8 x 16
+
+    # everything finished: a second call launches nothing and writes the same section
+    children.calls.clear()
+    compare.main(args)
+    assert children.calls == []
+    assert Path(args.results_md).read_text() == text
+
+    # one result lost: only that run is redone (it resumes from its checkpoint); the cached evaluation stays
+    run_dir = Path(args.out_dir) / "runs" / "topr__2"
+    (run_dir / "compare_result.json").unlink()
+    compare.main(args)
+    assert len(children.calls) == 1 and children.calls[0][-1] == "--resume"
+
+    # a changed budget changes the commands: every run is redone from scratch, no --resume
+    children.calls.clear()
+    args.steps = 8
+    compare.main(args)
+    assert len(children.calls) == 6 + 6  # the base evaluation does not depend on the budget
+    assert all("--resume" not in call for call in children.calls)
+
+
+def test_report_only_and_dry_run_run_nothing(fake_world, capsys):
+    args, children = fake_world
+    args.dry_run = True
+    assert compare.main(args) is None
+    assert children.calls == []
+    assert "./run.sh topr --iterations 4" in capsys.readouterr().out
+    args.dry_run, args.report_only = False, True
+    with pytest.raises(SystemExit, match="no base evaluation"):
+        compare.main(args)
+    args.report_only = False
+    compare.main(args)
+    children.calls.clear()
+    args.report_only = True
+    Path(args.results_md).write_text("# Results\n")
+    compare.main(args)
+    assert children.calls == [] and BEGIN_MARKER in Path(args.results_md).read_text()
+
+
+def test_failed_run_is_reported_and_the_rest_goes_on(fake_world):
+    args, children = fake_world
+    real = compare.run_child
+
+    def failing(argv, log_path, threads):
+        if "grpo__2" in argv:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.write_text("Traceback: boom\n")
+            return 1, 1.0, 1.0, 100.0
+        return real(argv, log_path, threads)
+
+    compare.run_child = failing
+    summary = compare.main(args)
+    assert summary["meta"]["failed"] == ["grpo__2"]
+    assert summary["methods"]["grpo"]["seeds"] == [1]
+    assert "Failed or missing runs" in Path(args.results_md).read_text()
+
+
+def test_tiny_real_run(tiny_world_dir, tmp_path):
+    """grpo.py for 2 steps of 2 prompts x 2 samples, evaluated on 3 problems x 4 samples, through the harness."""
+    args = Args(methods=["grpo"], seeds=1, steps=2, prompts_per_step=2, group_size=2, max_new_tokens=40,
+                eval_n=4, eval_problems=3, train_eval_problems=3, train_eval_n=2, curve_points=1,
+                out_dir=str(tmp_path / "out"), results_md=str(tmp_path / "results.md"),
+                img_dir=str(tmp_path / "img"))  # fmt: skip
+    summary = compare.main(args)
+    assert summary["meta"]["failed"] == []
+    run = summary["runs"][0]
+    assert run["samples"] == 8 and run["checkpoint_step"] == 2 and run["peak_rss_mib"] > 50
+    assert run["curve"][0][0] == 0 and run["curve"][-1][0] == 8
+    ev = json.loads((tmp_path / "out" / "runs" / "grpo__1" / "eval_n4_p3.json").read_text())
+    assert ev["eval"]["n"] == 4 and ev["eval"]["num_problems"] == 3
+    assert "| grpo |" in (tmp_path / "results.md").read_text()
