@@ -1,0 +1,441 @@
+"""Numerics for every method: property-based tests (hypothesis) of each file's pure advantage / weight /
+loss functions on random rewards, masks and log-probs, and every script's real training loop on
+degenerate batches (all correct, all wrong, empty completions, completions truncated at the limit,
+batches in which every sample is filtered out): no NaN or inf reaches a loss, a logged metric or a weight.
+
+Log-probs are drawn from [-50, 0] (a sampled token far below e^-50 is not drawn in practice) and the
+policy's log-prob from within ±10 of the old/behaviour one (a ratio up to e^10); masks are right-padded
+with any completion length from 0 (an empty row) to C (truncated at the limit)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from algos import bnpo, expo, grpo, nsr, oreal, topr
+
+PROPERTY = settings(max_examples=60, deadline=None)
+
+
+def finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+@st.composite
+def binary_rewards(draw, min_group: int = 2) -> torch.Tensor:
+    """rewards [Q, G] in {0, 1}; uniform groups (all correct / all wrong) are drawn often."""
+    Q, G = draw(st.integers(1, 5)), draw(st.integers(min_group, 8))
+    rows = [draw(st.sampled_from(["ones", "zeros", "mixed"])) for _ in range(Q)]
+    values = [
+        [1.0] * G
+        if kind == "ones"
+        else [0.0] * G
+        if kind == "zeros"
+        else draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=G, max_size=G))  # fmt: skip
+        for kind in rows
+    ]
+    return torch.tensor(values)
+
+
+@st.composite
+def token_batch(draw, min_rows: int = 1) -> dict:
+    """A batch of B completions of up to C tokens: log-probs, old/behaviour/reference log-probs, mask."""
+    B, C = draw(st.integers(min_rows, 6)), draw(st.integers(1, 6))
+    floats = lambda lo, hi: st.lists(st.floats(lo, hi, width=32), min_size=B * C, max_size=B * C)  # noqa: E731
+    logprobs = torch.tensor(draw(floats(-50, 0))).view(B, C)
+    delta = torch.tensor(draw(floats(-10, 10))).view(B, C)
+    old = (logprobs + delta).clamp(max=0)  # the policy moved by at most e^±10 since sampling
+    ref = torch.tensor(draw(floats(-50, 0))).view(B, C)
+    lengths = draw(st.lists(st.integers(0, C), min_size=B, max_size=B))  # 0: empty, C: truncated
+    mask = (torch.arange(C)[None, :] < torch.tensor(lengths)[:, None]).float()
+    return {"logprobs": logprobs, "old": old, "ref": ref, "mask": mask, "B": B, "C": C}
+
+
+def micro_batches(B: int, size: int) -> list[slice]:
+    return [slice(i, i + size) for i in range(0, B, size)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# GRPO (and the identical copies in ExPO)
+# ---------------------------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(rewards=binary_rewards(), scale=st.sampled_from(["group", "none"]))
+def test_grpo_advantages_are_finite_sum_to_zero_per_group_and_vanish_on_uniform_groups(rewards, scale):
+    for module in (grpo, expo):
+        advantages = module.grpo_advantages(rewards, scale)
+        assert finite(advantages)
+        assert torch.allclose(advantages.sum(dim=1), torch.zeros(len(rewards)), atol=1e-4)
+        uniform = (rewards == rewards[:, :1]).all(dim=1)
+        assert (advantages[uniform] == 0).all()
+        assert (torch.sign(advantages) == torch.sign(rewards - rewards.mean(1, keepdim=True))).all()
+
+
+@PROPERTY
+@given(batch=token_batch(), clip=st.floats(0.0, 0.5), advantage_scale=st.floats(0.0, 10.0), data=st.data())
+def test_grpo_loss_is_finite_and_micro_batches_add_up(batch, clip, advantage_scale, data):
+    B, mask = batch["B"], batch["mask"]
+    advantages = torch.tensor(data.draw(st.lists(st.floats(-1, 1), min_size=B, max_size=B))) * advantage_scale
+    logprobs = batch["logprobs"].clone().requires_grad_(True)
+    per_token_loss, _ = grpo.clipped_surrogate(logprobs, batch["old"], advantages, clip, clip)
+    per_token_loss = per_token_loss + 0.04 * grpo.k3_kl(logprobs, batch["ref"])
+    per_token_loss = per_token_loss * grpo.truncated_is_weights(batch["old"], batch["ref"], cap=2.0)
+    size = data.draw(st.integers(1, B))  # any micro-batch size, dividing B or not
+    num_tokens = int(mask.sum())
+    for mode in ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"):
+        whole = grpo.aggregate_loss(per_token_loss, mask, mode, B, num_tokens, batch["C"])
+        parts = [grpo.aggregate_loss(per_token_loss[mb], mask[mb], mode, B, num_tokens, batch["C"]) for mb in micro_batches(B, size)]  # fmt: skip
+        assert finite(whole) and torch.allclose(sum(parts), whole, rtol=1e-4, atol=1e-3)
+    whole.backward()
+    assert finite(logprobs.grad)
+    assert (logprobs.grad[mask == 0] == 0).all()  # padding (and empty rows) get no gradient
+
+
+@PROPERTY
+@given(batch=token_batch())
+def test_k3_kl_is_finite_non_negative_and_zero_at_the_reference(batch):
+    kl = grpo.k3_kl(batch["logprobs"], batch["ref"])
+    assert finite(kl) and (kl >= -1e-6).all()
+    assert (grpo.k3_kl(batch["logprobs"], batch["logprobs"]) == 0).all()
+
+
+@PROPERTY
+@given(batch=token_batch(), cap=st.floats(1.0, 10.0))
+def test_truncated_importance_weights_are_in_zero_cap(batch, cap):
+    weights = grpo.truncated_is_weights(batch["old"], batch["logprobs"] - 30, cap)  # a far-off sampler
+    assert finite(weights) and (weights >= 0).all() and (weights <= cap).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# NSR / PSR / W-REINFORCE
+# ---------------------------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(
+    rewards=binary_rewards(min_group=1), lam=st.floats(0.0, 2.0), objective=st.sampled_from(nsr.OBJECTIVES)
+)
+def test_nsr_advantages_depend_on_the_own_reward_only(rewards, lam, objective):
+    correct = rewards.view(-1).bool()
+    advantages, keep = nsr.nsr_advantages(correct, objective, lam)
+    assert finite(advantages) and advantages.shape == keep.shape == correct.shape
+    assert (advantages[~keep] == 0).all()  # dropped samples carry nothing
+    positive = {"psr": 1.0, "nsr": 0.0, "w-reinforce": lam, "reinforce": 1.0}[objective]
+    negative = {"psr": 0.0, "nsr": -1.0, "w-reinforce": -1.0, "reinforce": -1.0}[objective]
+    assert torch.allclose(advantages[correct], torch.tensor(positive))
+    assert torch.allclose(advantages[~correct], torch.tensor(negative))
+    if objective == "nsr" and correct.all():  # everything filtered out: the loop skips the step
+        assert not keep.any()
+
+
+# ---------------------------------------------------------------------------------------------------
+# BNPO
+# ---------------------------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(rewards=binary_rewards(), max_weight=st.sampled_from([10.0, 1e6]))
+def test_bnpo_advantages_are_finite_bounded_zero_on_uniform_groups_and_sum_to_zero(rewards, max_weight):
+    alpha, beta = bnpo.beta_params(rewards.mean(dim=1))
+    assert math.isfinite(alpha) and math.isfinite(beta) and alpha >= 1 and beta >= 1
+    advantages = bnpo.bnpo_advantages(rewards, alpha, beta, max_weight)
+    assert finite(advantages) and (advantages.abs() <= max_weight).all()
+    pass_rate = rewards.mean(dim=1)
+    assert (advantages[(pass_rate == 0) | (pass_rate == 1)] == 0).all()  # p ∈ {0, 1}: exactly zero
+    assert torch.allclose(advantages.sum(dim=1), torch.zeros(len(rewards)), atol=1e-3 * max(1.0, advantages.abs().max().item()))  # fmt: skip
+    components = torch.stack([rewards, torch.ones_like(rewards), rewards.flip(1)])  # [K, Q, G]
+    decomposed, params = bnpo.decomposed_advantages(components, max_weight)
+    assert finite(decomposed) and len(params) == 3
+
+
+@PROPERTY
+@given(pass_rates=st.lists(st.floats(0.0, 1.0), min_size=0, max_size=8))
+def test_beta_fit_is_finite_for_any_pass_rates(pass_rates):
+    alpha, beta = bnpo.beta_params(torch.tensor(pass_rates))
+    assert math.isfinite(alpha) and math.isfinite(beta) and alpha >= 1 and beta >= 1
+
+
+@PROPERTY
+@given(batch=token_batch(), dual_clip=st.sampled_from([0.0, 3.0]), data=st.data())
+def test_bnpo_loss_is_finite(batch, dual_clip, data):
+    B, mask = batch["B"], batch["mask"]
+    advantages = torch.tensor(data.draw(st.lists(st.floats(-1e3, 1e3), min_size=B, max_size=B)))
+    logprobs = batch["logprobs"].clone().requires_grad_(True)
+    per_token_loss, _ = bnpo.clipped_surrogate(logprobs, batch["old"], advantages, 0.2, 0.28, dual_clip)
+    loss = bnpo.aggregate_loss(per_token_loss, mask, bnpo.Args().loss_agg, B, int(mask.sum()), batch["C"])
+    loss.backward()
+    assert finite(loss, logprobs.grad)
+
+
+# ---------------------------------------------------------------------------------------------------
+# TOPR
+# ---------------------------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(batch=token_batch(), level=st.sampled_from(["seq", "seq-mean", "token"]), baseline=st.floats(-0.9, 0.9), data=st.data())  # fmt: skip
+def test_topr_weights_are_one_for_positives_in_zero_one_for_negatives_and_the_loss_is_finite(batch, level, baseline, data):  # fmt: skip
+    B, mask = batch["B"], batch["mask"]
+    rewards = torch.tensor(data.draw(st.lists(st.sampled_from([1.0, -1.0]), min_size=B, max_size=B)))
+    logprobs = batch["logprobs"].clone().requires_grad_(True)
+    logp = topr.ratio_logprobs(logprobs, mask, level)
+    behavior_logp = topr.ratio_logprobs(batch["old"], mask, level)
+    weights = topr.topr_weights(logp, behavior_logp, rewards)
+    assert finite(weights) and not weights.requires_grad
+    rows = rewards.view(-1, *[1] * (weights.dim() - 1)).expand_as(weights)
+    assert (weights[rows > 0] == 1).all()
+    assert (weights[rows < 0] >= 0).all() and (weights[rows < 0] <= 1).all()
+    per_token_loss = topr.topr_token_loss(logprobs, weights, rewards, baseline)
+    size = data.draw(st.integers(1, B))
+    for mode in ("seq-mean-token-sum", "token-mean"):
+        whole = topr.aggregate_loss(per_token_loss, mask, mode, B, int(mask.sum()))
+        parts = [topr.aggregate_loss(per_token_loss[mb], mask[mb], mode, B, int(mask.sum())) for mb in micro_batches(B, size)]  # fmt: skip
+        assert finite(whole) and torch.allclose(sum(parts), whole, rtol=1e-4, atol=1e-3)
+    whole.backward()
+    assert finite(logprobs.grad)
+    share = topr.positive_weight_share(weights if weights.dim() == 1 else weights.mean(-1), rewards, baseline)
+    assert share is None or 0.0 <= share <= 1.0
+
+
+def test_topr_loss_of_a_batch_with_every_sample_filtered_out_is_zero_not_nan():
+    empty = torch.zeros(0, 5)
+    loss = topr.aggregate_loss(topr.topr_token_loss(empty, torch.zeros(0), torch.zeros(0), 0.0), empty, "seq-mean-token-sum", 0, 0)  # fmt: skip
+    assert loss.item() == 0.0
+
+
+@PROPERTY
+@given(rewards=binary_rewards(min_group=1), baseline=st.floats(-0.99, 0.99))
+def test_topr_curation_and_effective_share(rewards, baseline):
+    correct = rewards.bool()
+    keep = topr.anna_karenina_keep(correct)
+    assert (keep[~correct]).all()  # every incorrect completion is kept
+    assert ((keep & correct).sum(dim=1) == correct.any(dim=1).long()).all()  # one correct, where any
+    p = rewards.mean().item()
+    share = topr.effective_positive_share(p, baseline)
+    assert math.isfinite(share) and -1e-9 <= share <= 1 + 1e-9
+
+
+# ---------------------------------------------------------------------------------------------------
+# OREAL
+# ---------------------------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(rewards=binary_rewards(), seed=st.integers(0, 2**31 - 1))
+def test_oreal_advantages_and_pair_filter(rewards, seed):
+    advantages = oreal.rloo_advantages(rewards)
+    assert finite(advantages)
+    assert torch.allclose(advantages.sum(dim=1), torch.zeros(len(rewards)), atol=1e-5)  # leave-one-out
+    uniform = (rewards == rewards[:, :1]).all(dim=1)
+    assert (advantages[uniform] == 0).all()
+    keep = oreal.pair_filter(rewards.bool(), torch.Generator().manual_seed(seed))
+    assert (keep.sum(dim=1) == torch.where(uniform, 0, 2)).all()  # a pair from each mixed group, else nothing
+    assert ((keep & rewards.bool()).sum(dim=1) == (~uniform).long()).all()
+
+
+@PROPERTY
+@given(batch=token_batch(), score_scale=st.floats(0.0, 100.0), data=st.data())
+def test_oreal_weights_and_losses_are_finite(batch, score_scale, data):
+    B, mask = batch["B"], batch["mask"]
+    positive = torch.tensor(data.draw(st.lists(st.booleans(), min_size=B, max_size=B)))
+    scores = (batch["ref"] / 50 * score_scale).requires_grad_(True)  # RM scores, any sign and size
+    weights = oreal.token_weights(scores, mask, positive)
+    assert (
+        finite(weights) and (weights >= 0).all() and (weights <= 1).all() and (weights[mask == 0] == 0).all()
+    )
+    rm_loss = oreal.token_rm_loss(scores, mask, positive, num_sequences=B)
+    rm_loss.backward()
+    assert finite(rm_loss, scores.grad) and rm_loss >= 0
+    advantages = torch.tensor(data.draw(st.lists(st.floats(-8, 8), min_size=B, max_size=B)))
+    logprobs = batch["logprobs"].clone().requires_grad_(True)
+    num_positive = int((mask * positive[:, None]).sum())
+    positive_loss, negative_loss = oreal.oreal_policy_loss(
+        logprobs, mask, positive, advantages, weights, num_positive, int(mask.sum()) - num_positive
+    )
+    (positive_loss + negative_loss).backward()
+    assert finite(positive_loss, negative_loss, logprobs.grad)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ExPO
+# ---------------------------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(batch=token_batch(), num_questions=st.integers(0, 8), beta=st.floats(0.01, 10.0))
+def test_expo_explanation_nll_and_dpo_loss_are_finite(batch, num_questions, beta):
+    nll = expo.explanation_nll(batch["logprobs"], batch["mask"], num_questions)
+    assert finite(nll) and nll >= 0
+    sums = (batch["logprobs"] * batch["mask"]).sum(-1)  # [B] sequence log-probs, down to -300
+    losses, margins = expo.dpo_loss(sums, sums.flip(0), (batch["ref"] * batch["mask"]).sum(-1), sums, beta)
+    assert finite(losses, margins) and (losses >= 0).all()
+
+
+@PROPERTY
+@given(rewards=binary_rewards())
+def test_expo_explains_all_wrong_groups_exactly(rewards):
+    assert torch.equal(expo.questions_to_explain(rewards, "all-wrong"), (rewards == 0).all(dim=1))
+    assert expo.questions_to_explain(rewards, "all").all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Every script's real loop on degenerate batches
+# ---------------------------------------------------------------------------------------------------
+
+SHAPE = dict(prompts_per_step=2, group_size=4, micro_batch_size=3, num_steps=2)  # 8 rows in 3 micro-batches
+RUNS = {
+    "grpo": ("grpo", {**SHAPE, "updates_per_batch": 2, "kl_coef": 0.05}),
+    "nsr": ("nsr", {**SHAPE, "objective": "nsr", "updates_per_batch": 2, "kl_coef": 0.05}),
+    "bnpo": ("bnpo", {**SHAPE, "format_reward": True, "updates_per_batch": 2}),
+    "oreal": ("oreal", {**SHAPE, "actor_freeze_steps": 0}),
+    "expo": ("expo", {**SHAPE, "explanation_tries": 2}),
+    "expo-dpo": ("expo", {**SHAPE, "explanation_tries": 2, "variant": "dpo"}),
+    "topr": (
+        "topr",
+        dict(
+            iterations=2,
+            questions_per_iteration=2,
+            samples_per_question=4,
+            epochs=1,
+            batch_size=4,
+            micro_batch_size=3,
+        ),
+    ),  # fmt: skip
+    "topr-drop": (
+        "topr",
+        dict(
+            iterations=2,
+            questions_per_iteration=2,
+            samples_per_question=4,
+            epochs=1,
+            batch_size=4,
+            micro_batch_size=3,
+            negatives="drop",
+        ),
+    ),  # fmt: skip
+}
+SCENARIOS = ["all-correct", "all-wrong", "empty", "truncated"]
+
+
+@pytest.fixture(scope="module")
+def random_model_dir(tmp_path_factory):
+    """An untrained, very small Qwen2 with the tiny world's tokenizer: the sampler below is scripted, so
+    the policy only has to produce log-probs, and no world needs to be built."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from common.tiny_world import build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256, tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("random_model")
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+class ScriptedSampler:
+    """Rollouts with chosen completions (the Sampler protocol of common.rollout), log-probs from the model:
+    "empty" = EOS at once; "truncated" = no EOS within max_new_tokens; otherwise random lengths."""
+
+    def __init__(self, model, tokenizer, scenario: str):
+        from common.model import eos_token_ids
+
+        self.model, self.tokenizer, self.scenario = model, tokenizer, scenario
+        self.eos_ids = eos_token_ids(model, tokenizer)
+        self.digits = tokenizer("0123456789+-= ", add_special_tokens=False)["input_ids"]
+        self.generator = torch.Generator().manual_seed(0)
+
+    def update_weights(self, model):
+        self.model = model
+
+    @torch.no_grad()
+    def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0):
+        from common.model import completion_logprobs
+        from common.rollout import Rollout, completion_mask_from_ids
+
+        rows = [p for p in prompts for _ in range(n)]
+        enc = self.tokenizer(rows, return_tensors="pt", padding=True, add_special_tokens=False)
+        B, eos = len(rows), self.eos_ids[0]
+        picks = torch.randint(len(self.digits), (B, max_new_tokens), generator=self.generator)
+        ids = torch.tensor(self.digits)[picks]  # [B, max_new_tokens] no EOS: truncated
+        if self.scenario == "empty":
+            ids = torch.full((B, 1), eos)
+        elif self.scenario != "truncated":  # EOS after a random number of tokens, or none
+            lengths = torch.randint(max_new_tokens + 1, (B,), generator=self.generator)
+            ids = torch.where(torch.arange(max_new_tokens)[None, :] >= lengths[:, None], eos, ids)
+        mask, truncated = completion_mask_from_ids(ids, self.eos_ids)
+        rollout = Rollout(
+            enc["input_ids"], enc["attention_mask"], ids, mask, torch.zeros_like(mask), truncated,
+            self.tokenizer.batch_decode(ids, skip_special_tokens=True),
+            torch.arange(len(prompts)).repeat_interleave(n),
+        )  # fmt: skip
+        if temperature > 0:
+            logprobs, _ = completion_logprobs(self.model, rollout.input_ids, rollout.attention_mask, ids.shape[1], temperature)  # fmt: skip
+            rollout.behavior_logprobs = logprobs * mask
+        return rollout
+
+
+class FixedVerifier:
+    """Every completion right (or every one wrong), whatever it says."""
+
+    def __init__(self, correct: bool):
+        self.correct = correct
+
+    def verify_batch(self, completions, golds):
+        from common.verify import VerifyResult
+
+        return [VerifyResult(True, self.correct, "0") for _ in completions]
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("run", list(RUNS))
+def test_degenerate_batches_keep_losses_metrics_and_weights_finite(
+    run, scenario, random_model_dir, tmp_path, monkeypatch, capsys
+):
+    import importlib
+
+    from safetensors.torch import load_file
+
+    from common.checkpoint import latest_checkpoint
+    from common.tracking import read_jsonl
+    from common.verify import Verifier
+
+    script, flags = RUNS[run]
+    module = importlib.import_module(f"algos.{script}")
+    monkeypatch.setattr(module, "make_sampler", lambda kind, model, tokenizer, **kw: ScriptedSampler(model, tokenizer, scenario))  # fmt: skip
+    if scenario in ("all-correct", "all-wrong"):
+        monkeypatch.setattr(module, "Verifier", lambda: FixedVerifier(scenario == "all-correct"))
+    else:  # what the real verifier makes of empty or cut-off completions
+        monkeypatch.setattr(module, "Verifier", lambda: Verifier(num_workers=1))
+    args = module.Args(
+        model_name_or_path=str(random_model_dir), output_dir=str(tmp_path), run_name=run, max_new_tokens=6,
+        eval_problems=1, eval_n=1, eval_every=1, save_every=100, **flags,
+    )  # fmt: skip
+    out = module.main(args)
+
+    assert "[tracking] warning" not in capsys.readouterr().err  # how a NaN/inf metric shows up
+    rows = [r for r in read_jsonl(tmp_path / run / "metrics.jsonl") if r["step"] > 0]
+    for row in rows:
+        assert all(math.isfinite(v) for v in row.values() if isinstance(v, float)), row
+        if "loss" in row:
+            assert row["loss"] is not None and row["grad_norm"] is not None, row
+    if run == "nsr" and scenario == "all-correct" or run == "topr-drop" and scenario != "all-correct":
+        assert all(r.get("grad_norm", 0.0) == 0.0 for r in rows)  # every sample filtered out: no update
+    checkpoint = latest_checkpoint(tmp_path / run)
+    if checkpoint is None:  # TOPR checkpoints after optimizer steps: with every sample dropped there are none
+        assert run == "topr-drop" and not any("loss" in r for r in rows)
+    else:
+        weights = load_file(checkpoint / "model" / "model.safetensors")
+        assert all(bool(torch.isfinite(w).all()) for w in weights.values())
+    assert math.isfinite(out["final"]["pass@1"])
