@@ -12,6 +12,8 @@ Layout:
 
 A checkpoint is written into a hidden temporary directory, fsync'ed, and only then renamed to its final
 name (a rename is atomic on POSIX file systems). So `latest_checkpoint` never sees a half-written one.
+A save that fails with an error (disk full, I/O error) deletes its temporary directory, so the space is
+given back, and re-raises with a note naming the checkpoint; the previous checkpoints are untouched.
 """
 
 import json
@@ -112,23 +114,31 @@ def save_checkpoint(
     tmp_dir = checkpoints_dir / f".tmp-step-{step:08d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp_dir.mkdir()
 
-    if hasattr(model, "save_pretrained"):
-        model.save_pretrained(tmp_dir / "model")
-    else:
-        (tmp_dir / "model").mkdir()
-        torch.save(model.state_dict(), tmp_dir / "model" / "model.pt")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp_dir / "model")
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": capture_rng_state(),
-        "extra": extra,
-    }
-    torch.save(state, tmp_dir / "state.pt")
-    (tmp_dir / COMPLETE_MARKER).write_text(json.dumps({"step": step}) + "\n")
-    _fsync_tree(tmp_dir)
+    try:
+        if hasattr(model, "save_pretrained"):
+            model.save_pretrained(tmp_dir / "model")
+        else:
+            (tmp_dir / "model").mkdir()
+            torch.save(model.state_dict(), tmp_dir / "model" / "model.pt")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp_dir / "model")
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": capture_rng_state(),
+            "extra": extra,
+        }
+        torch.save(state, tmp_dir / "state.pt")
+        (tmp_dir / COMPLETE_MARKER).write_text(json.dumps({"step": step}) + "\n")
+        _fsync_tree(tmp_dir)
+    except Exception as error:  # e.g. disk full (torch and safetensors raise their own types for it)
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # give the space back; older checkpoints stay as they are
+        error.add_note(
+            f"checkpoint {final_dir} was not written (nothing of it kept); the newest complete checkpoint "
+            f"is {latest_checkpoint(run_dir)}"
+        )
+        raise
 
     if final_dir.exists():  # saving the same step again: move the old one aside, never rename onto it
         old_dir = checkpoints_dir / f".tmp-replaced-{final_dir.name}-{uuid.uuid4().hex[:8]}"

@@ -320,27 +320,6 @@ RUNS = {
 SCENARIOS = ["all-correct", "all-wrong", "empty", "truncated"]
 
 
-@pytest.fixture(scope="module")
-def random_model_dir(tmp_path_factory):
-    """An untrained, very small Qwen2 with the tiny world's tokenizer: the sampler below is scripted, so
-    the policy only has to produce log-probs, and no world needs to be built."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from common.tiny_world import build_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256, tie_word_embeddings=True,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("random_model")
-    Qwen2ForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 class ScriptedSampler:
     """Rollouts with chosen completions (the Sampler protocol of common.rollout), log-probs from the model:
     "empty" = EOS at once; "truncated" = no EOS within max_new_tokens; otherwise random lengths."""
