@@ -48,6 +48,10 @@ Deviations / choices:
 - Log-probs of the explanation use the sampling temperature, like every log-prob in grpo.py (the
   same at the default temperature 1).
 - With ``--beta 0`` (GRPO variant) no explanation is sampled and the script is exactly grpo.py.
+- ``--tis-cap`` (the sampler/trainer mismatch correction, as in grpo.py) weights the GRPO term only: the
+  explanation term is a likelihood (SFT) term on text sampled under another (hinted) prompt, not an
+  estimate under the sampler's distribution, so there is nothing for it to correct. ExP-DPO has no GRPO
+  term, so ``--variant dpo --tis-cap C`` is an error.
 - ExP-DPO here is the paper's online variant, regenerated every step (the paper's offline variant
   generates the explanations once with the initial policy). One pair per question: the explanation
   against the question's first incorrect rollout; a question with no incorrect rollout or no
@@ -128,6 +132,10 @@ class Args:
     """sampling temperature (training and evaluation)"""
     top_p: float = 1.0
     """nucleus sampling threshold"""
+    vllm_gpu_memory_utilization: float = 0.3
+    """share of GPU memory vLLM may take (weights + KV cache) with --rollout vllm"""
+    tis_cap: float = 0.0
+    """C: weight each token's loss by min(π_old / π_sampler, C) to correct the sampler/trainer mismatch (0: off)"""
 
     # --- optimisation ---
     num_steps: int = 100
@@ -227,6 +235,18 @@ def clipped_surrogate(
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
     per_token_loss = -torch.min(unclipped, clipped)  # [B, C]
     return per_token_loss, (clipped < unclipped).detach()
+
+
+def truncated_is_weights(
+    old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Truncated importance weights min(π_old / π_sampler, C), detached: they correct for the sampler
+    (e.g. vLLM) computing slightly different probabilities than the trainer (as TRL and verl do).
+
+    >>> truncated_is_weights(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])), cap=2.0)
+    tensor([[2., 1.]])
+    """
+    return torch.exp(old_logprobs - behavior_logprobs).clamp(max=cap).detach()
 
 
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -403,6 +423,10 @@ def validate(args: Args) -> None:
         raise SystemExit("--micro-batch-size and --prompts-per-step must be >= 1 and --num-steps >= 0")
     if args.updates_per_batch < 1:
         raise SystemExit(f"--updates-per-batch must be >= 1, got {args.updates_per_batch}")
+    if args.tis_cap > 0 and args.temperature == 0:
+        raise SystemExit(
+            "--tis-cap needs sampled behaviour log-probs; it cannot be used with --temperature 0"
+        )
     # Modification 1 (vs GRPO): ExPO's flags
     if args.beta < 0 or args.explanation_tries < 1 or args.dpo_beta <= 0:
         raise SystemExit("--beta must be >= 0, --explanation-tries >= 1 and --dpo-beta > 0")
@@ -410,6 +434,8 @@ def validate(args: Args) -> None:
         raise SystemExit(f"--hint-template needs {{question}} and {{answer}}, got {args.hint_template!r}")
     if args.variant == "dpo" and args.kl_coef > 0:
         raise SystemExit("--variant dpo has no GRPO term to add a KL to (its reference is in the DPO loss)")
+    if args.variant == "dpo" and args.tis_cap > 0:
+        raise SystemExit("--variant dpo has no GRPO term for --tis-cap to weight")
     check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
 
 
@@ -443,7 +469,9 @@ def main(args: Args) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
     )
-    sampler = make_sampler(args.rollout, model, tokenizer)
+    sampler = make_sampler(
+        args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization
+    )
     verifier = Verifier()
 
     def evaluate(n: int, desc: str) -> dict:
@@ -571,6 +599,10 @@ def main(args: Args) -> dict:
                     per_token_loss, clipped = clipped_surrogate(
                         logprobs, old, advantages[mb], args.clip_low, args.clip_high
                     )
+                    if args.tis_cap > 0:  # sampler/trainer mismatch correction
+                        per_token_loss = per_token_loss * truncated_is_weights(
+                            old, rollout.behavior_logprobs[mb], args.tis_cap
+                        )
                     if ref_logprobs is not None:
                         kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
                         per_token_loss = per_token_loss + args.kl_coef * kl

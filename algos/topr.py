@@ -42,6 +42,16 @@ Deviations / choices:
 - ``--negatives drop`` is SFT on the positives only, from the same generated data (STaR/RFT-style; fewer
   optimizer steps, since the negatives are removed from the dataset); ``--negatives reinforce`` is naive
   off-policy REINFORCE (α = 1 for negatives, the paper's unstable baseline). Both are for comparisons.
+- Sampler/trainer mismatch (``--rollout vllm``). The taper clip(π/μ, 0, 1) is already a truncated
+  importance ratio, so by default (``--tis-cap 0``) μ is the sampler's own log-probs: the behaviour policy
+  is whatever drew the data, vLLM included, and its numerical gap to the trainer enters π/μ like any
+  other difference between the policies (positives get weight 1 whatever μ is, as in the paper).
+  ``--tis-cap C`` [ours] takes the trainer's view instead: μ = the trainer's log-probs of the same samples
+  under the policy that drew them (one extra forward pass per dataset, stored with it), the taper is
+  taken against that μ, and every token's loss (positives too) is multiplied by min(μ / π_sampler, C),
+  grpo.py's truncated IS correction. ``sampler_logprob_mismatch`` logs that dataset's mean
+  |log μ − log π_sampler|; with HF rollouts both views coincide. ``logprob_mismatch`` is
+  |log π − log π_sampler| on each mini-batch: the policy's drift since the dataset was drawn plus that gap.
 - The iteration's dataset is written to ``run_dir/dataset.pt`` so a run stopped mid-iteration resumes
   exactly (it is overwritten by the next iteration). Mini-batches are not trimmed to their longest row.
 """
@@ -60,7 +70,6 @@ from common.checkpoint import StopRequest, check_writable, latest_checkpoint, lo
 from common.data import build_prompt, load_examples
 from common.evaluate import evaluate_policy
 from common.model import completion_logprobs, load_policy
-from common.preflight import check_run_args
 from common.rollout import Rollout, make_sampler
 from common.tracking import Progress, Tracker, report_before_after
 from common.verify import Verifier
@@ -116,6 +125,10 @@ class Args:
     """sampling temperature (training and evaluation); must be > 0, μ's log-probs are needed"""
     top_p: float = 1.0
     """nucleus sampling threshold"""
+    vllm_gpu_memory_utilization: float = 0.3
+    """share of GPU memory vLLM may take (weights + KV cache) with --rollout vllm"""
+    tis_cap: float = 0.0
+    """C: take μ from the trainer's log-probs and weight each token's loss by min(μ / π_sampler, C) to correct the sampler/trainer mismatch (0: off, μ = the sampler's log-probs; see Deviations)"""
 
     # --- optimisation ---
     iterations: int = 4
@@ -201,6 +214,19 @@ def topr_weights(logp: torch.Tensor, behavior_logp: torch.Tensor, rewards: torch
     rewards = rewards.view(-1, *[1] * (log_ratio.dim() - 1))  # [N] (or [N, 1])
     tapered = torch.exp(log_ratio.clamp(max=0.0))  # clip(π/μ, 0, 1)
     return torch.where(rewards < 0, tapered, torch.ones_like(tapered))
+
+
+def truncated_is_weights(
+    old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Truncated importance weights min(π_old / π_sampler, C), detached: they correct for the sampler
+    (e.g. vLLM) computing slightly different probabilities than the trainer (as TRL and verl do).
+    Here π_old is μ as the trainer computes it (``--tis-cap``, see the module docstring).
+
+    >>> truncated_is_weights(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])), cap=2.0)
+    tensor([[2., 1.]])
+    """
+    return torch.exp(old_logprobs - behavior_logprobs).clamp(max=cap).detach()
 
 
 def topr_token_loss(
@@ -293,7 +319,6 @@ def validate(args: Args) -> None:
         raise SystemExit(f"--baseline must be in (-1, 1), got {args.baseline}")
     if args.temperature <= 0:
         raise SystemExit("--temperature must be > 0: TOPR needs the behaviour policy's sampling log-probs")
-    check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
 
 
 def build_dataset(args, sampler, verifier, tokenizer, questions) -> dict:
@@ -362,7 +387,9 @@ def main(args: Args) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
     )
-    sampler = make_sampler(args.rollout, model, tokenizer)
+    sampler = make_sampler(
+        args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization
+    )
     verifier = Verifier()
 
     def evaluate(n: int, desc: str) -> dict:
@@ -415,6 +442,12 @@ def main(args: Args) -> dict:
                 questions = [train_examples[i] for i in order.roll(-offset)[:Q].tolist()]
                 data = build_dataset(args, sampler, verifier, tokenizer, questions)
                 D = len(data["rewards"])
+                if args.tis_cap > 0 and D > 0:  # Modification 7 (vs GRPO): μ as the trainer computes it
+                    ds, mbs = data["rollout"], [slice(i, i + args.micro_batch_size) for i in range(0, D, args.micro_batch_size)]  # fmt: skip
+                    with torch.no_grad():
+                        data["trainer_logprobs"] = ds.completion_mask * torch.cat([completion_logprobs(model, ds.input_ids[mb], ds.attention_mask[mb], ds.completion_ids.shape[1], args.temperature)[0] for mb in mbs])  # fmt: skip
+                    gap = (data["trainer_logprobs"] - ds.behavior_logprobs).abs()  # [D, C], 0 on padding
+                    data["stats"]["sampler_logprob_mismatch"] = float(gap.sum() / ds.completion_mask.sum())
                 num_steps = args.epochs * -(-D // args.batch_size)
                 extra["iteration"] = (iteration, step, num_steps)
                 to_save = {**data, "rollout": vars(data["rollout"]), "iteration": iteration}
@@ -442,6 +475,8 @@ def main(args: Args) -> dict:
                 step_start = time.time()
                 rows = schedule[index].to(rewards.device)  # [B] dataset rows of this mini-batch
                 batch, batch_rewards = dataset.select(rows), rewards[rows]  # B rows, [B]
+                # log μ [B, C]: the sampler's log-probs, or the trainer's with --tis-cap (Modification 7)
+                behavior = data["trainer_logprobs"][rows] if args.tis_cap > 0 else batch.behavior_logprobs
 
                 # ALGO LOGIC: the TOPR update on one mini-batch, in micro-batches
                 mask = batch.completion_mask  # [B, C]
@@ -465,12 +500,16 @@ def main(args: Args) -> dict:
                     m, r = mask[mb], batch_rewards[mb]  # [b, C], [b]
                     weights = topr_weights(
                         ratio_logprobs(logprobs.detach(), m, args.ratio_level),
-                        ratio_logprobs(batch.behavior_logprobs[mb], m, args.ratio_level),
+                        ratio_logprobs(behavior[mb], m, args.ratio_level),
                         r,
                     )  # [b] (or [b, C] for --ratio-level token)
                     if args.negatives == "reinforce":  # naive off-policy REINFORCE: no taper
                         weights = torch.ones_like(weights)
                     per_token_loss = topr_token_loss(logprobs, weights, r, args.baseline)  # [b, C]
+                    if args.tis_cap > 0:  # sampler/trainer mismatch correction
+                        per_token_loss = per_token_loss * truncated_is_weights(
+                            behavior[mb], batch.behavior_logprobs[mb], args.tis_cap
+                        )
                     loss = aggregate_loss(per_token_loss, m, args.loss_agg, B, num_tokens)
                     loss.backward()
                     stats["loss"] += loss.item()

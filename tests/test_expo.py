@@ -346,6 +346,8 @@ def test_dpo_smoke_run(tiny_world_dir, tmp_path):
 def test_contradictory_flags_fail_early():
     with pytest.raises(SystemExit):
         expo.validate(expo.Args(variant="dpo", kl_coef=0.1))
+    with pytest.raises(SystemExit):  # ExP-DPO has no GRPO term for the sampler correction to weight
+        expo.validate(expo.Args(variant="dpo", tis_cap=2.0))
     with pytest.raises(SystemExit):
         expo.validate(expo.Args(hint_template="{question} Show the working."))
     with pytest.raises(SystemExit):
