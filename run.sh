@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for everything:
-#   ./run.sh                 the CPU demo: build the tiny world (cached), evaluate the base policy,
+#   ./run.sh [flags]         the CPU demo: build the tiny world (cached), evaluate the base policy,
 #                            train it with algos/grpo.py, evaluate again, print a before/after table
 #   ./run.sh ALGO [flags]    python algos/ALGO.py [flags]   (e.g. ./run.sh grpo --help)
 #   ./run.sh test [args]     the test suite (pytest args pass through, e.g. ./run.sh test -m "not slow")
@@ -43,9 +43,10 @@ export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
 
 cmd="${1:-demo}"
 [[ $# -gt 0 ]] && shift
+if [[ "$cmd" == --* && "$cmd" != --help ]]; then set -- "$cmd" "$@"; cmd=demo; fi  # ./run.sh --num-steps 20
 case "$cmd" in
   demo)
-    echo "[run.sh] CPU demo: GRPO on the tiny built-in world (about 10 minutes on 2 cores; logs in runs/)" >&2
+    echo "[run.sh] CPU demo: GRPO on the tiny built-in world (about 8 minutes on 2 cores the first time, 3-4 once the world is cached; logs in runs/)" >&2
     exec "$PY" "$ROOT/algos/grpo.py" --exp-name demo "$@" ;;
   test|tests)
     exec "$PY" -m pytest "$ROOT/tests" "$@" ;;
