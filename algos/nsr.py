@@ -118,7 +118,7 @@ class Args:
     """prompts per training step"""
     group_size: int = 8
     """G: completions sampled per prompt (no group baseline here, so 1 is allowed)"""
-    max_new_tokens: int = 48
+    max_new_tokens: int = 80
     """completion length limit (also L_max of seq-mean-token-sum-norm)"""
     temperature: float = 1.0
     """sampling temperature (training and evaluation)"""
@@ -130,9 +130,9 @@ class Args:
     """C: weight each token's loss by min(π_old / π_sampler, C) to correct the sampler/trainer mismatch (0: off)"""
 
     # --- optimisation ---
-    num_steps: int = 80
+    num_steps: int = 100
     """training steps (one rollout batch each)"""
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-4
     """AdamW learning rate (constant after warm-up)"""
     warmup_steps: int = 5
     """linear learning-rate warm-up steps"""
