@@ -70,6 +70,7 @@ from common.checkpoint import StopRequest, check_writable, latest_checkpoint, lo
 from common.data import build_prompt, load_examples
 from common.evaluate import evaluate_policy
 from common.model import completion_logprobs, load_policy
+from common.preflight import check_run_args
 from common.rollout import Rollout, make_sampler
 from common.tracking import Progress, Tracker, report_before_after
 from common.verify import Verifier
@@ -319,6 +320,7 @@ def validate(args: Args) -> None:
         raise SystemExit(f"--baseline must be in (-1, 1), got {args.baseline}")
     if args.temperature <= 0:
         raise SystemExit("--temperature must be > 0: TOPR needs the behaviour policy's sampling log-probs")
+    check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
 
 
 def build_dataset(args, sampler, verifier, tokenizer, questions) -> dict:
