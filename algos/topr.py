@@ -120,7 +120,7 @@ class Args:
     """training questions in each iteration's dataset (capped at the training set's size)"""
     samples_per_question: int = 16
     """n: completions sampled from the behaviour policy per question (paper: 16)"""
-    max_new_tokens: int = 48
+    max_new_tokens: int = 80
     """completion length limit"""
     temperature: float = 1.0
     """sampling temperature (training and evaluation); must be > 0, μ's log-probs are needed"""
