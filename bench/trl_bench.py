@@ -1,6 +1,6 @@
 """Speed and memory: algos/grpo.py against TRL's GRPOTrainer, same model, prompts and settings, alternating.
 
-TRL lives in an environment of its own, never in .venv (install once; about 1 GB, the CPU torch wheel
+TRL lives in an environment of its own, never in .venv (install once; about 1.5 GB, the CPU torch wheel
 is the one on disk):
 
     python3.11 -m venv .venv-trl
