@@ -3,6 +3,7 @@ interruption, and (marked slow) a learning test that must raise held-out pass@1.
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from algos.grpo import Args, main
+from common.checkpoint import latest_checkpoint
 from common.tracking import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,21 +54,18 @@ def _cmd(run_dir: Path, *extra: str) -> list[str]:
             f"--output-dir={run_dir.parent}", f"--run-name={run_dir.name}", *flags, *extra]  # fmt: skip
 
 
-def test_interrupted_run_resumes_exactly(tiny_world_dir, tmp_path):
-    """Ctrl-C mid-run, then --resume: the same metrics as an uninterrupted run, no step twice or missing."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    ref = tmp_path / "ref"
-    subprocess.run(_cmd(ref), check=True, env=env, capture_output=True)
-    run = tmp_path / "cut"
-    proc = subprocess.Popen(_cmd(run), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(read_jsonl(run / "metrics.jsonl")) < 3:  # base eval + 2 steps
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=300)[0].decode()
-    assert proc.returncode == 130, output
-    assert "--resume" in output
-    subprocess.run(_cmd(run, "--resume"), check=True, env=env, capture_output=True)
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_world_dir, tmp_path_factory) -> Path:
+    """One uninterrupted 6-step run, shared by the interruption tests."""
+    ref = tmp_path_factory.mktemp("e2e") / "ref"
+    subprocess.run(_cmd(ref), check=True, env=ENV, capture_output=True)
+    return ref
+
+
+def _assert_same_metrics(run: Path, ref: Path) -> None:
     got, want = read_jsonl(run / "metrics.jsonl"), read_jsonl(ref / "metrics.jsonl")
     assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(7))
     for g, w in zip(got, want):
@@ -77,12 +76,53 @@ def test_interrupted_run_resumes_exactly(tiny_world_dir, tmp_path):
                 assert g.get(key) == pytest.approx(w[key], rel=1e-5, abs=1e-6), (g["step"], key)
 
 
+def test_interrupted_run_resumes_exactly(reference_run, tmp_path):
+    """Ctrl-C mid-run, then --resume: the same metrics as an uninterrupted run, no step twice or missing."""
+    run = tmp_path / "cut"
+    proc = subprocess.Popen(_cmd(run), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_jsonl(run / "metrics.jsonl")) < 3:  # base eval + 2 steps
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode == 130, output
+    assert "--resume" in output
+    subprocess.run(_cmd(run, "--resume"), check=True, env=ENV, capture_output=True)
+    _assert_same_metrics(run, reference_run)
+
+
+def test_killed_run_resumes_exactly(reference_run, tmp_path):
+    """kill -9 at a random moment after the first checkpoint (mid-step, mid-eval, mid-save or mid-log),
+    then --resume: no step twice or missing, the same metrics as an uninterrupted run, no stray files."""
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(run), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logged_before_kill = rng.randint(2, 5)  # base eval + 1..4 steps (step 1 is checkpointed)
+    deadline = time.time() + 300
+    while time.time() < deadline and (
+        latest_checkpoint(run) is None or len(read_jsonl(run / "metrics.jsonl")) < logged_before_kill
+    ):
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 1.0))
+    proc.kill()
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill (seed {seed})"
+    killed_at = latest_checkpoint(run).name
+    subprocess.run(_cmd(run, "--resume"), check=True, env=ENV, capture_output=True)
+    _assert_same_metrics(run, reference_run)
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000005", "step-00000006"], (seed, killed_at, checkpoints)  # keep-last 2
+
+
 @pytest.mark.slow
 def test_grpo_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
-    """GRPO with its default (CPU demo) budget raises the training reward and held-out pass@1 above the
-    base policy. (The issue's target of +0.10 held-out pass@1 is not reached reliably yet: measured
-    gains on seed 1 range from +0.03 to +0.12 depending on the evaluation schedule; docs/results.md.)"""
-    out = main(Args(eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1))
+    """GRPO on a fixed budget (60 steps of the demo's settings, seed 1) raises held-out pass@1 by at
+    least 0.10 over the base policy (measured: +0.17 to +0.20 over three seeds and learning rates,
+    docs/results.md) and the training reward rises with it."""
+    out = main(
+        Args(num_steps=60, eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
+    )
     rewards = [
         r["reward_mean"] for r in read_jsonl(tmp_path / "learn" / "metrics.jsonl") if "reward_mean" in r
     ]
@@ -92,4 +132,4 @@ def test_grpo_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
         json.dumps({"base": out["base"]["pass@1"], "final": out["final"]["pass@1"], "reward": [first, last]})
     )
     assert last >= first + 0.05, f"training reward {first:.3f} -> {last:.3f}"
-    assert gain > 0.0, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"
+    assert gain >= 0.10, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"
