@@ -39,6 +39,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -383,9 +384,12 @@ def run_child(argv: list[str], log_path: Path, threads: int) -> tuple[int, float
     with open(log_path, "a") as log_file:
         log_file.write(f"\n$ {shlex.join(argv)}\n")
         log_file.flush()
+        # A session of its own: Ctrl-C reaches only the harness, which forwards exactly one SIGINT (a
+        # second one would make the script abort instead of saving a checkpoint).
         proc = subprocess.Popen(
-            argv, cwd=ROOT, env=child_env(threads), stdout=log_file, stderr=subprocess.STDOUT
-        )
+            argv, cwd=ROOT, env=child_env(threads), stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
         _children.add(proc)
         try:
             _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (not the harness's others)
@@ -864,7 +868,9 @@ def main(args: Args, train_fn: Callable = train, evaluate_fn: Callable = evaluat
     base_config = eval_config(args, "tiny", seed=0)
     base_path = out_dir / f"base_eval_n{args.eval_n}_p{args.eval_problems}.json"
 
-    def eval_run(spec: RunSpec, result: dict) -> dict:
+    def eval_run(
+        spec: RunSpec, result: dict
+    ) -> dict:  # cached in the run's directory, which a redone run deletes
         config = eval_config(args, result["checkpoint"], seed=spec.seed)
         path = spec.run_dir / f"eval_n{args.eval_n}_p{args.eval_problems}.json"
         return evaluate_fn(config, path, spec.run_dir / "eval.log", args.threads, world)
@@ -897,6 +903,10 @@ def main(args: Args, train_fn: Callable = train, evaluate_fn: Callable = evaluat
 
     started = time.time()
     done_fresh, total = 0, len(specs)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    if in_main_thread:  # SIGTERM stops cleanly too, like Ctrl-C
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
             pool.submit(
@@ -936,9 +946,12 @@ def main(args: Args, train_fn: Callable = train, evaluate_fn: Callable = evaluat
                 "interrupted: stopping the running jobs (each saves a checkpoint); rerun the same command to resume"
             )
             for proc in list(_children):
-                proc.send_signal(2)
+                proc.send_signal(signal.SIGINT)
             pool.shutdown(wait=True, cancel_futures=True)
             raise SystemExit(130) from None
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous_sigterm)
     if base is None:
         raise SystemExit("the base evaluation failed; no report written")
     summary = write_report(args, runs, evals, base, meta)

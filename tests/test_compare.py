@@ -178,6 +178,7 @@ def fake_world(monkeypatch, tmp_path):
     monkeypatch.setattr(common.tiny_world, "build_tiny_world", lambda: tmp_path / "tiny-world-test")
     children = FakeChildren()
     monkeypatch.setattr(compare, "run_child", children)
+    monkeypatch.setattr(compare, "git_commit", lambda: "abc1234")  # others may commit while the test runs
     # a results file with a hand-written part, and every output under tmp_path (inside ROOT's view: absolute)
     results = tmp_path / "docs" / "results.md"
     results.parent.mkdir()
