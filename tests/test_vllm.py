@@ -217,11 +217,11 @@ def test_every_script_runs_with_vllm_rollouts(script, tiny_world_dir, tmp_path):
 @pytest.mark.slow
 def test_grpo_learns_with_vllm_rollouts(tiny_world_dir, tmp_path):
     """The issue's test 3, mirroring test_e2e.py::test_grpo_learns_on_the_tiny_world with the same budget
-    (grpo.py's defaults, seed 1) and the same assertions, with vLLM sampling the rollouts and the held-out
-    evaluations: the training reward rises and held-out pass@1 ends above the base policy."""
+    (60 steps of grpo.py's defaults, seed 1) and the same assertions, with vLLM sampling the rollouts and
+    the held-out evaluations: the training reward rises and held-out pass@1 gains at least 0.10."""
     from algos.grpo import Args, main
 
-    out = main(Args(rollout="vllm", eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1))  # fmt: skip
+    out = main(Args(rollout="vllm", num_steps=60, eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1))  # fmt: skip
     rows = [r for r in read_jsonl(tmp_path / "learn" / "metrics.jsonl") if "reward_mean" in r]
     rewards = [r["reward_mean"] for r in rows]
     first, last = sum(rewards[:10]) / 10, sum(rewards[-20:]) / 20
@@ -231,4 +231,4 @@ def test_grpo_learns_with_vllm_rollouts(tiny_world_dir, tmp_path):
     )
     assert max(r["logprob_mismatch"] for r in rows) < 1e-4  # the engine followed the trainer all along
     assert last >= first + 0.05, f"training reward {first:.3f} -> {last:.3f}"
-    assert gain > 0.0, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"
+    assert gain >= 0.10, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"
