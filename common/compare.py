@@ -29,12 +29,14 @@ to the run. A run whose command changed (other flags) or whose world changed is 
 Cost: ``--jobs`` runs (default 2) at a time with ``--threads`` torch threads each (default 1), so two
 single-threaded runs keep 2 cores busy. The defaults (30 GRPO-equivalent steps = 3,840 samples per run,
 120 held-out problems x 64 samples) are sized from CPU times measured on tiny world v5 (1 thread; the
-harness records every run's CPU time next to its wall time): about 10 s per run of start-up and in-run
-evaluation, then per 128 training samples grpo 3.0 s, w-reinforce 3.2 s, oreal ~3.5 s, expo 3.6 s,
-bnpo 3.9 s, topr 5.6 s (two epochs over each dataset); one n = 64 evaluation 5 s + 0.64 s per problem.
-That is about 3,900 CPU seconds for the default set, about 33 minutes on 2 idle cores, 40-45 minutes
-with the two jobs slowing each other and the last job running alone, plus about 4 minutes when the
-tiny world must be built first. The harness prints its plan and a running estimate.
+harness records every run's CPU time next to its wall time; runs of 4 and 8 steps, differenced):
+about 15-20 s per run of start-up and in-run evaluation, then per 128 training samples grpo 2.2 s,
+bnpo 2.4 s, w-reinforce 2.7 s, oreal 3.0 s, expo about 2-3 s, topr 4.3 s (two epochs over each dataset);
+one n = 64 evaluation 5 s + 0.64 s per problem. That is about 3,500 CPU seconds for the default set:
+about 30 minutes on 2 idle cores, 35-45 minutes with the two jobs slowing each other and the last job
+running alone, plus about 4 minutes when the tiny world must be built first. On a machine shared with
+other work the wall time grows accordingly (CPU time does not). The harness prints its plan and a
+running estimate.
 """
 
 from __future__ import annotations
