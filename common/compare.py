@@ -31,7 +31,7 @@ single-threaded runs keep 2 cores busy. The defaults (30 GRPO-equivalent steps =
 120 held-out problems x 64 samples) are sized from CPU times measured on tiny world v5 (1 thread; the
 harness records every run's CPU time next to its wall time; runs of 4 and 8 steps, differenced):
 about 15-20 s per run of start-up and in-run evaluation, then per 128 training samples grpo 2.2 s,
-bnpo 2.4 s, w-reinforce 2.7 s, oreal 3.0 s, expo about 2-3 s, topr 4.3 s (two epochs over each dataset);
+bnpo 2.4 s, w-reinforce 2.7 s, oreal 3.0 s, expo 3.7 s, topr 4.3 s (two epochs over each dataset);
 one n = 64 evaluation 5 s + 0.64 s per problem. That is about 3,500 CPU seconds for the default set:
 about 30 minutes on 2 idle cores, 35-45 minutes with the two jobs slowing each other and the last job
 running alone, plus about 4 minutes when the tiny world must be built first. On a machine shared with
