@@ -65,7 +65,7 @@ BEGIN_MARKER = (
 END_MARKER = "<!-- compare:end -->"
 
 # Every method of the comparison: the script in algos/ and the flags that select the method. Anything not
-# listed is the script's own default (its learning rate: grpo/bnpo/oreal/expo 1e-4, nsr/topr 2e-4; its
+# listed is the script's own default (its learning rate: 1e-4, TOPR 2e-4; its
 # loss and clipping), except the budget flags (`budget_flags`) and the shared flags (`shared_flags`).
 # How each script counts the samples it generates, and so how the budget reaches it:
 #   "steps"  grpo, nsr, bnpo, oreal: prompts_per_step x group_size per step (OREAL's K is --group-size; its
