@@ -1,17 +1,22 @@
 """Rollout benchmark: the same prompts and sampling settings through both backends, in one run.
 
-For each model it times (after a warm-up call) ``HFSampler.generate`` (``model.generate`` plus the
+For each model it times (after one warm-up call per backend) ``HFSampler.generate`` (``model.generate`` plus the
 behaviour log-prob forward, as the training loop uses it) and ``VLLMSampler.generate`` (vLLM returns the
 log-probs itself), and reports generated tokens per second and the vLLM / HF ratio. With ``--step`` it
 also times a whole training step per backend: rollout, one policy-gradient forward/backward over the
-batch in micro-batches, the optimizer step, and ``update_weights`` (the push into vLLM).
+batch in micro-batches, the optimizer step, and ``update_weights`` (the push into vLLM), and reports the
+three parts (``train_s`` is the same code for every backend). Both backends live in one process, each
+with its own copy of the weights, and the timed repetitions alternate between them (A B A B), so a change
+in a shared machine's load hits both alike; the HF timings are therefore taken with the vLLM engine
+present in the process (it is idle while HF runs).
 
-Models: ``tiny`` (the built-in ~2M-parameter world), ``random`` (a randomly initialised Qwen2 of
+Models: ``tiny`` (the built-in world's policy), ``random`` (a randomly initialised Qwen2 of
 ``--random-hidden-size`` × ``--random-num-layers`` with the tiny world's byte-level tokenizer, built
 offline once into the cache directory: about 34M parameters by default), or any local path / hub id.
 A random model rarely samples EOS, so its completions run to ``--max-new-tokens``.
 
     PYTHONPATH=. .venv/bin/python bench/rollout_bench.py --models tiny random
+    PYTHONPATH=. .venv/bin/python bench/rollout_bench.py --models random --random-hidden-size 768 --random-num-layers 12
 
 This is a benchmark, not a test: numbers depend on the machine and its load. It is not run by CI.
 """
@@ -111,49 +116,65 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench_backend(args: Args, backend: str, model, tokenizer, prompts: list[str]) -> dict:
-    t0 = time.perf_counter()
-    sampler = make_sampler(backend, model, tokenizer, gpu_memory_utilization=args.gpu_memory_utilization)
-    startup = time.perf_counter() - t0
+def bench_model(args: Args, base_model, tokenizer, prompts: list[str]) -> list[dict]:
+    """Time every backend on one model. Each backend gets its own copy of the weights and its own sampler;
+    after one untimed warm-up call each, the timed repetitions alternate between the backends (A B A B),
+    so a change in the machine's load hits all of them alike."""
+    runs = {}
+    for backend in args.backends:
+        model = copy.deepcopy(base_model)  # each backend starts from the same weights
+        t0 = time.perf_counter()
+        sampler = make_sampler(backend, model, tokenizer, gpu_memory_utilization=args.gpu_memory_utilization)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        runs[backend] = dict(
+            model=model, sampler=sampler, optimizer=optimizer, startup=time.perf_counter() - t0
+        )
 
-    def rollout():
+    def timed(fn, *fn_args):
         sync(args.device)
         t = time.perf_counter()
-        r = sampler.generate(prompts, args.group_size, args.max_new_tokens, args.temperature, args.top_p)
+        out = fn(*fn_args)
         sync(args.device)
-        return r, time.perf_counter() - t
+        return out, time.perf_counter() - t
 
-    rollout()  # warm-up
-    times, tokens = [], []
+    def rollout(run):
+        return run["sampler"].generate(
+            prompts, args.group_size, args.max_new_tokens, args.temperature, args.top_p
+        )
+
+    for run in runs.values():
+        rollout(run)  # warm-up
+    samples = {backend: [] for backend in runs}  # backend -> [(rollout s, tokens, truncated share)]
+    steps = {backend: [] for backend in runs}  # backend -> [(rollout s, train s, push s)]
     for _ in range(args.repeats):
-        r, dt = rollout()
-        times.append(dt)
-        tokens.append(int(r.completion_mask.sum()))
-    result = {
-        "backend": backend,
-        "startup_s": startup,
-        "rollout_s": statistics.median(times),
-        "tokens": statistics.median(tokens),
-        "tokens_per_s": statistics.median(n / t for n, t in zip(tokens, times)),
-        "truncated_frac": float(r.truncated.float().mean()),
-    }
-    if args.step:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-        step_times, push_times = [], []
-        for _ in range(args.repeats):
-            sync(args.device)
-            t = time.perf_counter()
-            r = sampler.generate(prompts, args.group_size, args.max_new_tokens, args.temperature, args.top_p)
-            training_step(model, optimizer, r, args.micro_batch_size, args.temperature)
-            sync(args.device)
-            t_push = time.perf_counter()
-            sampler.update_weights(model)
-            sync(args.device)
-            push_times.append(time.perf_counter() - t_push)
-            step_times.append(time.perf_counter() - t)
-        result["step_s"] = statistics.median(step_times)
-        result["push_s"] = statistics.median(push_times)
-    return result
+        for backend, run in runs.items():
+            r, dt = timed(rollout, run)
+            samples[backend].append((dt, int(r.completion_mask.sum()), float(r.truncated.float().mean())))
+    for _ in range(args.repeats if args.step else 0):
+        for backend, run in runs.items():
+            r, dt_rollout = timed(rollout, run)
+            model, optimizer = run["model"], run["optimizer"]
+            _, dt_train = timed(training_step, model, optimizer, r, args.micro_batch_size, args.temperature)
+            _, dt_push = timed(run["sampler"].update_weights, model)
+            steps[backend].append((dt_rollout, dt_train, dt_push))
+
+    rows = []
+    for backend, run in runs.items():
+        times, tokens, truncated = zip(*samples[backend])
+        row = {
+            "backend": backend,
+            "startup_s": run["startup"],
+            "rollout_s": statistics.median(times),
+            "tokens": statistics.median(tokens),
+            "tokens_per_s": statistics.median(n / t for n, t in zip(tokens, times)),
+            "truncated_frac": statistics.median(truncated),
+        }
+        if args.step:  # a whole step = rollout + forward/backward + optimizer step + weight push
+            row["step_s"] = statistics.median(sum(parts) for parts in steps[backend])
+            row["train_s"] = statistics.median(train for _, train, _ in steps[backend])
+            row["push_s"] = statistics.median(push for _, _, push in steps[backend])
+        rows.append(row)
+    return rows
 
 
 def main(args: Args) -> list[dict]:
@@ -170,28 +191,21 @@ def main(args: Args) -> list[dict]:
         )
         base_model, tokenizer = load_policy(path, args.dtype, args.device)
         num_params = sum(p.numel() for p in base_model.parameters())
-        rows = []
-        for backend in args.backends:
-            model = copy.deepcopy(base_model)  # each backend starts from the same weights
-            row = {
-                "model": name,
-                "params_M": num_params / 1e6,
-                **bench_backend(args, backend, model, tokenizer, prompts),
-            }
-            rows.append(row)
+        for row in bench_model(args, base_model, tokenizer, prompts):
+            row = {"model": name, "params_M": num_params / 1e6, **row}
+            results.append(row)
             print(json.dumps(row), flush=True)
-        results += rows
 
     print(f"\n{args.num_prompts} prompts x {args.group_size} samples, max {args.max_new_tokens} new tokens, "
           f"T={args.temperature}, top_p={args.top_p}, {args.dtype} on {args.device} "
           f"({torch.get_num_threads()} torch threads); medians of {args.repeats}")  # fmt: skip
     header = f"{'model':>8} {'params':>7} {'backend':>7} {'start s':>8} {'rollout s':>9} {'tokens':>7} {'tok/s':>8}"
-    header += f" {'step s':>7} {'push s':>7}" if args.step else ""
+    header += f" {'step s':>7} {'train s':>7} {'push s':>7}" if args.step else ""
     print(header)
     for r in results:
         line = f"{r['model']:>8} {r['params_M']:>6.1f}M {r['backend']:>7} {r['startup_s']:>8.1f} {r['rollout_s']:>9.2f}"
         line += f" {r['tokens']:>7} {r['tokens_per_s']:>8.0f}"
-        line += f" {r['step_s']:>7.2f} {r['push_s']:>7.3f}" if args.step else ""
+        line += f" {r['step_s']:>7.2f} {r['train_s']:>7.2f} {r['push_s']:>7.3f}" if args.step else ""
         print(line)
     for name in args.models:
         by = {r["backend"]: r for r in results if r["model"] == name}
