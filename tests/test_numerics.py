@@ -285,6 +285,14 @@ def test_expo_explains_all_wrong_groups_exactly(rewards):
 # Every script's real loop on degenerate batches
 # ---------------------------------------------------------------------------------------------------
 
+TOPR_SHAPE = dict(
+    iterations=2,
+    questions_per_iteration=2,
+    samples_per_question=4,
+    epochs=1,
+    batch_size=4,
+    micro_batch_size=3,
+)
 SHAPE = dict(prompts_per_step=2, group_size=4, micro_batch_size=3, num_steps=2)  # 8 rows in 3 micro-batches
 RUNS = {
     "grpo": ("grpo", {**SHAPE, "updates_per_batch": 2, "kl_coef": 0.05}),
@@ -293,29 +301,8 @@ RUNS = {
     "oreal": ("oreal", {**SHAPE, "actor_freeze_steps": 0}),
     "expo": ("expo", {**SHAPE, "explanation_tries": 2}),
     "expo-dpo": ("expo", {**SHAPE, "explanation_tries": 2, "variant": "dpo"}),
-    "topr": (
-        "topr",
-        dict(
-            iterations=2,
-            questions_per_iteration=2,
-            samples_per_question=4,
-            epochs=1,
-            batch_size=4,
-            micro_batch_size=3,
-        ),
-    ),  # fmt: skip
-    "topr-drop": (
-        "topr",
-        dict(
-            iterations=2,
-            questions_per_iteration=2,
-            samples_per_question=4,
-            epochs=1,
-            batch_size=4,
-            micro_batch_size=3,
-            negatives="drop",
-        ),
-    ),  # fmt: skip
+    "topr": ("topr", TOPR_SHAPE),
+    "topr-drop": ("topr", {**TOPR_SHAPE, "negatives": "drop"}),
 }
 SCENARIOS = ["all-correct", "all-wrong", "empty", "truncated"]
 
