@@ -3,6 +3,7 @@
 `load_examples(dataset, split)` turns one of these into a list of `Example`s:
 
     "tiny"             the built-in toy world (`common.tiny_world`), runs on CPU in seconds
+    "tiny:T1,T2,..."   the toy world's tiers T1, T2, ... (easy, medium, hard, and long: never warmed up on)
     "gsm8k"            openai/gsm8k (config "main"); gold = the text after "####" in `answer`
     "math"             DigitalLearningGmbH/MATH-lighteval; gold = the LAST \\boxed{...} of `solution`
     "math500"          HuggingFaceH4/MATH-500 (split "test" only); gold = `answer`
@@ -109,7 +110,7 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 VALID_FORMS = (
-    f"'tiny', {', '.join(repr(name) for name in DATASETS)}, "
+    f"'tiny' or 'tiny:TIER,...', {', '.join(repr(name) for name in DATASETS)}, "
     "'hf:NAME' or 'hf:NAME:CONFIG' (with question_field and answer_field), or a path to a .jsonl file"
 )
 
@@ -138,10 +139,11 @@ def load_examples(
         raise ValueError(f"limit must be a positive number or None, got {limit}")
 
     spec = _dataset_spec(dataset, split, question_field, answer_field)
-    if dataset == "tiny":
-        from common.tiny_world import tiny_examples
+    if is_tiny(dataset):
+        from common.tiny_world import parse_tiers, tiny_examples
 
-        rows = ((f"tiny:{split}:{i}", row) for i, row in enumerate(tiny_examples(split, limit, seed)))
+        generated = tiny_examples(split, limit, seed, parse_tiers(dataset))
+        rows = ((f"{dataset}:{split}:{i}", row) for i, row in enumerate(generated))
     elif spec.hf_path:
         import datasets
 
@@ -161,11 +163,19 @@ def load_examples(
     )
 
 
+def is_tiny(dataset: str) -> bool:
+    """``"tiny"`` or ``"tiny:TIER,TIER,..."``: the built-in world's generated problems."""
+    return dataset == "tiny" or dataset.startswith("tiny:")
+
+
 def _dataset_spec(
     dataset: str, split: str, question_field: str | None, answer_field: str | None
 ) -> DatasetSpec:
     """The spec of a dataset argument, or the error for a name, split or file that cannot work."""
-    if dataset == "tiny":
+    if is_tiny(dataset):
+        from common.tiny_world import parse_tiers
+
+        parse_tiers(dataset)  # raises on an unknown tier
         return DatasetSpec()
     if dataset in DATASETS:
         spec = DATASETS[dataset]
@@ -199,10 +209,10 @@ def check_dataset(
 
     >>> check_dataset("gsm9k")
     Traceback (most recent call last):
-    ValueError: unknown dataset 'gsm9k'; valid forms: 'tiny', 'gsm8k', 'math', 'math500', 'hf:NAME' or 'hf:NAME:CONFIG' (with question_field and answer_field), or a path to a .jsonl file
+    ValueError: unknown dataset 'gsm9k'; valid forms: 'tiny' or 'tiny:TIER,...', 'gsm8k', 'math', 'math500', 'hf:NAME' or 'hf:NAME:CONFIG' (with question_field and answer_field), or a path to a .jsonl file
     """
     spec = _dataset_spec(dataset, split, question_field, answer_field)
-    if dataset == "tiny" or spec.hf_path:
+    if is_tiny(dataset) or spec.hf_path:
         return
     question_field, answer_field = question_field or spec.question_field, answer_field or spec.answer_field
     rows_with_answer, first_row_fields = 0, None

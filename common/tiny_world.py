@@ -13,7 +13,11 @@ Everything here is built locally (no downloads) so that every algorithm runs, an
   Three difficulty tiers (the ``category`` of each example), usable as curriculum categories:
   ``easy`` (three steps), ``medium`` (four steps) and ``hard`` (six steps), all single-digit + and -.
   The model has no way to produce the answer except by carrying each intermediate result forward,
-  and a slip anywhere in the chain makes the answer wrong, so longer chains are harder.
+  and a slip anywhere in the chain makes the answer wrong, so longer chains are harder. A fourth tier,
+  ``long`` (eight steps), is never seen in the warm-up: the base policy rarely solves it (pass@1 about
+  0.10, and about a quarter of its problems are not solved once in 64 samples), which is the room the
+  papers' large-k and hard-problem claims need. Select tiers with the dataset name: ``"tiny"`` is the
+  three warm-up tiers, ``"tiny:easy,medium,hard,long"`` adds the long tier, ``"tiny:long"`` is it alone.
 * **Tokenizer.** One token per character: the stock byte-level ``Qwen2Tokenizer`` with no merges, and
   the special tokens of the Qwen2.5 family (``<|endoftext|>`` is both EOS and padding, as in
   Qwen2.5-Math, so the code must keep an explicit completion mask), saved with a chat template in the
@@ -49,7 +53,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 WORLD_VERSION = "v5"
-TIERS = ("easy", "medium", "hard")
+TIER_STEPS = {"easy": 3, "medium": 4, "hard": 6, "long": 8}  # operations per problem
+TIERS = ("easy", "medium", "hard")  # the warm-up tiers, and the tiers of the dataset "tiny"
 HINT_TEMPLATE = "{question} The answer is {answer}. Show the working."
 CONFIDENCE_SUFFIX = " State your confidence."
 
@@ -73,7 +78,7 @@ def _apply(value: int, op: str, operand: int) -> int:
 
 
 def sample_problem(rng: random.Random, category: str) -> Problem:
-    """Draw one problem of a tier: ``easy`` has three steps, ``medium`` four, ``hard`` six. Every
+    """Draw one problem of a tier: ``easy`` has three steps, ``medium`` four, ``hard`` six, ``long`` eight. Every
     number, operand and intermediate result is a single digit (0..9), so a small model learns the
     arithmetic itself perfectly; what it must learn to do reliably is to carry each result forward
     without a slip, and slips compound over longer chains.
@@ -81,7 +86,7 @@ def sample_problem(rng: random.Random, category: str) -> Problem:
     >>> p = sample_problem(random.Random(0), "easy"); p.question.startswith("Compute "), p.category
     (True, 'easy')
     """
-    num_ops = {"easy": 3, "medium": 4, "hard": 6}[category]
+    num_ops = TIER_STEPS[category]
     start = value = rng.randint(0, 9)
     steps = []
     for _ in range(num_ops):
@@ -143,13 +148,36 @@ def worked_solution(problem: Problem, rng: random.Random | None = None, slip_rat
     return "\n".join(lines)
 
 
-def tiny_examples(split: str = "train", num: int | None = None, seed: int = 0) -> list[dict]:
-    """Rows for ``common.data``: ``{"question", "answer", "category"}``. Default sizes: 3,000 train
-    problems, 300 test problems (100 per tier)."""
-    num = num if num is not None else (3000 if split == "train" else 300)
+def parse_tiers(spec: str) -> tuple[str, ...]:
+    """The tiers named by a dataset argument: ``"tiny"`` -> the warm-up tiers, ``"tiny:hard,long"`` ->
+    ``("hard", "long")``.
+
+    >>> parse_tiers("tiny:long")
+    ('long',)
+    >>> parse_tiers("tiny:hard,huge")
+    Traceback (most recent call last):
+    ValueError: dataset 'tiny:hard,huge': unknown tier 'huge'; tiers are easy, medium, hard, long
+    """
+    if spec == "tiny":
+        return TIERS
+    names = tuple(t.strip() for t in spec.removeprefix("tiny:").split(","))
+    for name in names:
+        if name not in TIER_STEPS:
+            raise ValueError(f"dataset {spec!r}: unknown tier {name!r}; tiers are {', '.join(TIER_STEPS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"dataset {spec!r}: a tier is named twice")
+    return names
+
+
+def tiny_examples(
+    split: str = "train", num: int | None = None, seed: int = 0, tiers: tuple[str, ...] = TIERS
+) -> list[dict]:
+    """Rows for ``common.data``: ``{"question", "answer", "category"}``, cycling through ``tiers``.
+    Default sizes: 1,000 train problems and 100 test problems per tier."""
+    num = num if num is not None else (1000 if split == "train" else 100) * len(tiers)
     return [
         {"question": p.question, "answer": str(p.answer), "category": p.category}
-        for p in generate_problems(num, split, seed)
+        for p in generate_problems(num, split, seed, tiers)
     ]
 
 
