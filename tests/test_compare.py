@@ -129,6 +129,30 @@ def test_markers_keep_the_hand_written_rest():
         replace_between_markers(f"# R\n{BEGIN_MARKER}\n", "x")
 
 
+def test_named_sections_leave_each_other_alone():
+    text = replace_between_markers("# Results\n", "default table")
+    both = replace_between_markers(text, "long table", "compare-long")
+    begin, end = compare.markers("compare-long")
+    assert both == f"{text}\n{begin}\nlong table\n{end}\n"
+    again = replace_between_markers(both, "new default table")
+    assert "new default table" in again and "long table" in again and "\ndefault table" not in again
+
+
+def test_dataset_reaches_every_run_and_evaluation(tmp_path):
+    args = Args(methods=["grpo", "topr"], seeds=1, dataset="tiny:hard,long")
+    for spec in plan_runs(args, tmp_path):
+        assert spec.argv[spec.argv.index("--dataset") + 1] == "tiny:hard,long"
+    assert compare.eval_config(args, "tiny", 0)["dataset"] == "tiny:hard,long"
+    default = Args(methods=["grpo"], seeds=1)  # the default dataset adds no flag: earlier runs stay cached
+    assert "--dataset" not in plan_runs(default, tmp_path)[0].argv
+    assert "dataset" not in compare.eval_config(default, "tiny", 0)
+    for bad in ("gsm8k", "tiny:huge"):
+        with pytest.raises(SystemExit, match="--dataset"):
+            compare.main(Args(dataset=bad, dry_run=True))
+    with pytest.raises(SystemExit, match="--report-name"):
+        compare.main(Args(report_name="../x", dry_run=True))
+
+
 class FakeChildren:
     """Stands in for the training and evaluation subprocesses: writes the files they would write."""
 
@@ -240,6 +264,22 @@ def test_report_only_and_dry_run_run_nothing(fake_world, capsys):
     Path(args.results_md).write_text("# Results\n")
     compare.main(args)
     assert children.calls == [] and BEGIN_MARKER in Path(args.results_md).read_text()
+
+
+def test_comparison_on_other_tiers_writes_its_own_section_and_plots(fake_world):
+    args, children = fake_world
+    compare.main(args)
+    default_text = Path(args.results_md).read_text()
+    children.calls.clear()
+    args.dataset, args.report_name, args.out_dir = "tiny:hard,long", "compare-long", args.out_dir + "-long"
+    compare.main(args)
+    text = Path(args.results_md).read_text()
+    assert text.startswith(default_text.rstrip("\n"))  # the default section is untouched
+    assert "## Side by side on `tiny:hard,long`" in text and "compare-long_pass_at_k.png" in text
+    trainings = [call for call in children.calls if call[1] != "-c"]
+    assert len(trainings) == 6 and all("tiny:hard,long" in call for call in trainings)
+    for png in ("compare-long_learning_curves.png", "compare-long_pass_at_k.png"):
+        assert (Path(args.img_dir) / png).stat().st_size > 1000
 
 
 def test_failed_run_is_reported_and_the_rest_goes_on(fake_world):

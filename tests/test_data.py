@@ -9,7 +9,15 @@ import json
 import datasets
 import pytest
 
-from common.data import TEMPLATES, Example, build_prompt, gsm8k_gold, load_examples, math_gold
+from common.data import (
+    TEMPLATES,
+    Example,
+    build_prompt,
+    check_dataset,
+    gsm8k_gold,
+    load_examples,
+    math_gold,
+)
 
 
 def write_jsonl(path, rows):
@@ -188,6 +196,16 @@ def test_tiny_world():
     examples = load_examples("tiny", split="test", limit=6, seed=1)
     assert len(examples) == 6
     assert all(e.source == f"tiny:test:{i}" and e.category for i, e in enumerate(examples))
+
+
+def test_tiny_world_tiers():
+    examples = load_examples("tiny:long", split="test")
+    assert len(examples) == 100 and {e.category for e in examples} == {"long"}
+    assert examples[0].source == "tiny:long:test:0"
+    with pytest.raises(ValueError, match="unknown tier 'hardest'; tiers are easy, medium, hard, long"):
+        load_examples("tiny:hard,hardest")
+    with pytest.raises(ValueError, match="unknown tier"):
+        check_dataset("tiny:hardest")  # what every script runs before loading anything
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,14 +3,19 @@
 import json
 import random
 
+import pytest
+
 from common.tiny_world import (
     HINT_TEMPLATE,
     TIERS,
     Problem,
+    WorldConfig,
     build_tokenizer,
     generate_problems,
+    parse_tiers,
     sample_problem,
     tiny_examples,
+    warmup_pairs,
     worked_solution,
 )
 from common.verify import verify
@@ -63,9 +68,9 @@ def test_warmup_data_mixes_slips_hints_and_confidence_tags():
     assert abs(slip - cfg.slip_rate) < 0.04, slip
 
 
-def test_tiers_have_three_four_and_six_single_digit_steps():
+def test_tiers_have_three_four_six_and_eight_single_digit_steps():
     rng = random.Random(1)
-    for category, num_steps in [("easy", 3), ("medium", 4), ("hard", 6)]:
+    for category, num_steps in [("easy", 3), ("medium", 4), ("hard", 6), ("long", 8)]:
         for _ in range(200):
             p = sample_problem(rng, category)
             assert len(p.steps) == num_steps and 0 <= p.answer <= 9
@@ -76,6 +81,32 @@ def test_tiny_examples_rows():
     rows = tiny_examples("test", 9)
     assert len(rows) == 9 and set(rows[0]) == {"question", "answer", "category"}
     assert HINT_TEMPLATE.format(question="Q.", answer=3) == "Q. The answer is 3. Show the working."
+    assert len(tiny_examples("test")) == 300 and len(tiny_examples("train")) == 3000  # 100 / 1,000 per tier
+
+
+def test_long_tier_is_selected_by_name_and_never_in_the_warm_up():
+    assert parse_tiers("tiny") == ("easy", "medium", "hard")
+    assert parse_tiers("tiny:easy,medium,hard,long") == ("easy", "medium", "hard", "long")
+    rows = tiny_examples("test", tiers=parse_tiers("tiny:hard,long"))
+    assert len(rows) == 200 and [r["category"] for r in rows[:4]] == ["hard", "long", "hard", "long"]
+    long_rows = [r for r in rows if r["category"] == "long"]
+    assert all(r["question"].count("+") + r["question"].count("-") == 8 for r in long_rows)
+    # adding the long tier leaves the problems of the other tiers as they were (same generator, same order)
+    assert (
+        tiny_examples("test", 3)
+        == tiny_examples("test", 4, tiers=parse_tiers("tiny:easy,medium,hard,long"))[:3]
+    )
+    warm_questions = {
+        q.split(" ")[1].rstrip(".\n") for q, _ in warmup_pairs(WorldConfig(num_train_problems=2000))
+    }
+    assert max(q.count("+") + q.count("-") for q in warm_questions) == 6
+    for bad, message in [
+        ("tiny:huge", "unknown tier 'huge'"),
+        ("tiny:hard,hard", "named twice"),
+        ("tiny:", "unknown tier ''"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_tiers(bad)
 
 
 def test_tokenizer_is_one_token_per_character_and_round_trips(tmp_path):
