@@ -50,7 +50,8 @@ Deviations / choices:
   under the policy that drew them (one extra forward pass per dataset, stored with it), the taper is
   taken against that μ, and every token's loss (positives too) is multiplied by min(μ / π_sampler, C),
   grpo.py's truncated IS correction. ``sampler_logprob_mismatch`` logs that dataset's mean
-  |log μ − log π_sampler|; with HF rollouts both views coincide. ``logprob_mismatch`` is
+  |log μ − log π_sampler|; with HF rollouts both views coincide (up to float32 rounding between
+  generate's cached forward and a full forward). ``logprob_mismatch`` is
   |log π − log π_sampler| on each mini-batch: the policy's drift since the dataset was drawn plus that gap.
 - The iteration's dataset is written to ``run_dir/dataset.pt`` so a run stopped mid-iteration resumes
   exactly (it is overwritten by the next iteration). Mini-batches are not trimmed to their longest row.

@@ -1,7 +1,7 @@
 """Rollout benchmark: the same prompts and sampling settings through both backends, in one run.
 
-For each model it times (after one warm-up call per backend) ``HFSampler.generate`` (``model.generate`` plus the
-behaviour log-prob forward, as the training loop uses it) and ``VLLMSampler.generate`` (vLLM returns the
+For each model it times (after one warm-up call per backend) ``HFSampler.generate`` (``model.generate``, recording
+the behaviour log-probs as it samples, as the training loop uses it) and ``VLLMSampler.generate`` (vLLM returns the
 log-probs itself), and reports generated tokens per second and the vLLM / HF ratio. With ``--step`` it
 also times a whole training step per backend: rollout, one policy-gradient forward/backward over the
 batch in micro-batches, the optimizer step, and ``update_weights`` (the push into vLLM), and reports the

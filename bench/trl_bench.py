@@ -42,9 +42,10 @@ What both do per step (matched):
   clipping at 1.0; entropy is computed by both (logged, not in the loss).
 
 Remaining differences:
-- ours also computes the behaviour log-probs of every sampled token after generation (one extra
-  no-grad forward over the batch; grpo.py logs the sampler/trainer mismatch from it, and ``--tis-cap``
-  and vLLM need it); TRL skips that forward when generation and optimisation are aligned;
+- ours records the behaviour log-prob of every sampled token while ``generate`` samples (a logits
+  processor, ``common.rollout.SampledTokenLogprobs``: one log-softmax over the vocabulary per decoding step,
+  no extra forward pass; grpo.py logs the sampler/trainer mismatch from them, ``--tis-cap`` uses them);
+  TRL records nothing when generation and optimisation are aligned;
 - step time: ours is grpo.py's logged ``step_time`` (prompt selection to weight sync, without logging
   and checkpointing); TRL's is the time from ``on_step_begin`` to ``on_step_end`` (all micro-batches,
   generation and scoring included, the optimizer step; without the logging after it);

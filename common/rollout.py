@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from common.model import completion_logprobs, eos_token_ids
+from common.model import eos_token_ids
 
 
 @dataclass
@@ -85,10 +85,47 @@ def completion_mask_from_ids(
     return mask, truncated
 
 
+class SampledTokenLogprobs:
+    """A ``generate`` logits processor that records the log-probability of every sampled token, so the
+    behaviour log-probs come from the very scores ``generate`` sampled from, with no second forward pass.
+
+    ``generate`` calls it at every step with the ids so far and the raw next-token logits (custom processors
+    run before its temperature and top-p warpers). At step t it keeps ``log_softmax(logits / T)``; at step
+    t + 1 the ids end with the token drawn at t, whose log-prob it then picks out (the full [b, V] matrix is
+    held for one step only). The last token is only known from the output: ``finish(sequences)``.
+    Like the training loss, these are log-probs under temperature T without top-p truncation.
+
+    >>> rec = SampledTokenLogprobs(temperature=1.0)
+    >>> logits = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    >>> _ = rec(torch.tensor([[7]]), logits)        # step 0: prompt [7]
+    >>> _ = rec(torch.tensor([[7, 1]]), logits)     # step 1: token 1 was drawn at step 0
+    >>> rec.finish(torch.tensor([[7, 1, 0]])).exp() # token 0 drawn at step 1
+    tensor([[0.2500, 0.5000]])
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature, self.pending, self.steps = temperature, None, []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.pending is not None:
+            self.steps.append(self.pending.gather(-1, input_ids[:, -1:]).squeeze(-1))  # [b]
+        self.pending = torch.log_softmax(scores.float() / self.temperature, dim=-1)  # [b, V]
+        return scores
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """[b, C] log-probs of the generated tokens (the last ``C`` columns of ``sequences``)."""
+        if self.pending is not None:
+            self.steps.append(self.pending.gather(-1, sequences[:, -1:]).squeeze(-1))
+            self.pending = None
+        return torch.stack(self.steps, dim=1)
+
+
 class HFSampler:
     """Sampling with ``model.generate`` on the training model itself (nothing to sync).
 
-    ``batch_size`` caps how many sequences one ``generate`` call decodes at once.
+    ``batch_size`` caps how many sequences one ``generate`` call decodes at once. With
+    ``compute_logprobs`` the behaviour log-probs are recorded while sampling (``SampledTokenLogprobs``);
+    evaluation turns them off.
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 256, compute_logprobs: bool = True):
@@ -110,26 +147,35 @@ class HFSampler:
         rows = [p for p in prompts for _ in range(n)]  # [B] each prompt repeated n times, grouped
         enc = tok(rows, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         P = enc["input_ids"].shape[1]
-        pieces = []
+        do_sample = temperature > 0
+        record = self.compute_logprobs and do_sample
+        pieces, logprob_pieces = [], []
         for start in range(0, len(rows), self.batch_size):
             ids = enc["input_ids"][start : start + self.batch_size]
             mask = enc["attention_mask"][start : start + self.batch_size]
+            recorder = SampledTokenLogprobs(temperature) if record else None
             out = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
-                do_sample=temperature > 0,
+                do_sample=do_sample,
                 temperature=temperature if temperature > 0 else None,
                 top_p=top_p if temperature > 0 else None,
                 top_k=None,
                 eos_token_id=self.eos_ids,
                 pad_token_id=tok.pad_token_id,
+                logits_processor=[recorder] if record else None,
             )
             pieces.append(out[:, P:])
+            if record:
+                logprob_pieces.append(recorder.finish(out))
         C = max(p.shape[1] for p in pieces)
         completion_ids = torch.full((len(rows), C), tok.pad_token_id, dtype=torch.long, device=device)
-        for start, piece in zip(range(0, len(rows), self.batch_size), pieces):
+        behavior_logprobs = torch.zeros((len(rows), C), device=device)
+        for i, (start, piece) in enumerate(zip(range(0, len(rows), self.batch_size), pieces)):
             completion_ids[start : start + piece.shape[0], : piece.shape[1]] = piece
+            if record:
+                behavior_logprobs[start : start + piece.shape[0], : piece.shape[1]] = logprob_pieces[i]
         completion_mask, truncated = completion_mask_from_ids(completion_ids, self.eos_ids)
         completion_ids = torch.where(completion_mask.bool(), completion_ids, tok.pad_token_id)
         rollout = Rollout(
@@ -137,20 +183,11 @@ class HFSampler:
             prompt_mask=enc["attention_mask"],
             completion_ids=completion_ids,
             completion_mask=completion_mask,
-            behavior_logprobs=torch.zeros_like(completion_mask),
+            behavior_logprobs=behavior_logprobs * completion_mask,
             truncated=truncated,
             completions=tok.batch_decode(completion_ids, skip_special_tokens=True),
             group_index=torch.arange(len(prompts), device=device).repeat_interleave(n),
         )
-        if self.compute_logprobs and temperature > 0:
-            chunks = []
-            for start in range(0, len(rows), self.batch_size):
-                sl = slice(start, start + self.batch_size)
-                lp, _ = completion_logprobs(
-                    model, rollout.input_ids[sl], rollout.attention_mask[sl], C, temperature
-                )
-                chunks.append(lp)
-            rollout.behavior_logprobs = torch.cat(chunks) * completion_mask
         model.train(was_training)
         return rollout
 
