@@ -105,20 +105,40 @@ def training_prompts(steps: int, prompts_per_step: int, seed: int) -> list[dict]
 # ------------------------------------------------------------------------------------------------------
 
 
+def timed(function, times: list):
+    """``function``, appending the seconds each call takes to ``times``."""
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            times.append(time.perf_counter() - start)
+
+    return wrapper
+
+
 def worker_ours(cfg: dict, out_dir: Path) -> dict:
     """algos/grpo.py's main() for cfg["steps"] steps; its in-run evaluations cut to one problem x one sample."""
     import algos.grpo as grpo
     from common.tracking import read_jsonl
 
-    setup = {}
-    load_policy = grpo.load_policy
+    setup, generate_times = {}, []
+    load_policy, make_sampler = grpo.load_policy, grpo.make_sampler
+
+    def sampler_with_timer(
+        *args, **kwargs
+    ):  # times the training rollouts (evaluations sample with compute_logprobs=False)
+        sampler = make_sampler(*args, **kwargs)
+        sampler.generate = timed(sampler.generate, generate_times)
+        return sampler
 
     def load_and_measure(*args, **kwargs):  # the RSS once the model is loaded (setup done)
         loaded = load_policy(*args, **kwargs)
         setup.update(memory_mib())
         return loaded
 
-    grpo.load_policy = load_and_measure
+    grpo.load_policy, grpo.make_sampler = load_and_measure, sampler_with_timer
     args = grpo.Args(
         exp_name="bench-ours", seed=cfg["seed"], output_dir=str(out_dir), run_name="ours", device="cpu",
         prompts_per_step=cfg["prompts_per_step"], group_size=cfg["group_size"],
@@ -130,8 +150,10 @@ def worker_ours(cfg: dict, out_dir: Path) -> dict:
     result = grpo.main(args)
     records = [r for r in read_jsonl(Path(result["run_dir"]) / "metrics.jsonl") if r["step"] > 0]
     checkpoint = sorted((Path(result["run_dir"]) / "checkpoints").glob("step-*"))[-1]
+    # the sampler also serves the base and final evaluations (one call each, before step 1 and after the last)
     return {
         "step_times": [r["step_time"] for r in records],
+        "generate_times": generate_times[1 : 1 + len(records)],
         "rewards": [r["reward_mean"] for r in records],
         "setup_rss_mib": setup.get("rss"),
         "model_dir": str(checkpoint / "model"),
@@ -192,11 +214,12 @@ def worker_trl(cfg: dict, out_dir: Path) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             self.times.append(time.perf_counter() - self.start)
 
-    timer = StepTimer()
+    timer, generate_times = StepTimer(), []
     trainer = GRPOTrainer(
         model=model, reward_funcs=correct, args=config, train_dataset=dataset, processing_class=tokenizer,
         callbacks=[timer],
     )  # fmt: skip
+    trainer._generate = timed(trainer._generate, generate_times)  # HF generate and decoding, once per step
     setup = memory_mib()
     trainer.train()
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
@@ -206,6 +229,7 @@ def worker_trl(cfg: dict, out_dir: Path) -> dict:
     verifier.close()
     return {
         "step_times": timer.times,
+        "generate_times": generate_times,
         "rewards": rewards,
         "setup_rss_mib": setup["rss"],
         "model_dir": str(model_dir),
@@ -265,8 +289,10 @@ def summarize(runs: list[dict]) -> dict:
     """Per side: each run's median step time (first step left out when there are others), their mean and
     spread over repetitions, and memory."""
     medians = [statistics.median(r["step_times"][1:] or r["step_times"]) for r in runs]
+    generate = [statistics.median(r["generate_times"][1:] or r["generate_times"]) for r in runs]
     return {
         "step_s_median_per_run": medians,
+        "generate_s": statistics.mean(generate),
         "step_s": statistics.mean(medians),
         "step_s_sd": statistics.stdev(medians) if len(medians) > 1 else 0.0,
         "first_step_s": statistics.mean(r["step_times"][0] for r in runs),
@@ -344,15 +370,20 @@ def main() -> None:
           f"{args.repeats} repetitions, {args.threads} thread(s); step time = mean over repetitions of each run's "
           f"median step (first step left out)\n")  # fmt: skip
     print(
-        "| side | step time (s) | first step (s) | peak RSS (MiB) | RSS after setup (MiB) | train reward | final pass@1 |"
+        "| side | step time (s) | of it in generate (s) | rest of the step (s) | first step (s) | peak RSS (MiB) "
+        "| RSS after setup (MiB) | train reward | final pass@1 |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for side, name in (("ours", "algos/grpo.py"), ("trl", "TRL GRPOTrainer")):
         s = summary[side]
-        print(f"| {name} | {s['step_s']:.2f} ± {s['step_s_sd']:.2f} | {s['first_step_s']:.2f} | {s['peak_rss_mib']:.0f} "
+        print(f"| {name} | {s['step_s']:.2f} ± {s['step_s_sd']:.2f} | {s['generate_s']:.2f} | "
+              f"{s['step_s'] - s['generate_s']:.2f} | {s['first_step_s']:.2f} | {s['peak_rss_mib']:.0f} "
               f"| {s['setup_rss_mib']:.0f} | {s['reward_mean']:.3f} | {p1(side)} |")  # fmt: skip
     print(f"\nstep time ours / TRL = {summary['step_time_ratio']:.2f}; peak memory ours / TRL = "
           f"{summary['peak_memory_ratio']:.2f}; details in {out / 'result.json'}")  # fmt: skip
+    floor = ours["generate_s"] / trl["step_s"]
+    print(f"ours' generate alone is {floor:.2f} of TRL's step: the lowest ratio reachable while both sample "
+          f"with HF generate (the rest of ours' step is {(ours['step_s'] - ours['generate_s']) / trl['step_s']:.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":
