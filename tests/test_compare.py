@@ -275,7 +275,10 @@ def test_comparison_on_other_tiers_writes_its_own_section_and_plots(fake_world):
     compare.main(args)
     text = Path(args.results_md).read_text()
     assert text.startswith(default_text.rstrip("\n"))  # the default section is untouched
-    assert "## Side by side on `tiny:hard,long`" in text and "compare-long_pass_at_k.png" in text
+    assert (
+        "## Side by side on `tiny:hard,long`: every method at the same sample budget (compare-long)" in text
+        and "compare-long_pass_at_k.png" in text
+    )
     trainings = [call for call in children.calls if call[1] != "-c"]
     assert len(trainings) == 6 and all("tiny:hard,long" in call for call in trainings)
     for png in ("compare-long_learning_curves.png", "compare-long_pass_at_k.png"):
