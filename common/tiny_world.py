@@ -401,3 +401,69 @@ def measure_base_policy(model_dir: Path, n: int = 16, num_problems: int = 300) -
     return evaluate_policy(
         model, tokenizer, examples, n=n, template="plain", max_new_tokens=80, temperature=1.0
     )
+
+
+def working_report(
+    model_dir: str, tiers: tuple[str, ...] = ("hard", "long"), num_problems: int = 48, n: int = 32,
+    max_new_tokens: int = 112, seed: int = 0,
+) -> dict[str, dict[str, float]]:  # fmt: skip
+    """How a policy reaches its answers, per tier: the reward only checks the boxed answer, so this looks
+    at the working too. For ``num_problems`` held-out problems of each tier and ``n`` samples each
+    (temperature 1): ``correct`` is the share of samples with the right answer (pass@1), ``exact`` the
+    share with the right answer *and* every line of the working right (the completion equals
+    ``worked_solution``), and ``full_length`` the share that write one line per operation (any values).
+    A right answer after wrong lines comes from slips that cancel, or from a guess: answers are 0..9."""
+    import torch
+
+    from common.model import load_policy
+    from common.rollout import HFSampler
+    from common.verify import Verifier
+
+    model, tokenizer = load_policy(model_dir)
+    sampler, verifier = HFSampler(model, tokenizer, compute_logprobs=False), Verifier()
+    report = {}
+    try:
+        for tier in tiers:
+            torch.manual_seed(seed)
+            problems = generate_problems(num_problems, "test", seed, (tier,))
+            counts = {"correct": 0, "exact": 0, "full_length": 0}
+            for start in range(0, num_problems, 8):
+                batch = problems[start : start + 8]
+                rollout = sampler.generate([p.question + "\n" for p in batch], n, max_new_tokens)
+                golds = [str(p.answer) for p in batch for _ in range(n)]
+                for i, (text, result) in enumerate(
+                    zip(rollout.completions, verifier.verify_batch(rollout.completions, golds))
+                ):
+                    problem = batch[i // n]
+                    counts["correct"] += result.correct
+                    counts["exact"] += result.correct and text.strip() == worked_solution(problem)
+                    counts["full_length"] += text.count("\n") >= len(problem.steps)
+            report[tier] = {key: value / (num_problems * n) for key, value in counts.items()}
+    finally:
+        verifier.close()
+    return report
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="tiny-world tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    working = sub.add_parser("working", help=working_report.__doc__.split(".")[0])
+    working.add_argument("models", nargs="+", help='model directories, or "tiny" for the base')
+    working.add_argument("--tiers", nargs="+", default=["hard", "long"], choices=list(TIER_STEPS))
+    working.add_argument("--num-problems", type=int, default=48)
+    working.add_argument("--n", type=int, default=32)
+    working.add_argument("--max-new-tokens", type=int, default=112)
+    cli = parser.parse_args()
+    print("| model | tier | right answer | right answer, every line right | one line per step |")
+    print("|---|---|---|---|---|")
+    for name in cli.models:
+        path = str(build_tiny_world()) if name == "tiny" else name
+        for tier, row in working_report(
+            path, tuple(cli.tiers), cli.num_problems, cli.n, cli.max_new_tokens
+        ).items():
+            print(
+                f"| {name} | {tier} | {row['correct']:.3f} | {row['exact']:.3f} | {row['full_length']:.3f} |",
+                flush=True,
+            )

@@ -17,6 +17,7 @@ from common.tiny_world import (
     tiny_examples,
     warmup_pairs,
     worked_solution,
+    working_report,
 )
 from common.verify import verify
 
@@ -131,3 +132,13 @@ def test_base_policy_is_imperfect_but_capable(tiny_world_dir):
     assert card["base_policy"]["parsed_rate"] > 0.97  # the model has learned the format
     assert card["base_policy"]["truncated_rate"] < 0.01
     assert 5e5 < card["num_parameters"] < 1e7
+
+
+def test_working_report_separates_right_answers_from_right_working(tiny_world_dir):
+    """On the hard tier the base writes one line per step; on the long tier it never writes eight lines, so
+    none of its right answers there comes with right working (they are slips that cancel, or guesses)."""
+    report = working_report(str(tiny_world_dir), ("hard", "long"), num_problems=8, n=8, max_new_tokens=112)
+    for row in report.values():
+        assert 0 <= row["exact"] <= row["correct"] <= 1 and 0 <= row["full_length"] <= 1
+    assert report["hard"]["full_length"] > 0.9 and report["hard"]["correct"] > 0.1
+    assert report["long"]["exact"] == 0 and report["long"]["full_length"] < 0.1
