@@ -130,6 +130,8 @@ class Args:
     report_name: str = "compare"
     """name of the generated section (its marker comments) and prefix of the plots' file names, so that
     comparisons on different datasets keep separate sections"""
+    model: str = "tiny"
+    """the base policy of every run: "tiny" or another tiny world (common.tiny_world.WORLDS)"""
     dataset: str = "tiny"
     """training and held-out problems of every run: "tiny" (easy, medium, hard) or "tiny:TIER,..." (the
     tiers easy, medium, hard and long, the last never warmed up on; see common/tiny_world.py)"""
@@ -216,8 +218,9 @@ def budget_flags(method: str, args: Args) -> tuple[list[str], int, int]:
 
 def shared_flags(args: Args) -> list[str]:
     """Flags every method gets: the dataset, completion length and the in-run evaluations (learning curves)."""
+    model = ["--model-name-or-path", args.model] if args.model != "tiny" else []
     dataset = ["--dataset", args.dataset] if args.dataset != "tiny" else []
-    return [*dataset, "--max-new-tokens", str(args.max_new_tokens), "--eval-problems",
+    return [*model, *dataset, "--max-new-tokens", str(args.max_new_tokens), "--eval-problems",
             str(args.train_eval_problems), "--eval-n", str(args.train_eval_n)]  # fmt: skip
 
 
@@ -665,6 +668,7 @@ def render_report(agg: dict, base: dict, args: Args, meta: dict, img_rel: str) -
     ks = [k for k in (1, 8, n) if k <= n]
     num_tiers = len(base["eval"]["per_category"])
     on_dataset = "" if args.dataset == "tiny" else f" on `{args.dataset}`"
+    on_dataset += "" if args.model == "tiny" else f" from `{args.model}`"
     named = "" if args.report_name == "compare" else f" ({args.report_name})"
     lines = [
         f"## Side by side{on_dataset}: every method at the same sample budget{named}",
@@ -750,7 +754,7 @@ def render_report(agg: dict, base: dict, args: Args, meta: dict, img_rel: str) -
     lines += [f"![held-out pass@1 and training accuracy vs samples]({img_rel}/{args.report_name}_learning_curves.png)",
               f"![pass@k, k = 1 … {n}]({img_rel}/{args.report_name}_pass_at_k.png)", "",
               "Commands (seed 1; the other seeds change only `--seed` and `--run-name`):", ""]  # fmt: skip
-    config = {**base["config"], "model": "tiny", "seed": 0}
+    config = {**base["config"], "model": args.model, "seed": 0}
     lines += [f"* evaluation, in a process of its own: `common.compare.evaluate_checkpoint({json.dumps(config)}, "
               "OUT_JSON)`; for a final policy `model` is the run's last checkpoint and `seed` the run's seed"]  # fmt: skip
     lines += [f"* {method}: `{m['commands'][0]}`" for method, m in agg.items()]
@@ -882,6 +886,10 @@ def main(args: Args, train_fn: Callable = train, evaluate_fn: Callable = evaluat
     """Plan, run what is missing (``train_fn``/``evaluate_fn`` are replaceable for tests), report."""
     if args.seeds < 1 or args.steps < 1 or args.jobs < 1 or args.eval_n < 1 or args.eval_problems < 1:
         raise SystemExit("--seeds, --steps, --jobs, --eval-n and --eval-problems must be >= 1")
+    from common.tiny_world import WORLDS
+
+    if args.model not in WORLDS:
+        raise SystemExit(f"--model {args.model!r}: the comparison runs on a tiny world: {', '.join(WORLDS)}")
     if not args.dataset.startswith("tiny"):
         raise SystemExit(
             f"--dataset {args.dataset!r}: the comparison runs on the tiny world ('tiny' or 'tiny:TIER,...')"
@@ -909,12 +917,11 @@ def main(args: Args, train_fn: Callable = train, evaluate_fn: Callable = evaluat
 
     from common.tiny_world import build_tiny_world
 
-    world = (
-        build_tiny_world().name
-    )  # builds it once here (minutes) rather than in every run; part of every cache key
+    # builds the world once here (minutes) rather than in every run; its name is part of every cache key
+    world = build_tiny_world(name=args.model).name
     meta = {"date": time.strftime("%Y-%m-%d"), "world": world, "commit": git_commit(), "jobs": args.jobs,
             "threads": args.threads, "failed": []}  # fmt: skip
-    base_config = eval_config(args, "tiny", seed=0)
+    base_config = eval_config(args, args.model, seed=0)
     base_path = out_dir / f"base_eval_n{args.eval_n}_p{args.eval_problems}.json"
 
     def eval_run(

@@ -18,12 +18,11 @@ import torch.nn.functional as F
 
 
 def resolve_model_path(name: str) -> str:
-    """``"tiny"`` -> the cached tiny world (built on first use); anything else is returned unchanged."""
-    if name == "tiny":
-        from common.tiny_world import build_tiny_world
+    """``"tiny"`` (or another name in ``common.tiny_world.WORLDS``) -> that cached world, built on first
+    use; anything else is returned unchanged."""
+    from common.tiny_world import WORLDS, build_tiny_world
 
-        return str(build_tiny_world())
-    return name
+    return str(build_tiny_world(name=name)) if name in WORLDS else name
 
 
 def check_model_path(name: str) -> None:
@@ -36,7 +35,9 @@ def check_model_path(name: str) -> None:
     Traceback (most recent call last):
     FileNotFoundError: --model-name-or-path './no/such/model': no such directory
     """
-    if name == "tiny":
+    from common.tiny_world import WORLDS
+
+    if name in WORLDS:
         return
     path = Path(name).expanduser()
     looks_local = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1

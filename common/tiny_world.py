@@ -228,6 +228,19 @@ class WorldConfig:
     confidence_share: float = 0.1
     num_train_problems: int = 20000
     seed: int = 0
+    hinted_only_tiers: tuple[str, ...] = ()  # tiers added to the warm-up in hinted form only (see WORLDS)
+    hinted_only_share: float = 0.0  # how many of them, as a share of num_train_problems
+
+
+# The worlds a model name selects: "tiny" is the default world of every script. "tiny-hinted-long" is the
+# same world plus about 1,800 long-tier problems in the warm-up (2,000 drawn, held-out questions skipped),
+# all in the hinted form (the prompt states the
+# answer, the working is always right) and none plain: the base can then write a long tier's working
+# when given the answer, as ExPO needs, while a plain long-tier prompt is still unlike anything it saw.
+WORLDS: dict[str, WorldConfig] = {
+    "tiny": WorldConfig(),
+    "tiny-hinted-long": WorldConfig(hinted_only_tiers=("long",), hinted_only_share=0.1),
+}
 
 
 def build_model(tokenizer, cfg: WorldConfig):
@@ -276,6 +289,13 @@ def warmup_pairs(cfg: WorldConfig) -> list[tuple[str, str]]:
             )
         else:
             pairs.append((p.question + "\n", worked_solution(p, rng, cfg.slip_rate)))
+    extra_rng = random.Random(f"tiny-hinted-only-{cfg.seed}")  # its own stream: the pairs above never change
+    for i in range(round(cfg.num_train_problems * cfg.hinted_only_share) if cfg.hinted_only_tiers else 0):
+        p = sample_problem(extra_rng, cfg.hinted_only_tiers[i % len(cfg.hinted_only_tiers)])
+        if not is_test_question(p.question):
+            pairs.append(
+                (HINT_TEMPLATE.format(question=p.question, answer=p.answer) + "\n", worked_solution(p))
+            )
     return pairs
 
 
@@ -331,23 +351,28 @@ def warmup(model, tokenizer, cfg: WorldConfig, log_every: int = 100) -> list[flo
     return losses
 
 
-def world_dir() -> Path:
-    """Where the tiny world is cached: ``$RLVR_CACHE_DIR/tiny-world-<version>`` (default: ``cache/`` at
-    the repository root)."""
+def world_dir(name: str = "tiny") -> Path:
+    """Where the world ``name`` is cached: ``$RLVR_CACHE_DIR/<name>-world-<version>`` (default: ``cache/``
+    at the repository root), e.g. ``cache/tiny-world-v5``."""
     root = Path(os.environ.get("RLVR_CACHE_DIR", Path(__file__).resolve().parent.parent / "cache"))
-    return root / f"tiny-world-{WORLD_VERSION}"
+    return root / f"{name}-world-{WORLD_VERSION}"
 
 
-def build_tiny_world(force: bool = False, cfg: WorldConfig | None = None, measure: bool = True) -> Path:
-    """Build (or reuse) the tiny world and return the directory holding the model and tokenizer.
+def build_tiny_world(
+    force: bool = False, cfg: WorldConfig | None = None, measure: bool = True, name: str = "tiny"
+) -> Path:
+    """Build (or reuse) the world ``name`` (a key of ``WORLDS``) and return the directory holding the model
+    and tokenizer.
 
     The directory appears atomically: it is written under a temporary name and renamed at the end,
     so an interrupted build is simply redone next time. Concurrent callers wait on a lock file.
     """
     import fcntl
 
-    cfg = cfg or WorldConfig()
-    out = world_dir()
+    if name not in WORLDS:
+        raise ValueError(f"unknown tiny world {name!r}; worlds: {', '.join(WORLDS)}")
+    cfg = cfg or WORLDS[name]
+    out = world_dir(name)
     if (out / "world_card.json").exists() and not force:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -405,14 +430,15 @@ def measure_base_policy(model_dir: Path, n: int = 16, num_problems: int = 300) -
 
 def working_report(
     model_dir: str, tiers: tuple[str, ...] = ("hard", "long"), num_problems: int = 48, n: int = 32,
-    max_new_tokens: int = 112, seed: int = 0,
+    max_new_tokens: int = 112, seed: int = 0, hint: bool = False,
 ) -> dict[str, dict[str, float]]:  # fmt: skip
     """How a policy reaches its answers, per tier: the reward only checks the boxed answer, so this looks
     at the working too. For ``num_problems`` held-out problems of each tier and ``n`` samples each
     (temperature 1): ``correct`` is the share of samples with the right answer (pass@1), ``exact`` the
     share with the right answer *and* every line of the working right (the completion equals
     ``worked_solution``), and ``full_length`` the share that write one line per operation (any values).
-    A right answer after wrong lines comes from slips that cancel, or from a guess: answers are 0..9."""
+    A right answer after wrong lines comes from slips that cancel, or from a guess: answers are 0..9.
+    With ``hint`` the prompts state the answer (``HINT_TEMPLATE``, as ExPO asks for explanations)."""
     import torch
 
     from common.model import load_policy
@@ -429,7 +455,11 @@ def working_report(
             counts = {"correct": 0, "exact": 0, "full_length": 0}
             for start in range(0, num_problems, 8):
                 batch = problems[start : start + 8]
-                rollout = sampler.generate([p.question + "\n" for p in batch], n, max_new_tokens)
+                questions = [
+                    HINT_TEMPLATE.format(question=p.question, answer=p.answer) if hint else p.question
+                    for p in batch
+                ]
+                rollout = sampler.generate([q + "\n" for q in questions], n, max_new_tokens)
                 golds = [str(p.answer) for p in batch for _ in range(n)]
                 for i, (text, result) in enumerate(
                     zip(rollout.completions, verifier.verify_batch(rollout.completions, golds))
@@ -450,19 +480,23 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="tiny-world tools")
     sub = parser.add_subparsers(dest="command", required=True)
     working = sub.add_parser("working", help=working_report.__doc__.split(".")[0])
-    working.add_argument("models", nargs="+", help='model directories, or "tiny" for the base')
+    working.add_argument(
+        "models", nargs="+", help='model directories, or a world\'s name ("tiny") for its base'
+    )
     working.add_argument("--tiers", nargs="+", default=["hard", "long"], choices=list(TIER_STEPS))
     working.add_argument("--num-problems", type=int, default=48)
     working.add_argument("--n", type=int, default=32)
     working.add_argument("--max-new-tokens", type=int, default=112)
+    working.add_argument("--hint", action="store_true", help="prompts that state the answer (ExPO's)")
     cli = parser.parse_args()
     print("| model | tier | right answer | right answer, every line right | one line per step |")
     print("|---|---|---|---|---|")
     for name in cli.models:
-        path = str(build_tiny_world()) if name == "tiny" else name
-        for tier, row in working_report(
-            path, tuple(cli.tiers), cli.num_problems, cli.n, cli.max_new_tokens
-        ).items():
+        path = str(build_tiny_world(name=name)) if name in WORLDS else name
+        report = working_report(
+            path, tuple(cli.tiers), cli.num_problems, cli.n, cli.max_new_tokens, hint=cli.hint
+        )
+        for tier, row in report.items():
             print(
                 f"| {name} | {tier} | {row['correct']:.3f} | {row['exact']:.3f} | {row['full_length']:.3f} |",
                 flush=True,

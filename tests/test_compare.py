@@ -149,6 +149,12 @@ def test_dataset_reaches_every_run_and_evaluation(tmp_path):
     for bad in ("gsm8k", "tiny:huge"):
         with pytest.raises(SystemExit, match="--dataset"):
             compare.main(Args(dataset=bad, dry_run=True))
+    with pytest.raises(SystemExit, match="--model 'gpt2'"):
+        compare.main(Args(model="gpt2", dry_run=True))
+    other = Args(methods=["grpo"], seeds=1, model="tiny-hinted-long")
+    argv = plan_runs(other, tmp_path)[0].argv
+    assert argv[argv.index("--model-name-or-path") + 1] == "tiny-hinted-long"
+    assert compare.eval_config(other, other.model, 0)["model"] == "tiny-hinted-long"
     with pytest.raises(SystemExit, match="--report-name"):
         compare.main(Args(report_name="../x", dry_run=True))
 
@@ -199,7 +205,9 @@ class FakeChildren:
 def fake_world(monkeypatch, tmp_path):
     import common.tiny_world
 
-    monkeypatch.setattr(common.tiny_world, "build_tiny_world", lambda: tmp_path / "tiny-world-test")
+    monkeypatch.setattr(
+        common.tiny_world, "build_tiny_world", lambda name="tiny": tmp_path / f"{name}-world-test"
+    )
     children = FakeChildren()
     monkeypatch.setattr(compare, "run_child", children)
     monkeypatch.setattr(compare, "git_commit", lambda: "abc1234")  # others may commit while the test runs

@@ -8,8 +8,10 @@ import pytest
 from common.tiny_world import (
     HINT_TEMPLATE,
     TIERS,
+    WORLDS,
     Problem,
     WorldConfig,
+    build_tiny_world,
     build_tokenizer,
     generate_problems,
     parse_tiers,
@@ -18,6 +20,7 @@ from common.tiny_world import (
     warmup_pairs,
     worked_solution,
     working_report,
+    world_dir,
 )
 from common.verify import verify
 
@@ -142,3 +145,19 @@ def test_working_report_separates_right_answers_from_right_working(tiny_world_di
         assert 0 <= row["exact"] <= row["correct"] <= 1 and 0 <= row["full_length"] <= 1
     assert report["hard"]["full_length"] > 0.9 and report["hard"]["correct"] > 0.1
     assert report["long"]["exact"] == 0 and report["long"]["full_length"] < 0.1
+
+
+def test_hinted_long_world_adds_only_hinted_long_problems_to_the_warm_up():
+    base = warmup_pairs(WorldConfig(num_train_problems=500))
+    variant_cfg = WorldConfig(num_train_problems=500, hinted_only_tiers=("long",), hinted_only_share=0.1)
+    variant = warmup_pairs(variant_cfg)
+    assert variant[: len(base)] == base  # the default pairs are untouched
+    assert len(base) + 35 < len(variant) < len(base) + 50  # 50 drawn; held-out questions are skipped
+    for prompt, completion in variant[len(base) :]:
+        question = prompt.split(" The answer")[0]
+        assert question.count("+") + question.count("-") == 8 and " The answer is " in prompt
+        assert completion.count("\n") == 8  # the full working, one line per step, no slips
+    assert WORLDS["tiny"] == WorldConfig() and WORLDS["tiny-hinted-long"].hinted_only_tiers == ("long",)
+    assert world_dir("tiny").name == "tiny-world-v5"
+    with pytest.raises(ValueError, match="unknown tiny world 'tiny-huge'"):
+        build_tiny_world(name="tiny-huge")
