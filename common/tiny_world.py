@@ -29,8 +29,10 @@ Everything here is built locally (no downloads) so that every algorithm runs, an
   (the most likely result on a line is almost always the right one: greedy decoding solves 84% of the
   held-out problems) and also learns to slip, if less often than its data does. Sampled at temperature
   1 the base policy is therefore capable but unreliable: it solves some problems at the first try and
-  many more given several. RL has a real behaviour to sharpen: stop slipping. The warm-up mix also contains the
-  formats later methods need: a *hinted* prompt that states the answer and asks for the working
+  many more given several. RL has a real behaviour to sharpen. (The reward checks only the boxed answer;
+  most right answers come with some wrong lines whose slips cancel, and RL raises the right-answer rate
+  far more than the share of workings with every line right: ``working_report``.) The warm-up mix
+  also contains the formats later methods need: a *hinted* prompt that states the answer and asks for the working
   (ExPO's self-explanations; hinted solutions never slip) and a prompt that asks for a
   ``<confidence>`` tag (RLCR).
 
