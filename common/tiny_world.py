@@ -386,6 +386,19 @@ def build_tiny_world(
 
 
 def _build(out: Path, cfg: WorldConfig, measure: bool) -> Path:
+    """Build the world into ``out``. The caller's random state is left as it was (the build seeds its own),
+    so a run that builds the world on first use samples exactly as a run that finds it cached."""
+    import torch
+
+    python_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            return _build_seeded(out, cfg, measure)
+        finally:
+            random.setstate(python_state)
+
+
+def _build_seeded(out: Path, cfg: WorldConfig, measure: bool) -> Path:
     import torch
 
     print(f"Building the tiny world in {out} (once; cached afterwards)...", file=sys.stderr, flush=True)

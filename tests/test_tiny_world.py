@@ -161,3 +161,24 @@ def test_hinted_long_world_adds_only_hinted_long_problems_to_the_warm_up():
     assert world_dir("tiny").name == "tiny-world-v5"
     with pytest.raises(ValueError, match="unknown tiny world 'tiny-huge'"):
         build_tiny_world(name="tiny-huge")
+
+
+def test_building_a_world_leaves_the_callers_random_state_alone(tmp_path, monkeypatch):
+    """A script seeds, then loads "tiny": a first run that builds the world must sample like a run that
+    finds it cached, so the build may not reseed the caller's generators."""
+    import torch
+
+    import common.tiny_world as tw
+
+    monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path))
+    small = WorldConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, warmup_steps=2,
+                        batch_size=2, num_train_problems=20)  # fmt: skip
+    monkeypatch.setitem(tw.WORLDS, "tiny-test", small)
+    torch.manual_seed(1)
+    random.seed(1)
+    expected = (torch.rand(3).tolist(), random.random())
+    torch.manual_seed(1)
+    random.seed(1)
+    build_tiny_world(name="tiny-test", measure=False)
+    assert (tmp_path / "tiny-test-world-v5" / "world_card.json").is_file()
+    assert (torch.rand(3).tolist(), random.random()) == expected
