@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.checkpoint import latest_checkpoint
+from common.tiny_world import TIER_STEPS, WORLDS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -498,8 +499,8 @@ def eval_config(args: Args, model: str, seed: int) -> dict:
 
 def evaluate_checkpoint(config: dict, out_path: str) -> None:
     """Evaluate one policy (a model directory, or "tiny" for the base) on the first ``problems`` held-out
-    problems of ``dataset`` (default "tiny") with ``n`` samples each and write ``{"config", "eval", "wall_s"}`` to ``out_path``.
-    Runs in a subprocess of its own (``evaluate``)."""
+    problems of ``dataset`` (default "tiny") with ``n`` samples each and write ``{"config", "eval",
+    "wall_s"}`` to ``out_path``. Runs in a subprocess of its own (``evaluate``)."""
     import torch
 
     from common.data import load_examples
@@ -705,12 +706,7 @@ def render_report(agg: dict, base: dict, args: Args, meta: dict, img_rel: str) -
     rows += [[method, *[fmt_mean(m["pass_at_k"].get(k, [])) for k in all_ks]] for method, m in agg.items()]
     lines += [markdown_table(["method", *[f"pass@{k}" for k in all_ks]], rows), ""]
 
-    order = [
-        "easy",
-        "medium",
-        "hard",
-        "long",
-    ]  # the tiny world's tiers, easiest first; any other category after them
+    order = list(TIER_STEPS)  # the tiny world's tiers, easiest first; any other category after them
     tiers = sorted(
         base["eval"]["per_category"], key=lambda t: (order.index(t) if t in order else len(order), t)
     )
@@ -886,8 +882,6 @@ def main(args: Args, train_fn: Callable = train, evaluate_fn: Callable = evaluat
     """Plan, run what is missing (``train_fn``/``evaluate_fn`` are replaceable for tests), report."""
     if args.seeds < 1 or args.steps < 1 or args.jobs < 1 or args.eval_n < 1 or args.eval_problems < 1:
         raise SystemExit("--seeds, --steps, --jobs, --eval-n and --eval-problems must be >= 1")
-    from common.tiny_world import WORLDS
-
     if args.model not in WORLDS:
         raise SystemExit(f"--model {args.model!r}: the comparison runs on a tiny world: {', '.join(WORLDS)}")
     if not args.dataset.startswith("tiny"):

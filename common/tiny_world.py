@@ -14,10 +14,10 @@ Everything here is built locally (no downloads) so that every algorithm runs, an
   ``easy`` (three steps), ``medium`` (four steps) and ``hard`` (six steps), all single-digit + and -.
   The model has no way to produce the answer except by carrying each intermediate result forward,
   and a slip anywhere in the chain makes the answer wrong, so longer chains are harder. A fourth tier,
-  ``long`` (eight steps), is never seen in the warm-up: the base policy rarely solves it (pass@1 about
-  0.10, and about a quarter of its problems are not solved once in 64 samples), which is the room the
-  papers' large-k and hard-problem claims need. Select tiers with the dataset name: ``"tiny"`` is the
-  three warm-up tiers, ``"tiny:easy,medium,hard,long"`` adds the long tier, ``"tiny:long"`` is it alone.
+  ``long`` (eight steps), is never seen in the warm-up: the base policy does not write its eight-line
+  working at all, and its right answers there (about one in ten) are guesses (``working_report``).
+  Select tiers with the dataset name: ``"tiny"`` is the three warm-up tiers,
+  ``"tiny:easy,medium,hard,long"`` adds the long tier, ``"tiny:long"`` is it alone.
 * **Tokenizer.** One token per character: the stock byte-level ``Qwen2Tokenizer`` with no merges, and
   the special tokens of the Qwen2.5 family (``<|endoftext|>`` is both EOS and padding, as in
   Qwen2.5-Math, so the code must keep an explicit completion mask), saved with a chat template in the
@@ -32,8 +32,8 @@ Everything here is built locally (no downloads) so that every algorithm runs, an
   many more given several. RL has a real behaviour to sharpen. (The reward checks only the boxed answer;
   most right answers come with some wrong lines whose slips cancel, and RL raises the right-answer rate
   far more than the share of workings with every line right: ``working_report``.) The warm-up mix
-  also contains the formats later methods need: a *hinted* prompt that states the answer and asks for the working
-  (ExPO's self-explanations; hinted solutions never slip) and a prompt that asks for a
+  also contains the formats later methods need: a *hinted* prompt that states the answer and asks for
+  the working (ExPO's self-explanations; hinted solutions never slip) and a prompt that asks for a
   ``<confidence>`` tag (RLCR).
 
 ``build_tiny_world()`` does all of this once (a few minutes on two CPU cores) and caches the result
@@ -80,9 +80,9 @@ def _apply(value: int, op: str, operand: int) -> int:
 
 
 def sample_problem(rng: random.Random, category: str) -> Problem:
-    """Draw one problem of a tier: ``easy`` has three steps, ``medium`` four, ``hard`` six, ``long`` eight. Every
-    number, operand and intermediate result is a single digit (0..9), so a small model learns the
-    arithmetic itself perfectly; what it must learn to do reliably is to carry each result forward
+    """Draw one problem of a tier: ``easy`` has three steps, ``medium`` four, ``hard`` six, ``long``
+    eight. Every number, operand and intermediate result is a single digit (0..9), so a small model learns
+    the arithmetic itself perfectly; what it must learn to do reliably is to carry each result forward
     without a slip, and slips compound over longer chains.
 
     >>> p = sample_problem(random.Random(0), "easy"); p.question.startswith("Compute "), p.category
@@ -236,9 +236,9 @@ class WorldConfig:
 
 # The worlds a model name selects: "tiny" is the default world of every script. "tiny-hinted-long" is the
 # same world plus about 1,800 long-tier problems in the warm-up (2,000 drawn, held-out questions skipped),
-# all in the hinted form (the prompt states the
-# answer, the working is always right) and none plain: the base can then write a long tier's working
-# when given the answer, as ExPO needs, while a plain long-tier prompt is still unlike anything it saw.
+# all in the hinted form (the prompt states the answer, the working is always right) and none plain: the
+# base can then write a long tier's working when given the answer, as ExPO needs, while a plain long-tier
+# prompt is still unlike anything it saw.
 WORLDS: dict[str, WorldConfig] = {
     "tiny": WorldConfig(),
     "tiny-hinted-long": WorldConfig(hinted_only_tiers=("long",), hinted_only_share=0.1),
@@ -444,7 +444,7 @@ def measure_base_policy(model_dir: Path, n: int = 16, num_problems: int = 300) -
 
 
 def working_report(
-    model_dir: str, tiers: tuple[str, ...] = ("hard", "long"), num_problems: int = 48, n: int = 32,
+    model: str, tiers: tuple[str, ...] = ("hard", "long"), num_problems: int = 48, n: int = 32,
     max_new_tokens: int = 112, seed: int = 0, hint: bool = False,
 ) -> dict[str, dict[str, float]]:  # fmt: skip
     """How a policy reaches its answers, per tier: the reward only checks the boxed answer, so this looks
@@ -460,8 +460,8 @@ def working_report(
     from common.rollout import HFSampler
     from common.verify import Verifier
 
-    model, tokenizer = load_policy(model_dir)
-    sampler, verifier = HFSampler(model, tokenizer, compute_logprobs=False), Verifier()
+    policy, tokenizer = load_policy(model)  # a model directory, or a world's name (resolved and built there)
+    sampler, verifier = HFSampler(policy, tokenizer, compute_logprobs=False), Verifier()
     report = {}
     try:
         for tier in tiers:
@@ -507,9 +507,8 @@ if __name__ == "__main__":
     print("| model | tier | right answer | right answer, every line right | one line per step |")
     print("|---|---|---|---|---|")
     for name in cli.models:
-        path = str(build_tiny_world(name=name)) if name in WORLDS else name
         report = working_report(
-            path, tuple(cli.tiers), cli.num_problems, cli.n, cli.max_new_tokens, hint=cli.hint
+            name, tuple(cli.tiers), cli.num_problems, cli.n, cli.max_new_tokens, hint=cli.hint
         )
         for tier, row in report.items():
             print(
