@@ -3,7 +3,8 @@
 `load_examples(dataset, split)` turns one of these into a list of `Example`s:
 
     "tiny"             the built-in toy world (`common.tiny_world`), runs on CPU in seconds
-    "tiny:T1,T2,..."   the toy world's tiers T1, T2, ... (easy, medium, hard, and long: never warmed up on)
+    "tiny:T1,T2,..."   the toy world's tiers T1, T2, ... (easy, medium, hard, and long: never warmed up on;
+                       wide-easy ... wide-long: two-digit numbers, for the world "tiny-wide")
     "gsm8k"            openai/gsm8k (config "main"); gold = the text after "####" in `answer`
     "math"             DigitalLearningGmbH/MATH-lighteval; gold = the LAST \\boxed{...} of `solution`
     "math500"          HuggingFaceH4/MATH-500 (split "test" only); gold = `answer`

@@ -56,6 +56,11 @@ from pathlib import Path
 
 WORLD_VERSION = "v5"
 TIER_STEPS = {"easy": 3, "medium": 4, "hard": 6, "long": 8}  # operations per problem
+# The "wide" tiers: the same chains on two-digit numbers (0..99), one digit changed per operation and never
+# a carry ("47+20-3" -> "67-3" -> "64"), so each line is the same single-digit sum as in the tiers above,
+# but an answer is one of a hundred and a guess is rarely right. Only the world "tiny-wide" warms up on them.
+TIER_STEPS.update({"wide-easy": 3, "wide-medium": 4, "wide-hard": 6, "wide-long": 8})
+WIDE_TIERS = ("wide-easy", "wide-medium", "wide-hard")
 TIERS = ("easy", "medium", "hard")  # the warm-up tiers, and the tiers of the dataset "tiny"
 HINT_TEMPLATE = "{question} The answer is {answer}. Show the working."
 CONFIDENCE_SUFFIX = " State your confidence."
@@ -83,17 +88,34 @@ def sample_problem(rng: random.Random, category: str) -> Problem:
     """Draw one problem of a tier: ``easy`` has three steps, ``medium`` four, ``hard`` six, ``long``
     eight. Every number, operand and intermediate result is a single digit (0..9), so a small model learns
     the arithmetic itself perfectly; what it must learn to do reliably is to carry each result forward
-    without a slip, and slips compound over longer chains.
+    without a slip, and slips compound over longer chains. In the ``wide-*`` tiers numbers have two digits
+    and each operation adds or subtracts 1..9 units or 10..90 tens without a carry.
 
     >>> p = sample_problem(random.Random(0), "easy"); p.question.startswith("Compute "), p.category
     (True, 'easy')
     """
+    if category.startswith("wide-"):
+        return _sample_wide_problem(rng, category)
     num_ops = TIER_STEPS[category]
     start = value = rng.randint(0, 9)
     steps = []
     for _ in range(num_ops):
         op = rng.choice([o for o, ok in (("+", value <= 8), ("-", value >= 1)) if ok])
         operand = rng.randint(1, 9 - value) if op == "+" else rng.randint(1, value)
+        steps.append((value, op, operand))
+        value = _apply(value, op, operand)
+    question = f"Compute {start}" + "".join(f"{op}{x}" for _, op, x in steps) + "."
+    return Problem(question, value, category, tuple(steps))
+
+
+def _sample_wide_problem(rng: random.Random, category: str) -> Problem:
+    start = value = rng.randint(10, 99)
+    steps = []
+    for _ in range(TIER_STEPS[category]):
+        place = rng.choice((1, 10))  # change the units or the tens digit
+        digit = value // place % 10
+        op = rng.choice([o for o, ok in (("+", digit <= 8), ("-", digit >= 1)) if ok])
+        operand = place * (rng.randint(1, 9 - digit) if op == "+" else rng.randint(1, digit))
         steps.append((value, op, operand))
         value = _apply(value, op, operand)
     question = f"Compute {start}" + "".join(f"{op}{x}" for _, op, x in steps) + "."
@@ -143,7 +165,12 @@ def worked_solution(problem: Problem, rng: random.Random | None = None, slip_rat
     for i, (_, op, operand) in enumerate(problem.steps):
         value = _apply(value, op, operand)
         if rng is not None and rng.random() < slip_rate:
-            value = max(0, value + rng.choice((-1, 1)))
+            if problem.category.startswith("wide-"):  # the digit just changed is off by one, within 0..9
+                place = 10 if operand >= 10 else 1
+                digit = value // place % 10
+                value += place * (1 if digit == 0 else -1 if digit == 9 else rng.choice((-1, 1)))
+            else:
+                value = max(0, value + rng.choice((-1, 1)))
         rest = "".join(f"{o}{x}" for _, o, x in problem.steps[i + 1 :])
         lines.append(f"{value}{rest}")
     lines.append(f"\\boxed{{{value}}}")
@@ -158,7 +185,7 @@ def parse_tiers(spec: str) -> tuple[str, ...]:
     ('long',)
     >>> parse_tiers("tiny:hard,huge")
     Traceback (most recent call last):
-    ValueError: dataset 'tiny:hard,huge': unknown tier 'huge'; tiers are easy, medium, hard, long
+    ValueError: dataset 'tiny:hard,huge': unknown tier 'huge'; tiers are easy, medium, hard, long, wide-easy, wide-medium, wide-hard, wide-long
     """
     if spec == "tiny":
         return TIERS
@@ -225,7 +252,8 @@ class WorldConfig:
     batch_size: int = 32
     learning_rate: float = 3e-3
     slip_rate: float = 0.3
-    tier_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
+    tiers: tuple[str, ...] = TIERS  # the warm-up's plain problems (and the base policy's measurement)
+    tier_weights: tuple[float, ...] = (0.4, 0.4, 0.2)
     hint_share: float = 0.1
     confidence_share: float = 0.1
     num_train_problems: int = 20000
@@ -242,6 +270,9 @@ class WorldConfig:
 WORLDS: dict[str, WorldConfig] = {
     "tiny": WorldConfig(),
     "tiny-hinted-long": WorldConfig(hinted_only_tiers=("long",), hinted_only_share=0.1),
+    "tiny-wide": WorldConfig(
+        tiers=WIDE_TIERS, hinted_only_tiers=("wide-long",), hinted_only_share=0.2, warmup_steps=1600
+    ),
 }
 
 
@@ -274,7 +305,7 @@ def warmup_pairs(cfg: WorldConfig) -> list[tuple[str, str]]:
     rng = random.Random(f"tiny-warmup-{cfg.seed}")
     problems = []
     while len(problems) < cfg.num_train_problems:
-        p = sample_problem(rng, rng.choices(TIERS, weights=cfg.tier_weights)[0])
+        p = sample_problem(rng, rng.choices(cfg.tiers, weights=cfg.tier_weights)[0])
         if not is_test_question(p.question):  # never warm up on held-out questions
             problems.append(p)
     pairs = []
@@ -423,7 +454,7 @@ def _build_seeded(out: Path, cfg: WorldConfig, measure: bool) -> Path:
         "build_seconds": round(time.time() - start, 1),
     }
     if measure:
-        card["base_policy"] = measure_base_policy(tmp)
+        card["base_policy"] = measure_base_policy(tmp, tiers=cfg.tiers)
     (tmp / "world_card.json").write_text(json.dumps(card, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
@@ -431,13 +462,15 @@ def _build_seeded(out: Path, cfg: WorldConfig, measure: bool) -> Path:
     return out
 
 
-def measure_base_policy(model_dir: Path, n: int = 16, num_problems: int = 300) -> dict:
+def measure_base_policy(
+    model_dir: Path, n: int = 16, num_problems: int = 300, tiers: tuple[str, ...] = TIERS
+) -> dict:
     """pass@k (k = 1..n) of the warmed-up policy on held-out problems, overall and per tier."""
     from common.evaluate import evaluate_policy
     from common.model import load_policy
 
     model, tokenizer = load_policy(str(model_dir))
-    examples = tiny_examples("test", num_problems)
+    examples = tiny_examples("test", num_problems, tiers=tiers)
     return evaluate_policy(
         model, tokenizer, examples, n=n, template="plain", max_new_tokens=80, temperature=1.0
     )
