@@ -18,6 +18,13 @@ Everything here is built locally (no downloads) so that every algorithm runs, an
   working at all, and its right answers there (about one in ten) are guesses (``working_report``).
   Select tiers with the dataset name: ``"tiny"`` is the three warm-up tiers,
   ``"tiny:easy,medium,hard,long"`` adds the long tier, ``"tiny:long"`` is it alone.
+  The ``wide-*`` tiers (``wide-easy`` ... ``wide-long``, three to eight steps) are the same chains on
+  two-digit numbers, one digit changed per step and never a carry (``47+20-3`` -> ``67-3`` -> ``64``):
+  each line is still a single-digit sum, but the answer is one of a hundred, so a guess is rarely right.
+  They belong to the world ``"tiny-wide"`` (``WORLDS``), whose warm-up has the three shorter wide tiers
+  and ``wide-long`` in hinted form only: its base policy rarely solves ``wide-long`` (about one sample
+  in 200) yet, given the answer, writes a right eight-line working more than half the time, which is
+  the setting ExPO and the NSR paper's large-k claim need (``docs/results.md``).
 * **Tokenizer.** One token per character: the stock byte-level ``Qwen2Tokenizer`` with no merges, and
   the special tokens of the Qwen2.5 family (``<|endoftext|>`` is both EOS and padding, as in
   Qwen2.5-Math, so the code must keep an explicit completion mask), saved with a chat template in the
@@ -266,7 +273,10 @@ class WorldConfig:
 # same world plus about 1,800 long-tier problems in the warm-up (2,000 drawn, held-out questions skipped),
 # all in the hinted form (the prompt states the answer, the working is always right) and none plain: the
 # base can then write a long tier's working when given the answer, as ExPO needs, while a plain long-tier
-# prompt is still unlike anything it saw.
+# prompt is still unlike anything it saw (but its explanations turned out right in shape, not in content).
+# "tiny-wide" is the same recipe on the wide tiers (two-digit numbers): the warm-up's plain problems are
+# wide-easy/medium/hard, plus about 3,600 wide-long problems in hinted form only, and 1,600 steps (its
+# arithmetic has two digits to place); here the hinted explanations are right line by line.
 WORLDS: dict[str, WorldConfig] = {
     "tiny": WorldConfig(),
     "tiny-hinted-long": WorldConfig(hinted_only_tiers=("long",), hinted_only_share=0.1),
@@ -485,8 +495,8 @@ def working_report(
     (temperature 1): ``correct`` is the share of samples with the right answer (pass@1), ``exact`` the
     share with the right answer *and* every line of the working right (the completion equals
     ``worked_solution``), and ``full_length`` the share that write one line per operation (any values).
-    A right answer after wrong lines comes from slips that cancel, or from a guess: answers are 0..9.
-    With ``hint`` the prompts state the answer (``HINT_TEMPLATE``, as ExPO asks for explanations)."""
+    A right answer after wrong lines comes from slips that cancel, or from a guess: answers are 0..9
+    (0..99 in the wide tiers). With ``hint`` the prompts state the answer (``HINT_TEMPLATE``, as ExPO asks for explanations)."""
     import torch
 
     from common.model import load_policy

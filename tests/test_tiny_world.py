@@ -7,6 +7,7 @@ import pytest
 
 from common.tiny_world import (
     HINT_TEMPLATE,
+    TIER_STEPS,
     TIERS,
     WORLDS,
     Problem,
@@ -182,3 +183,55 @@ def test_building_a_world_leaves_the_callers_random_state_alone(tmp_path, monkey
     build_tiny_world(name="tiny-test", measure=False)
     assert (tmp_path / "tiny-test-world-v5" / "world_card.json").is_file()
     assert (torch.rand(3).tolist(), random.random()) == expected
+
+
+def test_wide_tiers_change_one_digit_per_step_without_a_carry():
+    """The wide tiers: two-digit numbers, each operation adds or subtracts units (1..9) or tens (10..90)
+    and never carries, so every line is a single-digit sum on one digit and the answer is one of 0..99."""
+    rng = random.Random(0)
+    answers = set()
+    for tier in ("wide-easy", "wide-medium", "wide-hard", "wide-long"):
+        for _ in range(100):
+            p = sample_problem(rng, tier)
+            assert p.category == tier and len(p.steps) == TIER_STEPS[tier]
+            for value, op, operand in p.steps:
+                place = 10 if operand >= 10 else 1
+                assert operand % place == 0 and 1 <= operand // place <= 9
+                after = value + operand if op == "+" else value - operand
+                assert 0 <= after <= 99
+                assert after // (110 - place) == value // (110 - place)  # the other digit is untouched
+            text = worked_solution(p)
+            assert verify(text, str(p.answer)).correct and len(text.splitlines()) == len(p.steps) + 1
+            answers.add(p.answer)
+    assert len(answers) > 60  # a guess is rarely right
+    # a slip changes the digit the step changed by one, within 0..9, and is carried forward
+    p = Problem("Compute 47+20-3.", 64, "wide-easy", ((47, "+", 20), (67, "-", 3)))
+    assert worked_solution(p) == "67-3\n64\n\\boxed{64}"
+    for seed in range(20):
+        first, second = worked_solution(p, random.Random(seed), slip_rate=1.0).splitlines()[:2]
+        assert first in ("57-3", "77-3")
+        assert int(second) in (int(first[:2]) - 3 - 1, int(first[:2]) - 3 + 1)
+    top = Problem("Compute 80+19.", 99, "wide-easy", ((80, "+", 10), (90, "+", 9)))
+    assert worked_solution(top, random.Random(0), slip_rate=1.0).splitlines()[:2] == ["80+9", "88"]
+
+
+def test_wide_world_warms_up_on_wide_tiers_only():
+    from common.tiny_world import WIDE_TIERS
+
+    cfg = WorldConfig(num_train_problems=600, tiers=WIDE_TIERS, hinted_only_tiers=("wide-long",),
+                      hinted_only_share=0.2)  # fmt: skip
+    pairs = warmup_pairs(cfg)
+    expressions = [q.split(" ")[1] for q, _ in pairs]
+    steps = {e.count("+") + e.count("-") for e in expressions}
+    assert steps == {TIER_STEPS[t] for t in (*WIDE_TIERS, "wide-long")}
+    long = [(q, c) for q, c in pairs if c.count("\n") == 8]
+    assert 100 < len(long) < 125 and all(" The answer is " in q for q, _ in long)  # hinted only, no slips
+    for q, c in long:
+        assert q.split(" The answer is ")[1].startswith(c.splitlines()[-2] + ".")
+    assert WORLDS["tiny-wide"].tiers == WIDE_TIERS and WORLDS["tiny-wide"].hinted_only_tiers == ("wide-long",)
+    assert [e["category"] for e in tiny_examples("test", 4, tiers=("wide-hard", "wide-long"))] == [
+        "wide-hard",
+        "wide-long",
+        "wide-hard",
+        "wide-long",
+    ]
