@@ -3,7 +3,8 @@
 `check_run_args(args)` reads the fields that every `algos/*.py` `Args` shares (model, data, template,
 sampling, evaluation and checkpoint flags) and exits with one message naming the flag, file, line or
 field at fault: a model path that does not exist, an unknown dataset or split, a JSONL file with a
-malformed line or a row without a question, an unknown template, a flag out of range. It loads nothing
+malformed line or a row without a question, an unknown template, a flag out of range, an output
+directory that cannot be written. It loads nothing
 and writes nothing; what it cannot know cheaply (whether a hub id or an "hf:" dataset exists, whether
 each gold answer parses) is found when the data and model load, still before the first rollout.
 The method's own flags (e.g. a group size of 1 for a group-relative advantage) stay in its `validate()`.
@@ -12,6 +13,9 @@ The method's own flags (e.g. a group size of 1 for a group-relative advantage) s
     SystemExit: error: unknown template 'qwen_math'; valid: ['plain', 'qwen-math', 'r1', 'chat']
 """
 
+import os
+from pathlib import Path
+
 from common.data import check_dataset, check_template
 from common.model import check_model_path
 
@@ -19,6 +23,18 @@ from common.model import check_model_path
 def default_eval_dataset(dataset: str) -> str:
     """The held-out dataset when --eval-dataset is not given: MATH evaluates on MATH-500."""
     return "math500" if dataset == "math" else dataset
+
+
+def check_output_dir(path: str) -> None:
+    """Raise ValueError unless the run directory can be created under ``path`` (checked, not created):
+    the nearest part of it that exists must be a directory this process may write to."""
+    existing = Path(path).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--output-dir {path!r}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--output-dir {path!r}: no permission to write in {existing}")
 
 
 def check_run_args(args) -> None:
@@ -44,5 +60,6 @@ def check_run_args(args) -> None:
         check_dataset(args.dataset, "train", args.question_field, args.answer_field)
         eval_dataset = args.eval_dataset or default_eval_dataset(args.dataset)
         check_dataset(eval_dataset, "test", args.question_field, args.answer_field)
+        check_output_dir(args.output_dir)
     except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}") from None

@@ -86,6 +86,7 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[str, dict, str]]:
         ("eval-problems", {"eval_problems": 0}, "--eval-problems must be >= 1"),
         ("save-every", {"save_every": 0}, "--save-every must be >= 1"),
         ("learning-rate", {"learning_rate": 0.0}, "--learning-rate must be > 0"),
+        ("output-dir-under-a-file", {"output_dir": f"{empty}/runs"}, f"--output-dir '{empty}/runs': {empty} is a file"),
     ]  # fmt: skip
 
 
@@ -94,7 +95,7 @@ def test_bad_input_fails_before_anything_is_loaded(script, guarded, tmp_path):
     module = guarded(script)
     cases = _bad_inputs(tmp_path) + [("contradictory",) + CONTRADICTORY[script]]
     for case, flags, expected in cases:
-        args = module.Args(output_dir=str(tmp_path / "runs"), run_name=case, **flags)
+        args = module.Args(**{"output_dir": str(tmp_path / "runs"), "run_name": case, **flags})
         with pytest.raises(SystemExit) as exited:
             module.main(args)
         message = str(exited.value.code)

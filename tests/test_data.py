@@ -202,7 +202,9 @@ def test_tiny_world_tiers():
     examples = load_examples("tiny:long", split="test")
     assert len(examples) == 100 and {e.category for e in examples} == {"long"}
     assert examples[0].source == "tiny:long:test:0"
-    with pytest.raises(ValueError, match="unknown tier 'hardest'; tiers are easy, medium, hard, long, wide-easy"):
+    with pytest.raises(
+        ValueError, match="unknown tier 'hardest'; tiers are easy, medium, hard, long, wide-easy"
+    ):
         load_examples("tiny:hard,hardest")
     with pytest.raises(ValueError, match="unknown tier"):
         check_dataset("tiny:hardest")  # what every script runs before loading anything
