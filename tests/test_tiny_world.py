@@ -215,20 +215,24 @@ def test_wide_tiers_change_one_digit_per_step_without_a_carry():
     assert worked_solution(top, random.Random(0), slip_rate=1.0).splitlines()[:2] == ["80+9", "88"]
 
 
-def test_wide_world_warms_up_on_wide_tiers_only():
+def test_wide_world_warms_up_on_wide_tiers_with_extra_hinted_long_problems():
+    import dataclasses
+
     from common.tiny_world import WIDE_TIERS
 
-    cfg = WorldConfig(num_train_problems=600, tiers=WIDE_TIERS, hinted_only_tiers=("wide-long",),
-                      hinted_only_share=0.2)  # fmt: skip
+    cfg = dataclasses.replace(WORLDS["tiny-wide"], num_train_problems=1000)
+    assert cfg.tiers == (*WIDE_TIERS, "wide-long") and cfg.hinted_only_tiers == ("wide-long",)
     pairs = warmup_pairs(cfg)
     expressions = [q.split(" ")[1] for q, _ in pairs]
-    steps = {e.count("+") + e.count("-") for e in expressions}
-    assert steps == {TIER_STEPS[t] for t in (*WIDE_TIERS, "wide-long")}
-    long = [(q, c) for q, c in pairs if c.count("\n") == 8]
-    assert 100 < len(long) < 125 and all(" The answer is " in q for q, _ in long)  # hinted only, no slips
-    for q, c in long:
+    steps = [e.count("+") + e.count("-") for e in expressions]
+    assert set(steps) == {3, 4, 6, 8} and all(int(e.split("+")[0].split("-")[0]) >= 10 for e in expressions)
+    long = [(q, c) for (q, c), k in zip(pairs, steps) if k == 8]
+    hinted = [(q, c) for q, c in long if " The answer is " in q]
+    plain = [(q, c) for q, c in long if q.endswith(".\n") and " The answer is " not in q]
+    assert 150 < len(hinted) < 240  # ~180 extra (200 drawn, held-out skipped) + ~10 from the 10% hint share
+    assert 50 < len(plain) < 110  # 10% of the plain problems
+    for q, c in hinted:  # hinted working never slips: it ends with the stated answer
         assert q.split(" The answer is ")[1].startswith(c.splitlines()[-2] + ".")
-    assert WORLDS["tiny-wide"].tiers == WIDE_TIERS and WORLDS["tiny-wide"].hinted_only_tiers == ("wide-long",)
     assert [e["category"] for e in tiny_examples("test", 4, tiers=("wide-hard", "wide-long"))] == [
         "wide-hard",
         "wide-long",
