@@ -157,9 +157,9 @@ def worked_solution(problem: Problem, rng: random.Random | None = None, slip_rat
     """The written working: each line rewrites the expression with its first operation done, until one
     number is left; then the boxed result.
 
-    With probability ``slip_rate`` per line (``rng`` given) the line's leading result is off by one;
-    later lines carry the slip, so the working stays internally consistent but the final answer is
-    wrong. Each line depends only on the line above it (the rest of the expression is copied), so a
+    With probability ``slip_rate`` per line (``rng`` given) the line's leading result is off by one (in
+    the wide tiers: the digit the step changed is another digit, so two slips rarely cancel); later lines
+    carry the slip, so the working stays internally consistent but the final answer is wrong. Each line depends only on the line above it (the rest of the expression is copied), so a
     small model learns the method itself quickly.
 
     >>> p = Problem("Compute 3+5-4.", 4, "easy", ((3, "+", 5), (8, "-", 4)))
@@ -172,10 +172,10 @@ def worked_solution(problem: Problem, rng: random.Random | None = None, slip_rat
     for i, (_, op, operand) in enumerate(problem.steps):
         value = _apply(value, op, operand)
         if rng is not None and rng.random() < slip_rate:
-            if problem.category.startswith("wide-"):  # the digit just changed is off by one, within 0..9
+            if problem.category.startswith("wide-"):  # the digit just changed is written as another digit
                 place = 10 if operand >= 10 else 1
                 digit = value // place % 10
-                value += place * (1 if digit == 0 else -1 if digit == 9 else rng.choice((-1, 1)))
+                value += place * (rng.choice([d for d in range(10) if d != digit]) - digit)
             else:
                 value = max(0, value + rng.choice((-1, 1)))
         rest = "".join(f"{o}{x}" for _, o, x in problem.steps[i + 1 :])
@@ -487,8 +487,9 @@ def measure_base_policy(
 
     model, tokenizer = load_policy(str(model_dir))
     examples = tiny_examples("test", num_problems, tiers=tiers)
+    max_new_tokens = 128 if any(t.startswith("wide-") for t in tiers) else 80  # wide-long: up to 119
     return evaluate_policy(
-        model, tokenizer, examples, n=n, template="plain", max_new_tokens=80, temperature=1.0
+        model, tokenizer, examples, n=n, template="plain", max_new_tokens=max_new_tokens, temperature=1.0
     )
 
 
