@@ -5,6 +5,9 @@
     ./run.sh compare --report-only                     # rewrite docs/results.md and the plots from the runs
     ./run.sh compare --dataset tiny:easy,medium,hard,long --report-name compare-long --out-dir runs/compare-long \
         --max-new-tokens 96 --eval-problems 96             # with the long tier the base rarely solves
+    ./run.sh compare --model tiny-wide --dataset tiny:wide-long --report-name compare-wide-long \
+        --out-dir runs/compare-wide-long --max-new-tokens 128 --eval-problems 96 \
+        --methods grpo psr nsr w-reinforce expo oreal      # two-digit answers: few right guesses
 
 For every (method, seed) the harness runs ``python algos/SCRIPT.py FLAGS`` as a subprocess (its output
 goes to ``OUT/runs/METHOD__SEED/train.log``), then evaluates the run's final checkpoint and the base policy
@@ -135,7 +138,8 @@ class Args:
     """the base policy of every run: "tiny" or another tiny world (common.tiny_world.WORLDS)"""
     dataset: str = "tiny"
     """training and held-out problems of every run: "tiny" (easy, medium, hard) or "tiny:TIER,..." (the
-    tiers easy, medium, hard and long, the last never warmed up on; see common/tiny_world.py)"""
+    tiers easy, medium, hard and long, the last never warmed up on; wide-easy ... wide-long, two-digit
+    numbers, for --model tiny-wide; see common/tiny_world.py)"""
 
     # --- the budget (the same for every method) ---
     steps: int = 30
