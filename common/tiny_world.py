@@ -277,8 +277,10 @@ class WorldConfig:
 # "tiny-wide" is on the wide tiers (two-digit numbers, answers 0..99): plain problems of all four, wide-long
 # the rarest (10%) and, with eight lines that may each slip, rarely solved; plus about 3,600 extra wide-long
 # problems in hinted form (never slipping), so that given the answer the base writes a right long working
-# most of the time; 1,600 steps. (Without plain wide-long problems the base cannot even copy a long
-# expression after a plain prompt, and self-explanations do not transfer: see docs/results.md.)
+# most of the time; 1,600 steps. (A build without plain wide-long problems could not even copy a long
+# expression after a plain prompt, hinted or not in its warm-up, and ExPO's self-explanations, right as they
+# were, did not transfer to the plain prompt in 20 steps.) A slip writes any other digit, so slips rarely
+# cancel: a right answer almost always comes with a right working.
 WORLDS: dict[str, WorldConfig] = {
     "tiny": WorldConfig(),
     "tiny-hinted-long": WorldConfig(hinted_only_tiers=("long",), hinted_only_share=0.1),
