@@ -278,7 +278,7 @@ class WorldConfig:
 # the rarest (10%) and, with eight lines that may each slip, rarely solved; plus about 3,600 extra wide-long
 # problems in hinted form (never slipping), so that given the answer the base writes a right long working
 # most of the time; 1,600 steps. (A build without plain wide-long problems could not even copy a long
-# expression after a plain prompt, hinted or not in its warm-up, and ExPO's self-explanations, right as they
+# expression after a plain prompt (only after a hinted one), and ExPO's self-explanations, right as they
 # were, did not transfer to the plain prompt in 20 steps.) A slip writes any other digit, so slips rarely
 # cancel: a right answer almost always comes with a right working.
 WORLDS: dict[str, WorldConfig] = {
