@@ -280,7 +280,7 @@ class WorldConfig:
 # most of the time; 1,600 steps. (A build without plain wide-long problems could not even copy a long
 # expression after a plain prompt (only after a hinted one), and ExPO's self-explanations, right as they
 # were, did not transfer to the plain prompt in 20 steps.) A slip writes any other digit, so slips rarely
-# cancel: a right answer almost always comes with a right working.
+# cancel and a right answer is rarely a guess.
 WORLDS: dict[str, WorldConfig] = {
     "tiny": WorldConfig(),
     "tiny-hinted-long": WorldConfig(hinted_only_tiers=("long",), hinted_only_share=0.1),
