@@ -84,8 +84,8 @@ def test_unwritable_or_full_output_directory_stops_before_anything_loads(script,
     monkeypatch.setattr(module, "load_policy", must_not_load)
     regular_file = tmp_path / "a_file"
     regular_file.write_text("")  # tests run as root, where permissions would not stop a write
-    with pytest.raises(OSError, match=f"cannot use output directory {regular_file}/run: Not a directory"):
-        module.main(module.Args(output_dir=str(regular_file), run_name="run"))
+    with pytest.raises(SystemExit, match=f"--output-dir '{regular_file}': {regular_file} is a file"):
+        module.main(module.Args(output_dir=str(regular_file), run_name="run"))  # preflight: one message
 
     class NearlyFull:
         free = 10 * 2**20
