@@ -21,10 +21,11 @@ Everything here is built locally (no downloads) so that every algorithm runs, an
   The ``wide-*`` tiers (``wide-easy`` ... ``wide-long``, three to eight steps) are the same chains on
   two-digit numbers, one digit changed per step and never a carry (``47+20-3`` -> ``67-3`` -> ``64``):
   each line is still a single-digit sum, but the answer is one of a hundred, so a guess is rarely right.
-  They belong to the world ``"tiny-wide"`` (``WORLDS``), whose warm-up has the three shorter wide tiers
-  and ``wide-long`` in hinted form only: its base policy rarely solves ``wide-long`` (about one sample
-  in 200) yet, given the answer, writes a right eight-line working more than half the time, which is
-  the setting ExPO and the NSR paper's large-k claim need (``docs/results.md``).
+  They belong to the world ``"tiny-wide"`` (``WORLDS``), whose warm-up has all four wide tiers plain
+  (``wide-long`` the rarest) plus extra hinted ``wide-long`` problems: its base policy rarely solves
+  ``wide-long`` (about one sample in thirty) yet, given the answer, writes a right eight-line working
+  three times in five, which is the setting ExPO and the NSR paper's large-k claim need
+  (``docs/results.md``).
 * **Tokenizer.** One token per character: the stock byte-level ``Qwen2Tokenizer`` with no merges, and
   the special tokens of the Qwen2.5 family (``<|endoftext|>`` is both EOS and padding, as in
   Qwen2.5-Math, so the code must keep an explicit completion mask), saved with a chat template in the
@@ -159,8 +160,9 @@ def worked_solution(problem: Problem, rng: random.Random | None = None, slip_rat
 
     With probability ``slip_rate`` per line (``rng`` given) the line's leading result is off by one (in
     the wide tiers: the digit the step changed is another digit, so two slips rarely cancel); later lines
-    carry the slip, so the working stays internally consistent but the final answer is wrong. Each line depends only on the line above it (the rest of the expression is copied), so a
-    small model learns the method itself quickly.
+    carry the slip, so the working stays internally consistent but the final answer is wrong. Each line
+    depends only on the line above it (the rest of the expression is copied), so a small model learns the
+    method itself quickly.
 
     >>> p = Problem("Compute 3+5-4.", 4, "easy", ((3, "+", 5), (8, "-", 4)))
     >>> worked_solution(p)
