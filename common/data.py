@@ -22,6 +22,7 @@ or in the tokenizer's own chat template ("chat"). Which template a run uses matt
 
 import json
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +39,9 @@ class Example:
     """Difficulty tier / subject / level, for per-category metrics and curricula ("" when unknown)."""
     source: str = ""
     """Where the row came from: "gsm8k:test:17" (0-based dataset index) or "file.jsonl:12" (1-based line)."""
+    solution: str = ""
+    """A reference worked solution ending in the boxed answer, for methods that learn from demonstrations
+    (an SFT warm-up, a demonstration prefix); "" when the dataset has none (`DatasetSpec.solution`)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -66,6 +70,27 @@ def math_gold(solution: str) -> str | None:
     from common.verify import extract_answer
 
     return extract_answer(solution, fallback=False)
+
+
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+
+
+def gsm8k_solution(row: dict) -> str:
+    """A GSM8K answer as a worked solution: calculator annotations removed, "#### 72" -> "\\boxed{72}".
+
+    >>> gsm8k_solution({"answer": "She has 3*4=<<3*4=12>>12 apples.\\n#### 12"})
+    'She has 3*4=12 apples.\\n\\\\boxed{12}'
+    """
+    answer = str(row.get("answer", ""))
+    if "####" not in answer:
+        return ""
+    reasoning, _, final = answer.rpartition("####")
+    return _CALCULATOR.sub("", reasoning).rstrip() + "\n\\boxed{" + final.strip().replace(",", "") + "}"
+
+
+def _solution_field(row: dict) -> str:
+    """MATH, MATH-500 and JSONL files: an optional "solution" field (a worked solution with its box)."""
+    return str(row.get("solution", "") or "")
 
 
 def _math_level(row: dict) -> str:
@@ -98,10 +123,12 @@ class DatasetSpec:
     """Reads the category of a row."""
     splits: tuple[str, ...] = ("train", "test")
     """The splits the dataset has; asking for another is an error before anything is downloaded."""
+    solution: Callable[[dict], str] = _solution_field
+    """Reads a row's reference worked solution ("" when it has none)."""
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "gsm8k": DatasetSpec("openai/gsm8k", "main", "question", "answer", gsm8k_gold),
+    "gsm8k": DatasetSpec("openai/gsm8k", "main", "question", "answer", gsm8k_gold, solution=gsm8k_solution),
     "math": DatasetSpec(
         "DigitalLearningGmbH/MATH-lighteval", "default", "problem", "solution", math_gold, _math_level
     ),
@@ -161,6 +188,7 @@ def load_examples(
         spec.gold_from_answer,
         spec.category,
         limit,
+        spec.solution,
     )
 
 
@@ -274,6 +302,7 @@ def _examples_from_rows(
     gold_from_answer: Callable[[str], str | None],
     category: Callable[[dict], str],
     limit: int | None,
+    solution: Callable[[dict], str] = _solution_field,
 ) -> list[Example]:
     """The row handling shared by every dataset form: check, extract, normalize, skip and report."""
     from common.verify import gold_is_usable, normalize_gold
@@ -299,7 +328,7 @@ def _examples_from_rows(
         if answer is None:
             skipped.append((source, "unusable gold", f"gold answer {gold!r} is not usable"))
             continue
-        examples.append(Example(question, answer, category(row), source))
+        examples.append(Example(question, answer, category(row), source, solution(row)))
         if limit is not None and len(examples) >= limit:
             break
 

@@ -210,11 +210,16 @@ def parse_tiers(spec: str) -> tuple[str, ...]:
 def tiny_examples(
     split: str = "train", num: int | None = None, seed: int = 0, tiers: tuple[str, ...] = TIERS
 ) -> list[dict]:
-    """Rows for ``common.data``: ``{"question", "answer", "category"}``, cycling through ``tiers``.
-    Default sizes: 1,000 train problems and 100 test problems per tier."""
+    """Rows for ``common.data``: ``{"question", "answer", "category", "solution"}`` (the slip-free worked
+    solution), cycling through ``tiers``. Default sizes: 1,000 train problems and 100 test problems per tier."""
     num = num if num is not None else (1000 if split == "train" else 100) * len(tiers)
     return [
-        {"question": p.question, "answer": str(p.answer), "category": p.category}
+        {
+            "question": p.question,
+            "answer": str(p.answer),
+            "category": p.category,
+            "solution": worked_solution(p),
+        }
         for p in generate_problems(num, split, seed, tiers)
     ]
 

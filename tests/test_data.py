@@ -164,13 +164,16 @@ def test_math_takes_the_last_boxed_answer_with_nested_braces(monkeypatch):
     calls = fake_hub(monkeypatch, rows)
     examples = load_examples("math")
     assert calls == [("DigitalLearningGmbH/MATH-lighteval", "default", "train")]
-    assert examples == [Example("P1", r"\frac{1}{\sqrt{2}}", "Level 4", "math:train:0")]
+    solution = r"First $\boxed{2}$, then $\boxed{\frac{1}{\sqrt{2}}}$."  # the reference solution is kept
+    assert examples == [Example("P1", r"\frac{1}{\sqrt{2}}", "Level 4", "math:train:0", solution)]
 
 
 def test_math500(monkeypatch):
     rows = [{"problem": "P", "solution": r"... \boxed{5}", "answer": "5", "level": 3, "subject": "Algebra"}]
     calls = fake_hub(monkeypatch, rows)
-    assert load_examples("math500", split="test") == [Example("P", "5", "Level 3", "math500:test:0")]
+    assert load_examples("math500", split="test") == [
+        Example("P", "5", "Level 3", "math500:test:0", r"... \boxed{5}")
+    ]
     assert calls == [("HuggingFaceH4/MATH-500", None, "test")]
     with pytest.raises(ValueError, match="splits"):
         load_examples("math500", split="train")
@@ -272,3 +275,15 @@ def test_chat_template_uses_the_tokenizer():
 def test_unknown_template_lists_valid_names():
     with pytest.raises(ValueError, match=r"unknown template 'qwen'.*'plain'.*'qwen-math'.*'r1'"):
         build_prompt("Q", "qwen")
+
+
+def test_reference_solutions_of_gsm8k_and_the_tiny_world(monkeypatch):
+    rows = [{"question": "Q", "answer": "3 packs of 4: 3*4=<<3*4=12>>12.\nPlus 1,000.\n#### 1,012"}]
+    fake_hub(monkeypatch, rows)
+    (example,) = load_examples("gsm8k")
+    assert example.answer == "1012"
+    assert example.solution == "3 packs of 4: 3*4=12.\nPlus 1,000.\n\\boxed{1012}"
+    tiny = load_examples("tiny", "train", limit=3)
+    for e in tiny:  # the slip-free worked solution, ending in the gold answer's box
+        assert e.solution.endswith(f"\\boxed{{{e.answer}}}"), e
+        assert e.solution.count("\n") == {"easy": 3, "medium": 4, "hard": 6}[e.category]
