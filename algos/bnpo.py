@@ -61,7 +61,7 @@ import numpy as np
 import torch
 import tyro
 
-from common.checkpoint import StopRequest, check_writable, latest_checkpoint, load_checkpoint, save_checkpoint
+from common.checkpoint import StopRequest, check_writable, load_checkpoint, resume_checkpoint, save_checkpoint
 from common.data import build_prompt, load_examples
 from common.evaluate import evaluate_policy
 from common.model import completion_logprobs, load_policy
@@ -430,13 +430,13 @@ def main(args: Args) -> dict:
 
     # TRY NOT TO MODIFY: resume
     start_step, extra = 0, {}
-    if args.resume and (ckpt := latest_checkpoint(run_dir)):
+    if ckpt := resume_checkpoint(run_dir, args.resume):  # None: a fresh run
         state = load_checkpoint(ckpt, model, optimizer, scheduler)
         start_step, extra = state["step"], state["extra"]
         sampler.update_weights(model)
         print(f"resumed from {ckpt} (step {start_step})")
     tracker = Tracker(
-        run_dir, asdict(args), args.track, args.wandb_project, run_name, start_step if args.resume else None
+        run_dir, asdict(args), args.track, args.wandb_project, run_name, start_step if ckpt else None
     )
     if "base_eval" not in extra:
         extra["base_eval"] = evaluate(args.eval_n, "eval base")

@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -164,6 +165,24 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """
     checkpoints = _complete_checkpoints(run_dir)
     return checkpoints[-1][1] if checkpoints else None
+
+
+def resume_checkpoint(run_dir: str | Path, resume: bool) -> Path | None:
+    """The checkpoint a run continues from: with ``resume``, the newest complete one; else None.
+
+    ``--resume`` when the run directory holds no checkpoint (a first run, or one stopped before its
+    first save) starts a fresh run and says so in one line, so the caller treats it exactly as a run
+    without ``--resume`` (its old logs are replaced, every step is logged once).
+
+    >>> resume_checkpoint("runs/never-ran", resume=True)  # doctest: +SKIP
+    --resume: no checkpoint in runs/never-ran, starting a fresh run
+    """
+    if not resume:
+        return None
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        print(f"--resume: no checkpoint in {run_dir}, starting a fresh run", file=sys.stderr, flush=True)
+    return checkpoint
 
 
 def _load_model_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:

@@ -137,3 +137,38 @@ def test_run_whose_save_fails_resumes_exactly(random_model_dir, tmp_path, monkey
         "step-00000002",
         "step-00000003",
     ]
+
+
+RESUME_SHAPES = {  # two optimizer steps each
+    **{algo: dict(num_steps=2, prompts_per_step=2, group_size=4) for algo in ["grpo", "nsr", "bnpo", "oreal", "expo"]},
+    "topr": dict(iterations=1, questions_per_iteration=2, samples_per_question=4, epochs=1, batch_size=4),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("algo", RESUME_SHAPES)
+def test_resume_without_a_checkpoint_starts_fresh_and_says_so(algo, random_model_dir, tmp_path, capsys):
+    """--resume in a run directory without a checkpoint (here: logs of a run stopped before its first
+    save) is a fresh run: one line says so, the old logs are replaced, and every step is logged once."""
+    module = importlib.import_module(f"algos.{algo}")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 0, "eval/pass@1": 0.5}\n{"step": 1, "reward_mean": 0.0}\n')
+    module.main(
+        module.Args(
+            model_name_or_path=str(random_model_dir),
+            output_dir=str(tmp_path),
+            run_name="run",
+            resume=True,
+            save_every=5,
+            eval_every=0,
+            micro_batch_size=8,
+            max_new_tokens=8,
+            eval_problems=2,
+            eval_n=2,
+            **RESUME_SHAPES[algo],
+        )  # fmt: skip
+    )
+    err = capsys.readouterr().err
+    assert err.count("--resume: no checkpoint in") == 1, err
+    steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl")]
+    assert steps == [0, 1, 2], steps
