@@ -6,6 +6,12 @@ after every optimizer step receives the trained weights through vLLM's own in-pl
 handed over by reference, nothing is serialised or written to disk. The prefix cache is reset after
 each push, since cached KV blocks were computed with the old weights.
 
+The weights are version-checked: the sampler counts the optimizer steps taken on its model's parameters
+(a global optimizer step hook, ``torch.optim.optimizer.register_optimizer_step_post_hook``), records at
+each push which step the engine's weights come from, and refuses to sample from older ones with an
+error that names both steps (a missing ``update_weights`` after ``optimizer.step()`` would otherwise
+train silently on stale, off-policy samples).
+
 On a GPU the engine sleeps while the trainer works (``sleep(level=2)`` frees its weights and KV cache)
 and wakes in the order vLLM documents for RL: weights, reload, KV cache. ``gpu_memory_utilization`` is
 the share of GPU memory vLLM may take for weights + KV cache; the trainer gets the rest.
@@ -25,9 +31,11 @@ from __future__ import annotations
 
 import os
 import random
+import weakref
 
 import numpy as np
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from common.model import eos_token_ids
 from common.rollout import Rollout, completion_mask_from_ids
@@ -111,6 +119,15 @@ class VLLMSampler:
         self.cpu_threads = None if on_cuda else cpu_threads
         self._asleep: set[str] = set()  # memory tags ("weights", "kv_cache") vLLM has released
         self._weights_stale = False  # level-2 sleep discarded the weights and nothing has reloaded them
+        self.policy_step = 0  # optimizer steps taken on the model's parameters since this sampler was made
+        self.weights_step = 0  # the policy step of the weights the engine holds (set by each push)
+        sampler = weakref.ref(self)  # the hook must not keep a closed sampler alive
+
+        def count_policy_steps(optimizer, args, kwargs) -> None:
+            if (alive := sampler()) is not None:
+                alive._count_step(optimizer)
+
+        self._step_hook = register_optimizer_step_post_hook(count_policy_steps)
 
         # vLLM's worker re-seeds the global RNGs and sets torch to 1 thread, and the CPU worker replaces
         # torch.set_num_threads with a no-op: in a shared process we put all of that back afterwards.
@@ -143,9 +160,21 @@ class VLLMSampler:
 
     # --- weight sync -------------------------------------------------------------------------------
 
+    def _count_step(self, optimizer) -> None:
+        """Optimizer step hook: one more step on the policy when ``optimizer`` holds its parameters."""
+        first = next(self.model.parameters())
+        if any(p is first for group in optimizer.param_groups for p in group["params"]):
+            self.policy_step += 1
+
+    def __del__(self) -> None:
+        hook = getattr(self, "_step_hook", None)
+        if hook is not None:
+            hook.remove()
+
     def update_weights(self, model) -> None:
         """Push ``model``'s current weights into the engine (in place) and drop the stale prefix cache."""
         self.model = model
+        self.weights_step = self.policy_step
         if "weights" in self._asleep:
             self.llm.wake_up(tags=["weights"])
             self._asleep.discard("weights")
@@ -184,6 +213,11 @@ class VLLMSampler:
     ) -> Rollout:
         from vllm import SamplingParams
 
+        if self.weights_step != self.policy_step:
+            raise RuntimeError(
+                f"vLLM holds the weights of optimizer step {self.weights_step}, but the policy has taken "
+                f"{self.policy_step} steps: call sampler.update_weights(model) after optimizer.step()"
+            )
         tok = self.tokenizer
         device = next(self.model.parameters()).device
         # the HF tokenizer is the only tokenizer: vLLM gets token ids and returns token ids

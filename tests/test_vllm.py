@@ -101,7 +101,8 @@ def test_behavior_logprobs_are_the_temperature_scaled_hf_logprobs(vllm_policy, t
 
 def test_update_weights_pushes_the_trained_weights(vllm_policy):
     """After one optimizer step and a push, vLLM samples from the new weights: its log-probs match HF's
-    under the updated model tightly and are far from those under the pre-update model."""
+    under the updated model tightly and are far from those under the pre-update model. Between the step
+    and the push it refuses to sample (the weights are version-checked)."""
     model, tok, sampler = vllm_policy
     before = copy.deepcopy(model).eval()
     original = copy.deepcopy(model.state_dict())
@@ -118,9 +119,15 @@ def test_update_weights_pushes_the_trained_weights(vllm_policy):
         optimizer.step()
         model.eval()
 
-        stale = sampler.generate(PROMPTS, n=4, max_new_tokens=48, temperature=1.0)  # no push yet
-        m = stale.completion_mask.bool()
-        assert (hf_logprobs(before, stale, 1.0) - stale.behavior_logprobs)[m].abs().max() < 1e-4
+        # no push yet: the engine's weights are one optimizer step old, so it refuses to sample
+        with pytest.raises(
+            RuntimeError, match="weights of optimizer step 0, but the policy has taken 1 steps"
+        ):
+            sampler.generate(PROMPTS, n=4, max_new_tokens=48, temperature=1.0)
+        other = torch.optim.SGD(torch.nn.Linear(2, 2).parameters())  # another model's steps do not count
+        other.step()
+        with pytest.raises(RuntimeError, match="policy has taken 1 steps"):
+            sampler.generate(PROMPTS, n=4, max_new_tokens=48, temperature=1.0)
 
         sampler.update_weights(model)
         fresh = sampler.generate(PROMPTS, n=4, max_new_tokens=48, temperature=1.0)
