@@ -28,6 +28,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from common.hub import hub_unreachable, unreachable_exit
+
 
 @dataclass(frozen=True)
 class Example:
@@ -175,7 +177,14 @@ def load_examples(
     elif spec.hf_path:
         import datasets
 
-        hf_rows = datasets.load_dataset(spec.hf_path, spec.config, split=split)
+        try:
+            hf_rows = datasets.load_dataset(spec.hf_path, spec.config, split=split)
+        except Exception as error:  # no network and not cached: one line saying how to get it (common.hub)
+            if not hub_unreachable(error):
+                raise
+            config = f", {spec.config!r}" if spec.config else ""
+            fetch = f'python -c "import datasets; datasets.load_dataset({spec.hf_path!r}{config})"'
+            raise unreachable_exit(f"dataset {dataset!r}", spec.hf_path, fetch) from None
         rows = ((f"{dataset}:{split}:{i}", row) for i, row in enumerate(hf_rows))
     else:
         rows = _read_jsonl(dataset)

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.hub import hub_unreachable, unreachable_exit
+
 
 def resolve_model_path(name: str) -> str:
     """``"tiny"`` (or another name in ``common.tiny_world.WORLDS``) -> that cached world, built on first
@@ -63,6 +65,8 @@ def load_policy(name: str, dtype: str = "float32", device: str = "cpu", gradient
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except OSError as err:
+        if hub_unreachable(err):  # a hub id, no network, not cached: one line saying how to get it
+            raise unreachable_exit(f"--model-name-or-path {name!r}", name, f"hf download {name}") from None
         raise OSError(f"could not load model {name!r}: {err}") from err
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

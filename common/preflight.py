@@ -4,7 +4,8 @@
 sampling, evaluation and checkpoint flags) and exits with one message naming the flag, file, line or
 field at fault: a model path that does not exist, an unknown dataset or split, a JSONL file with a
 malformed line or a row without a question, an unknown template, a flag out of range, an output
-directory that cannot be written. It loads nothing
+directory that cannot be written. A local .jsonl training file without --eval-dataset is not an error,
+but a note says that it is evaluated on its own rows. It loads nothing
 and writes nothing; what it cannot know cheaply (whether a hub id or an "hf:" dataset exists, whether
 each gold answer parses) is found when the data and model load, still before the first rollout.
 The method's own flags (e.g. a group size of 1 for a group-relative advantage) stay in its `validate()`.
@@ -14,6 +15,7 @@ The method's own flags (e.g. a group size of 1 for a group-relative advantage) s
 """
 
 import os
+import sys
 from pathlib import Path
 
 from common.data import check_dataset, check_template
@@ -63,3 +65,10 @@ def check_run_args(args) -> None:
         check_output_dir(args.output_dir)
     except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}") from None
+    if eval_dataset == args.dataset and args.dataset.endswith(".jsonl"):
+        print(
+            f"note: --dataset {args.dataset} has no held-out split and no --eval-dataset was given, so the "
+            "held-out evaluation uses the training rows themselves; pass --eval-dataset FILE.jsonl for a real "
+            "held-out number",
+            file=sys.stderr,
+        )

@@ -162,3 +162,43 @@ def test_unusable_gold_rows_are_skipped_counted_and_reported(script, monkeypatch
         (4, "gold answer"),
     ]:
         assert f"skipped {data}:{line}: {field}" in err, err
+
+
+def test_offline_machine_gets_one_line_naming_what_to_fetch_and_how(tmp_path):
+    """No network (the Hub's endpoint refuses connections) and an empty cache: a hub dataset or a hub model
+    id ends in one line that names what could not be fetched and how to bring it onto such a machine,
+    not a traceback. Both runs go in parallel (each spends the download library's retries)."""
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
+    }  # fmt: skip
+    common = [sys.executable, str(ROOT / "algos" / "grpo.py"), "--num-steps=1", f"--output-dir={tmp_path}"]
+    runs = {
+        "dataset 'gsm8k': could not download openai/gsm8k": ["--dataset=gsm8k"],
+        "--model-name-or-path 'some-org/some-model': could not download some-org/some-model": [
+            "--model-name-or-path=some-org/some-model"
+        ],
+    }
+    procs = {
+        expected: subprocess.Popen(common + flags, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for expected, flags in runs.items()
+    }  # fmt: skip
+    for expected, proc in procs.items():
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 1, err
+        assert "Traceback" not in err, err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"error: {expected} from the Hugging Face Hub"), last
+        assert "HF_HUB_OFFLINE=1" in last and "where there is network" in last, last
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_jsonl_without_eval_dataset_says_it_is_evaluated_on_its_training_rows(script, tmp_path, capsys):
+    module = importlib.import_module(f"algos.{script}")
+    train = _write(tmp_path / "train.jsonl", [json.dumps({"question": "2+2?", "answer": "4"})])
+    held_out = _write(tmp_path / "test.jsonl", [json.dumps({"question": "3+3?", "answer": "6"})])
+    module.validate(module.Args(dataset=train, output_dir=str(tmp_path)))
+    note = capsys.readouterr().err
+    assert f"note: --dataset {train} has no held-out split" in note and "--eval-dataset" in note, note
+    module.validate(module.Args(dataset=train, eval_dataset=held_out, output_dir=str(tmp_path)))
+    assert "note:" not in capsys.readouterr().err
