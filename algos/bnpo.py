@@ -146,21 +146,21 @@ class Args:
     # --- algorithm ---
     clip_low: float = 0.2
     """ε_low: lower clip of the ratio (1 − ε_low)"""
-    clip_high: float = 0.28  # Modification 5 (vs GRPO): clip-higher, as the official run.sh
+    clip_high: float = 0.28  # Modification 1 (vs GRPO): clip-higher, as the official run.sh
     """ε_high: upper clip of the ratio (1 + ε_high); 0.28 is DAPO's clip-higher"""
-    dual_clip: float = 10.0  # Modification 3 (vs GRPO): dual-clip PPO
+    dual_clip: float = 10.0  # Modification 2 (vs GRPO): dual-clip PPO
     """c: for A < 0 the per-token loss is capped at −c·A (dual-clip PPO, arXiv 1912.09729); 0 turns it off"""
     kl_coef: float = 0.0
     """weight of the k3 KL to the initial policy (DeepSeekMath's β, not BNPO's); 0 loads no reference model"""
-    # Modification 4 (vs GRPO): the official code's seq-mean-token-sum aggregation, and the default
+    # Modification 3 (vs GRPO): the official code's seq-mean-token-sum aggregation, and the default
     loss_agg: Literal[
         "seq-mean-token-sum", "seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"
     ] = "seq-mean-token-sum"
     """how per-token losses are averaged (see `aggregate_loss`)"""
-    # Modification 1 (vs GRPO): no --scale-rewards; the Beta density replaces the group std
+    # Modification 4 (vs GRPO): no --scale-rewards; the Beta density replaces the group std
     max_weight: float = 1e6
     """upper clamp of the normalization weight 1/f(p̂; α, β) (the official code's value)"""
-    # Modification 2 (vs GRPO): several binary reward components
+    # Modification 5 (vs GRPO): several binary reward components
     format_reward: bool = False
     """add a binary format reward: 1 if the final answer is a parseable \\boxed{} (off in the official run.sh)"""
     advantage_decomposition: bool = True
@@ -186,7 +186,7 @@ class Args:
 # (pure functions)
 
 
-# Modification 1 (vs GRPO): the advantage is (R − p̂)/f(p̂; α, β), with (α, β) fitted to the batch
+# Modification 4 (vs GRPO): the advantage is (R − p̂)/f(p̂; α, β), with (α, β) fitted to the batch
 def beta_params(pass_rates: torch.Tensor) -> tuple[float, float]:
     """BNPO's (α, β) from the batch's per-prompt pass rates ``[Q]``.
 
@@ -247,7 +247,7 @@ def bnpo_advantages(
     return torch.where(mixed, weight * (rewards - pass_rate), torch.zeros_like(rewards))
 
 
-# Modification 2 (vs GRPO): several binary reward components, one BNPO advantage each, averaged
+# Modification 5 (vs GRPO): several binary reward components, one BNPO advantage each, averaged
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")  # the verifier's box pattern (common/verify.py)
 
 
@@ -309,7 +309,7 @@ def clipped_surrogate(
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
     per_token_loss = -torch.min(unclipped, clipped)  # [B, C]
     was_clipped = clipped < unclipped
-    if dual_clip > 0:  # Modification 3 (vs GRPO): dual clip for negative advantages
+    if dual_clip > 0:  # Modification 2 (vs GRPO): dual clip for negative advantages
         cap = -dual_clip * adv  # [B, 1]
         capped = (adv < 0) & (per_token_loss > cap)
         per_token_loss = torch.where(capped, cap.expand_as(per_token_loss), per_token_loss)
@@ -356,7 +356,7 @@ def aggregate_loss(
       seq-mean-token-sum-norm:  (1+1+4) / (2·3)    = 1.0   (L_max = 3)
     """
     masked = per_token_loss * mask
-    if mode == "seq-mean-token-sum":  # Modification 4 (vs GRPO): sum over tokens, mean over sequences
+    if mode == "seq-mean-token-sum":  # Modification 3 (vs GRPO): sum over tokens, mean over sequences
         return masked.sum() / num_sequences
     if mode == "seq-mean-token-mean":
         return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_sequences
@@ -382,7 +382,7 @@ def validate(args: Args) -> None:
         raise SystemExit(
             "--tis-cap needs sampled behaviour log-probs; it cannot be used with --temperature 0"
         )
-    if args.dual_clip != 0 and args.dual_clip <= 1:  # Modification 3 (vs GRPO)
+    if args.dual_clip != 0 and args.dual_clip <= 1:  # Modification 2 (vs GRPO)
         raise SystemExit(f"--dual-clip must be 0 (off) or > 1, got {args.dual_clip}")
     check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
 
@@ -464,14 +464,14 @@ def main(args: Args) -> dict:
             rewards = torch.tensor([float(r.correct) for r in results]).view(Q, G)  # [Q, G]
 
             # ALGO LOGIC: BNPO advantages, one per completion
-            # Modification 2 (vs GRPO): the reward components (accuracy, optionally format)
+            # Modification 5 (vs GRPO): the reward components (accuracy, optionally format)
             components = [rewards]  # K x [Q, G]
             if args.format_reward:
                 format_reward = format_rewards(rollout.completions, [r.parsed for r in results]).view(Q, G)
                 components.append(format_reward)
             if not args.advantage_decomposition:
                 components = [sum(components) / len(components)]  # one reward, rescaled to [0, 1]
-            # Modification 1 (vs GRPO): (R − p̂)/f(p̂; α, β), (α, β) fitted to this batch's pass rates
+            # Modification 4 (vs GRPO): (R − p̂)/f(p̂; α, β), (α, β) fitted to this batch's pass rates
             advantages, beta_fits = decomposed_advantages(torch.stack(components), args.max_weight)
             advantages = advantages.view(-1).to(args.device)  # [B]
 
@@ -500,7 +500,7 @@ def main(args: Args) -> dict:
                         with_entropy=True,
                     )  # [b, C] each
                     old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
-                    per_token_loss, clipped = clipped_surrogate(  # Modification 3 (vs GRPO): dual clip
+                    per_token_loss, clipped = clipped_surrogate(  # Modification 2 (vs GRPO): dual clip
                         logprobs, old, advantages[mb], args.clip_low, args.clip_high, args.dual_clip
                     )
                     if args.tis_cap > 0:  # sampler/trainer mismatch correction

@@ -2,7 +2,7 @@
 
 Paper: Zhou, Li, Zhang, Leqi, "ExPO: Unlocking Hard Reasoning with Self-Explanation-Guided Reinforcement
 Learning", arXiv 2507.02834 (NeurIPS 2025). Official code (HumainLab/ExPO_rl_reasoning_by_explanation)
-was not retrievable; this file follows the paper as described in the project's spec.
+was not retrievable; this file follows the paper's text. ``[ours]`` marks a choice the paper leaves open.
 
 Idea: on a question the policy never solves, GRPO has nothing to learn from (every advantage is 0).
 Expert solutions would help but are out of distribution. Instead, show the *current* policy the question
@@ -27,7 +27,8 @@ Defaults: β = 0.04 (the paper's best, Table 5; β = 0.5 was worse than GRPO); e
 (the same rollout budget; the tiny world's learning rate). The paper does not give G, lr or the KL
 coefficient ([ours]: G = 8, lr 1e-6 and KL 0 on a real model). ``--hint-template`` defaults to the tiny
 world's warm-up format (``common.tiny_world.HINT_TEMPLATE``), so on the CPU the base policy really
-uses the hint; the README's GPU command passes the spec's [ours] template for instruct models.
+uses the hint; the README's GPU command passes an [ours] template for instruct models (it asks the
+model to explain the answer without simply restating it).
 
 Deviations / choices:
 - ``--explain all`` (default) explains every question of the batch, as the paper's formula is written
@@ -562,7 +563,10 @@ def main(args: Args) -> dict:
                 explanation_batches = [slice(i, i + rows) for i in range(0, len(row_completions), rows)]
             if args.variant == "dpo" and explanation_batches:
                 with torch.no_grad():
-                    ref_seq_logps = torch.cat([(completion_logprobs(ref_model, expl_ids[eb], expl_attn[eb], Ce, args.temperature)[0] * expl_mask[eb]).sum(-1) for eb in explanation_batches])  # fmt: skip
+                    ref_seq_logps = torch.cat([
+                        (completion_logprobs(ref_model, expl_ids[eb], expl_attn[eb], Ce, args.temperature)[0] * expl_mask[eb]).sum(-1)
+                        for eb in explanation_batches
+                    ])  # fmt: skip
 
             # ALGO LOGIC: the policy update (PPO-clip surrogate + optional KL), in micro-batches
             mask = rollout.completion_mask  # [B, C]
@@ -570,7 +574,8 @@ def main(args: Args) -> dict:
             num_tokens = int(mask.sum())
             micro_batches = [slice(i, i + args.micro_batch_size) for i in range(0, B, args.micro_batch_size)]
             old_logprobs = ref_logprobs = None
-            if args.variant == "grpo" and (args.updates_per_batch > 1 or args.kl_coef > 0):  # Modification 5
+            # Modification 5 (vs GRPO): old/reference log-probs for the GRPO term only (ExP-DPO has no ratio)
+            if args.variant == "grpo" and (args.updates_per_batch > 1 or args.kl_coef > 0):
                 with torch.no_grad():
                     if args.updates_per_batch > 1:
                         old_logprobs = torch.cat([completion_logprobs(model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature)[0] for mb in micro_batches])  # fmt: skip

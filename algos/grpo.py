@@ -22,7 +22,7 @@ Dr. GRPO is ``--scale-rewards none --loss-agg seq-mean-token-sum-norm``.
 Defaults run the CPU demo on the tiny built-in world (``./run.sh grpo``). Paper-scale settings
 (Qwen2.5-Math-1.5B on MATH, vLLM) are the command line in the README, not a second set of defaults.
 DeepSeekMath used G = 64, lr 1e-6, β = 0.04, one update per batch; the tiny world uses G = 8, a larger
-learning rate (a 2M-parameter model moves slowly at 1e-6) and β = 0 (no reference model is loaded).
+learning rate (a 0.9M-parameter model moves slowly at 1e-6) and β = 0 (no reference model is loaded).
 
 Deviations / choices:
 - std is the unbiased sample std (as torch.std and verl); ε = 1e-6 keeps all-equal groups at Â = 0.

@@ -148,12 +148,12 @@ class Args:
     """recompute activations in the backward pass to save memory"""
 
     # --- algorithm ---
-    # Modification 2 (vs GRPO): --objective and --lam replace --scale-rewards (see nsr_advantages)
+    # Modification 1 (vs GRPO): --objective and --lam replace --scale-rewards (see nsr_advantages)
     objective: Literal["psr", "nsr", "w-reinforce", "reinforce"] = "w-reinforce"
     """which samples to reinforce: psr (correct only), nsr (wrong only), w-reinforce (both, positives x λ), reinforce (both, ±1)"""
     lam: float = 0.1
     """λ: weight of the positive samples in w-reinforce (paper: 0.1; the official script silently runs 1)"""
-    # Modification 4 (vs GRPO): an entropy bonus in the loss
+    # Modification 2 (vs GRPO): an entropy bonus in the loss
     entropy_coef: float = 1e-4
     """c_H: entropy bonus weight (paper: 1e-4; official code: verl's default 1e-3); 0 disables it"""
     clip_low: float = 0.2
@@ -162,7 +162,7 @@ class Args:
     """ε_high: upper clip of the ratio (1 + ε_high); 0.28 is DAPO's clip-higher"""
     kl_coef: float = 0.0
     """β: weight of the k3 KL to the initial policy; 0 loads no reference model"""
-    # Modification 6 (vs GRPO): token-mean (over the kept samples) by default, as the official code
+    # Modification 3 (vs GRPO): token-mean (over the kept samples) by default, as the official code
     loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "token-mean"
     """how per-token losses of the kept samples are averaged (official code: token-mean)"""
 
@@ -292,7 +292,7 @@ def aggregate_loss(
 
 def validate(args: Args) -> None:
     """Contradictory flags fail here, before anything is loaded."""
-    # Modification 1 (vs GRPO): no group baseline, so one sample per prompt is enough; λ must be >= 0
+    # Modification 4 (vs GRPO): no group baseline, so one sample per prompt is enough; λ must be >= 0
     if args.group_size < 1:
         raise SystemExit(f"--group-size must be >= 1, got {args.group_size}")
     if args.lam < 0:
@@ -384,7 +384,7 @@ def main(args: Args) -> dict:
             results = verifier.verify_batch(rollout.completions, [e.answer for e in batch for _ in range(G)])
             rewards = torch.tensor([float(r.correct) for r in results]).view(Q, G)  # [Q, G]
 
-            # ALGO LOGIC: Modification 2 (vs GRPO): no baseline; ±1 (or λ) advantages and the samples to keep
+            # ALGO LOGIC: Modification 1 (vs GRPO): no baseline; ±1 (or λ) advantages and the samples to keep
             advantages, keep = nsr_advantages(rewards.view(-1), args.objective, args.lam)  # [B], [B] bool
             kept = rollout.select(keep)  # the rollout restricted to the kept samples (B_kept rows)
             advantages = advantages[keep].to(args.device)  # [B_kept]
@@ -397,7 +397,7 @@ def main(args: Args) -> dict:
             micro_batches = [
                 slice(i, i + args.micro_batch_size) for i in range(0, B_kept, args.micro_batch_size)
             ]
-            # Modification 3 (vs GRPO): nothing to keep (NSR on an all-correct batch, PSR on an all-wrong one)
+            # Modification 5 (vs GRPO): nothing to keep (NSR on an all-correct batch, PSR on an all-wrong one)
             # -> no optimizer step, counted in skipped_steps, never a 0/0 token mean
             num_updates = args.updates_per_batch if B_kept > 0 else 0
             extra["skipped_steps"] = extra.get("skipped_steps", 0) + int(B_kept == 0)
@@ -430,7 +430,7 @@ def main(args: Args) -> dict:
                         per_token_loss = per_token_loss * truncated_is_weights(
                             old, kept.behavior_logprobs[mb], args.tis_cap
                         )
-                    # Modification 4 (vs GRPO): entropy bonus (paper 1e-4, official code 1e-3)
+                    # Modification 2 (vs GRPO): entropy bonus (paper 1e-4, official code 1e-3)
                     per_token_loss = per_token_loss - args.entropy_coef * entropy
                     if ref_logprobs is not None:
                         kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
@@ -468,7 +468,7 @@ def main(args: Args) -> dict:
                 "lr": scheduler.get_last_lr()[0],
                 "step_time": time.time() - step_start,
                 "samples_per_s": B / (time.time() - step_start),
-                "kept_frac": keep.float().mean().item(),  # Modification 5 (vs GRPO): what was trained on
+                "kept_frac": keep.float().mean().item(),  # Modification 6 (vs GRPO): what was trained on
                 "skipped_steps": extra["skipped_steps"],
                 **stats,
             }

@@ -27,7 +27,7 @@ Defaults: n = 16 completions per question, c = 0, sequence-level ratio, no KL (p
 uses 4 iterations × 160 questions × 16 samples = 10,240 completions (grpo.py's default rollout budget),
 2 epochs per dataset, 64 sequences per optimizer step and AdamW at 2e-4 [ours; the paper trained Llama 3
 8B Instruct with Adafactor at a constant 5e-7, batch 1 per GPU on 8 GPUs [2nd], a rate at which a
-2M-parameter model does not move].
+0.9M-parameter model does not move].
 
 Deviations / choices:
 - Ratio granularity (``--ratio-level``): ``seq`` (paper: the product over tokens, computed in log space),
@@ -445,10 +445,14 @@ def main(args: Args) -> dict:
                 questions = [train_examples[i] for i in order.roll(-offset)[:Q].tolist()]
                 data = build_dataset(args, sampler, verifier, tokenizer, questions)
                 D = len(data["rewards"])
-                if args.tis_cap > 0 and D > 0:  # Modification 7 (vs GRPO): μ as the trainer computes it
+                if args.tis_cap > 0 and D > 0:  # Modification 5 (vs GRPO): μ as the trainer computes it
                     ds, mbs = data["rollout"], [slice(i, i + args.micro_batch_size) for i in range(0, D, args.micro_batch_size)]  # fmt: skip
                     with torch.no_grad():
-                        data["trainer_logprobs"] = ds.completion_mask * torch.cat([completion_logprobs(model, ds.input_ids[mb], ds.attention_mask[mb], ds.completion_ids.shape[1], args.temperature)[0] for mb in mbs])  # fmt: skip
+                        trainer_logprobs = [
+                            completion_logprobs(model, ds.input_ids[mb], ds.attention_mask[mb], ds.completion_ids.shape[1], args.temperature)[0]
+                            for mb in mbs
+                        ]  # fmt: skip
+                        data["trainer_logprobs"] = ds.completion_mask * torch.cat(trainer_logprobs)
                     gap = (data["trainer_logprobs"] - ds.behavior_logprobs).abs()  # [D, C], 0 on padding
                     data["stats"]["sampler_logprob_mismatch"] = float(gap.sum() / ds.completion_mask.sum())
                 num_steps = args.epochs * -(-D // args.batch_size)
@@ -478,7 +482,7 @@ def main(args: Args) -> dict:
                 step_start = time.time()
                 rows = schedule[index].to(rewards.device)  # [B] dataset rows of this mini-batch
                 batch, batch_rewards = dataset.select(rows), rewards[rows]  # B rows, [B]
-                # log μ [B, C]: the sampler's log-probs, or the trainer's with --tis-cap (Modification 7)
+                # log μ [B, C]: the sampler's log-probs, or the trainer's with --tis-cap (Modification 5)
                 behavior = data["trainer_logprobs"][rows] if args.tis_cap > 0 else batch.behavior_logprobs
 
                 # ALGO LOGIC: the TOPR update on one mini-batch, in micro-batches
@@ -536,7 +540,7 @@ def main(args: Args) -> dict:
                     **data["stats"],  # of this iteration's dataset (constant within the iteration)
                     "iteration": iteration,
                     "epoch": index * args.epochs // num_steps + 1,
-                    # Modification 5 (vs GRPO): the taper's state and the realised share of positives
+                    # Modification 6 (vs GRPO): the taper's state and the realised share of positives
                     "negative_weight_mean": seq_weights[negative].mean().item() if negative.any() else None,
                     "clip_frac": (seq_weights[negative] < 1).float().mean().item()
                     if negative.any()
@@ -562,7 +566,7 @@ def main(args: Args) -> dict:
 
                 # TRY NOT TO MODIFY: checkpoint (periodically, at the end, and when asked to stop)
                 extra["elapsed"] = elapsed_before + time.time() - session_start
-                # Modification 6 (vs GRPO): also at the end of every iteration, before dataset.pt is replaced
+                # Modification 7 (vs GRPO): also at the end of every iteration, before dataset.pt is replaced
                 if step % args.save_every == 0 or index == num_steps - 1 or stop.requested:
                     save_checkpoint(
                         run_dir, step, model, optimizer, scheduler, extra, args.keep_last, tokenizer

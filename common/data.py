@@ -245,9 +245,9 @@ def check_dataset(
     have the answer field. Gold answers are not verified here (`load_examples` skips and counts those).
     Raises the same errors as `load_examples`, naming the file, line and field.
 
-    >>> check_dataset("gsm9k")
+    >>> check_dataset("gsm9k")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ValueError: unknown dataset 'gsm9k'; valid forms: 'tiny' or 'tiny:TIER,...', 'gsm8k', 'math', 'math500', 'hf:NAME' or 'hf:NAME:CONFIG' (with question_field and answer_field), or a path to a .jsonl file
+    ValueError: unknown dataset 'gsm9k'; valid forms: 'tiny' or 'tiny:TIER,...', 'gsm8k', 'math', ... .jsonl file
     """
     spec = _dataset_spec(dataset, split, question_field, answer_field)
     if is_tiny(dataset) or spec.hf_path:
