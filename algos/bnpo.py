@@ -39,8 +39,10 @@ Deviations / choices:
   answers), which means the same thing under every template and dataset.
 - Decomposition averages over the components that are on. The code loops over every ``*reward_tensor``
   key, so with decomposition on and its format reward off an all-zero format tensor still counts and
-  halves every advantage; that cannot happen here. ``--no-advantage-decomposition`` runs BNPO once on
-  the summed reward rescaled to [0, 1] (the code's min/max rescaling with max = K).
+  halves every advantage; that cannot happen here. ``--no-advantage-decomposition`` [ours] runs BNPO
+  once on the summed reward rescaled to [0, 1]: the official code has no such path (with several
+  reward components it asserts that decomposition is on), so this is the project's own, by analogy
+  with the code's min/max rescaling (max = K).
 - The paper presents BNPO as a REINFORCE-type method; the code runs it through a PPO clip/dual-clip
   surrogate. With ``--updates-per-batch 1`` (the default, and the code's ppo_epochs 1 with mini-batch =
   batch) ρ = 1, neither clip binds, and the two coincide.
@@ -164,8 +166,8 @@ class Args:
     format_reward: bool = False
     """add a binary format reward: 1 if the final answer is a parseable \\boxed{} (off in the official run.sh)"""
     advantage_decomposition: bool = True
-    """with several reward components: one BNPO advantage per component, averaged; off: BNPO on their
-    sum rescaled to [0, 1]"""
+    """with several reward components: one BNPO advantage per component, averaged; off [ours, not in the
+    official code]: BNPO on their sum rescaled to [0, 1]"""
 
     # --- evaluation, logging, checkpoints ---
     eval_every: int = 20

@@ -41,10 +41,13 @@ Deviations / choices:
   This file defaults to the paper's 1e-4; ``--entropy-coef 1e-3`` gives the code's value, 0 turns it off.
 - Rewards: the paper writes r ∈ {+1, −1} and a π-weighted loss; the code (and this file) takes 0/1 scores,
   turns them into the advantages above and feeds them to the PPO-clip surrogate.
-- Token mean over the KEPT samples only: PSR and NSR first drop the samples they do not train on (as the
-  code's ``batch.subset``), so NSR's step does not shrink as wrong samples become rare. W-REINFORCE keeps
-  every sample, so with λ = 0 its gradient is NSR's times (tokens of wrong samples) / (all tokens): the
-  same direction, a smaller step. A batch with nothing to keep (NSR on an all-correct batch, PSR on an
+- Token mean over the KEPT samples only [ours]: PSR and NSR first drop the samples they do not train on
+  (as the code's ``batch.subset``) and the token mean here runs over what is kept, so this file's NSR
+  step does not shrink as wrong samples become rare. The official actor differs: it scales each
+  micro-batch's token-mean loss by its size over the configured mini-batch size, so once the kept
+  samples no longer fill a mini-batch the step shrinks in proportion (and there are fewer optimizer
+  steps). W-REINFORCE keeps every sample, so with λ = 0 its gradient is NSR's times (tokens of wrong
+  samples) / (all tokens): the same direction, a smaller step. A batch with nothing to keep (NSR on an all-correct batch, PSR on an
   all-wrong one) takes no optimizer step; it is counted in ``skipped_steps`` (the lr schedule still
   advances), never turned into a 0/0.
 - Optimizer steps per batch: the code splits each rollout batch into 4 mini-batches (one pass, later

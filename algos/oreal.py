@@ -39,14 +39,23 @@ Deviations / choices:
   when the token RM is on, and keeps everything in its no-RM config. Here the pair filter is the default
   for both; ``--keep-all`` keeps every sample of every group (uniform groups then add only KL and RM
   data, since their A = 0). The official no-RM config is ``--no-token-rm --keep-all``.
-- Token alignment [ours]: the RM score of completion token t is read from the hidden state that has
-  seen token t. The official code reads it one position earlier (the state that predicts token t), so
-  the first token's score there depends only on the prompt. Scores are averaged cumulatively as in the
-  code (the paper writes w(s_t) per token).
+- Token alignment [ours] (``--rm-alignment after``, the default): the RM score of completion token t
+  is read from the hidden state that has seen token t. The official code reads it one position earlier
+  (the state that predicts token t), so the first token's score there depends only on the prompt:
+  ``--rm-alignment before``. Scores are averaged cumulatively as in the code (the paper writes w(s_t)
+  per token).
 - The RM head is a bias-free ``nn.Linear(hidden, 1)`` on the copied transformer body (the code replaces
   the LM head the same way), trained in the same forward pass that gives the weights of this step (as
   in the code; Algorithm 1 in the paper updates the RM first). Its own AdamW, warm-up and grad clip.
 - Learning rates are constant after warm-up for both models (the code decays both with a cosine).
+  Weight decay: the official configs use 0.01 for both the actor and the RM (``wd``); the tiny world
+  uses 0 (as grpo.py), the README's paper-scale command passes ``--weight-decay 0.01`` (and the
+  official sampling ``--top-p 0.9``).
+- Not implemented: the official data pipeline's difficulty-balanced prompt repetition. Its prompt set
+  carries a precomputed pass rate per question, and each question is repeated by its pass-rate bucket
+  before shuffling (6x for [0, 0.2), 4x for [0.2, 0.6), 2x for [0.6, 0.8); questions at 0.8 or above
+  are dropped). Here every training question appears once per epoch; a dataset with such pass rates
+  can be repeated the same way before it is passed as a ``.jsonl`` file.
 - The actor's warm-up starts when it unfreezes [ours]; the code's schedule runs during the freeze, so
   its actor starts at the full learning rate. The freeze is ignored with ``--no-token-rm``.
 - A batch with no kept sample (no mixed group) makes no update and is counted in ``skipped_batches``.
@@ -141,7 +150,7 @@ class Args:
     warmup_steps: int = 5
     """linear learning-rate warm-up steps (token RM from step 1, actor from its first unfrozen step)"""
     weight_decay: float = 0.0
-    """AdamW weight decay (actor and token RM)"""
+    """AdamW weight decay (actor and token RM; OREAL: 0.01)"""
     max_grad_norm: float = 1.0
     """gradient clipping threshold (actor and token RM)"""
     micro_batch_size: int = 64
@@ -165,6 +174,9 @@ class Args:
     """weight tokens with the token-level reward model (--no-token-rm: ω ≡ 1, the simpler variant)"""
     rm_learning_rate: float = 4e-4
     """token RM AdamW learning rate (OREAL: 2e-6, 4x the actor's)"""
+    rm_alignment: Literal["after", "before"] = "after"
+    """which hidden state scores completion token t: the one that has read it ("after", ours) or the one
+    that predicts it ("before", the official code)"""
     actor_freeze_steps: int = 5
     """first steps in which only the token RM learns (OREAL: 10 of 90); ignored with --no-token-rm"""
 
@@ -227,14 +239,16 @@ class TokenRewardModel(torch.nn.Module):
     """A copy of the policy's transformer body with a bias-free scalar head: one score per token.
 
     ``scores(input_ids [B, P + C], attention_mask [B, P + C], C)`` -> ``[B, C]``: the score of completion
-    token t is the head applied to the hidden state that has read token t. The copy shares nothing
-    with the policy, so the RM loss never reaches the actor.
+    token t is the head applied to the hidden state that has read token t (``alignment="after"``), or
+    to the one before it, which predicts token t (``"before"``, as the official code). The copy shares
+    nothing with the policy, so the RM loss never reaches the actor.
     """
 
-    def __init__(self, policy):
+    def __init__(self, policy, alignment: str = "after"):
         super().__init__()
         self.body = copy.deepcopy(policy.base_model)  # the transformer without the LM head
         self.head = torch.nn.Linear(policy.config.hidden_size, 1, bias=False, device=policy.device)
+        self.shift = {"after": 0, "before": 1}[alignment]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_completion_tokens: int):
         hidden = self.body(
@@ -242,7 +256,9 @@ class TokenRewardModel(torch.nn.Module):
             attention_mask=attention_mask,
             position_ids=position_ids_from_mask(attention_mask),
             use_cache=False,
-        ).last_hidden_state[:, -num_completion_tokens:]  # [B, C, H]
+        ).last_hidden_state  # [B, P + C, H]
+        end = hidden.shape[1] - self.shift
+        hidden = hidden[:, end - num_completion_tokens : end]  # [B, C, H]
         return self.head(hidden.float()).squeeze(-1)  # [B, C]
 
 
@@ -389,7 +405,7 @@ def main(args: Args) -> dict:
     # Modification 2 (vs GRPO): the token-level reward model, a copy of the initial policy with a scalar head.
     reward_model = rm_optimizer = rm_scheduler = None
     if args.token_rm:
-        reward_model = TokenRewardModel(model).train()
+        reward_model = TokenRewardModel(model, args.rm_alignment).train()
         rm_optimizer = torch.optim.AdamW(
             reward_model.parameters(), lr=args.rm_learning_rate, weight_decay=args.weight_decay
         )

@@ -248,6 +248,24 @@ def test_rm_score_of_a_token_sees_that_token_and_not_the_later_ones():
     assert not torch.allclose(before[3], after[3])  # and the later ones
 
 
+def test_rm_official_alignment_scores_token_t_from_the_state_that_predicts_it():
+    """--rm-alignment before (the official code): token t's score comes from the hidden state one position
+    earlier, so it does not see token t, and it is the "after" score of the token before."""
+    policy = _tiny_qwen2()
+    after, before = TokenRewardModel(policy, "after"), TokenRewardModel(policy, "before")
+    before.load_state_dict(after.state_dict())
+    ids = torch.randint(1, 32, (1, 8))
+    mask = torch.ones(1, 8, dtype=torch.long)
+    changed = ids.clone()
+    changed[0, 6] = (ids[0, 6] + 1) % 32  # the third of four completion tokens
+    with torch.no_grad():
+        scores, scores_changed = before(ids, mask, 4)[0], before(changed, mask, 4)[0]
+        assert torch.allclose(scores[1:], after(ids, mask, 4)[0][:-1], atol=1e-6)  # shifted by one
+        assert torch.allclose(scores[0], after(ids, mask, 5)[0][0], atol=1e-6)  # the prompt's last state
+    assert torch.allclose(scores[:3], scores_changed[:3], atol=1e-6)  # token 3's own score: unchanged
+    assert not torch.allclose(scores[3], scores_changed[3])  # the next token's score sees it
+
+
 def test_importing_the_script_has_no_side_effects(capsys):
     import importlib
 
