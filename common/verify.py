@@ -8,25 +8,59 @@ Extraction (`extract_answer`), first rule that applies wins:
      number elsewhere in the text. Several boxes with different answers: only the last one counts.
   2. GSM8K style: the rest of the line after the last `####` that is followed by a number or math
      (a markdown heading such as "#### Step 2" is not an answer).
-  3. only if `fallback=True`: the last plain number in the text ("1,234" -> "1234", "-3", "0.5", "3/4").
+  3. only if `fallback=True`: the last complete math span (`$...$`, `$$...$$`, `\(...\)`, `\[...\]`)
+     as one answer, unless a plain number follows it ("$\frac{5}{6}$." is 5/6, not 6; "$14{,}916$" is
+     14916; "we get $3+4$, which is 7" is 7); else the last plain number ("1,234" -> "1234", "-3", "0.5",
+     "3/4"). A lone "$" is money, not math.
 
-Equivalence (`verify`):
-  * both sides are first cleaned the same way (`_clean`): unicode minus -> "-", "$" and "\$" removed,
-    "%" removed (so "18\%" equals "18" but NOT "0.18": no percent leniency, a known false-positive
-    source), `\dfrac`/`\tfrac` -> `\frac`, `\text{13}` -> "13", "1,000" -> "1000".
-  * a gold that is a plain number (integer, decimal, `a/b`, `\frac{a}{b}`) is answered only by a plain
-    number, optionally after "x =", or before "^\circ" or a unit `\text{ cm}`; the two are compared
-    exactly, in this process, as `fractions.Fraction` (no float tolerance: "0.333" is not 1/3). An
-    expression that merely evaluates to the number is not an answer: restating "Compute 3+5-4+2." as
-    `\boxed{3+5-4+2}` (which math-verify would evaluate to 6), `\sqrt{36}` for 6, or a hedge such as
-    `6 \text{ (or 7)}` earn nothing. Only ASCII digits count: look-alikes (fullwidth "６",
-    mathematical "𝟔", superscripts) are not numbers. This covers nearly all GSM8K / MATH integer
-    answers, so 2,000 of them verify in milliseconds.
+Gold (`normalize_gold`): the box or "####" answer of a gold that has one; a gold with several boxes is
+all of them, joined by ", " (`$\boxed{2}$ and $\boxed{3}$` is "2, 3", answered by `\boxed{2, 3}`); an
+unclosed gold box runs to the end of the gold.
+
+Cleanup (`_clean`, both sides): unicode minus -> "-"; "$", "\$" removed; "%", "\%" and a final "percent",
+"percentage" or "pct" removed, so "18 percent" equals "18" but NOT "0.18" (no percent leniency, a known
+false-positive source); `\dfrac`, `\tfrac`, `\cfrac` -> `\frac`; `\left`, `\right` removed; `\text{13}`
+-> "13"; thousands separators in every LaTeX form: "12,345", "12,\!345", "12{,}345", "12\,345",
+"12 345" -> "12345". There is no decimal comma: "3,5" is a pair, never 3.5.
+
+Equivalence (`verify`), first rule that applies wins; only the last is not decided in this process:
+  * a plain-number gold (integer, decimal, `a/b`, `\frac{a}{b}`, `\frac34`, `\frac3{4}`) is answered only
+    by a plain number, compared exactly as `fractions.Fraction` (no float tolerance: "0.333" is not 1/3).
+    Around the number we accept a sign, "x =" before, and after it a degree sign, a unit in `\text{}`,
+    `\textbf{}`, `\mbox{}` (`5 \text{ cm}`, `15\mbox{ cm}^2`) or in plain words of two letters or more
+    ("5 meters"; not a hedge or a scale word: "6 or more", "5 million"), and one pair of parentheses
+    (`\left( \frac{1}{4} \right)`). An equality chain answers with its last side (`x = 2+3 = 5` is 5), and
+    an ending `A \approx B` with B and with A (`\frac{1}{3} \approx 0.33`); a chain is wrong as a whole
+    if two sides joined by "=" have different exact values (`2+3 = 6`, `7 = 11`) or B is not a rounding
+    of A within one unit of its last digit (`7 \approx 6`). An expression that merely evaluates to the
+    number is not an answer: restating "Compute 3+5-4+2." as `\boxed{3+5-4+2}` (which math-verify would
+    evaluate to 6), `\sqrt{36}` for 6, or a hedge such as `6 \text{ (or 7)}` earn nothing. Only ASCII
+    digits count: look-alikes (fullwidth "６", mathematical "𝟔", superscripts) are not numbers. This
+    covers nearly all GSM8K / MATH answers, so 2,000 of them verify in milliseconds.
+  * an empty answer after cleanup (`\boxed{\$}`) is wrong.
+  * a sequence with an ellipsis (`\ldots`, `\dots`, `\cdots`, "...") on either side: equal item by item,
+    in order (`1, 2, \ldots, n` is not `2, 4, \ldots, 2n`, which math-verify calls equal). A list without
+    an ellipsis is a set (math-verify's rule): "2, 3" equals "3, 2".
+  * a text gold (a word, a name, a time like "3:15 p.m.", or anything in `\text{}` that has no other
+    LaTeX): equal if the text forms are, up to whitespace, `\text{}`/`\textbf{}`/`\mbox{}` wrappers,
+    case, final punctuation and parentheses around a lone choice (`\text{(B)}` = "b"). Words and times are
+    decided by the text alone (as products of letters, "Evelyn" and its anagrams agree in math-verify,
+    and "12:00" equals "1:00"); text with mathematics in it goes on to math-verify.
+  * a gold that is an exact arithmetic expression (integers, decimals, `\frac`, + - * / `\cdot`, integer
+    powers, factorials: `\frac{1}{2^{50}}`, `\frac{1}{100!}`, `2^{10}`) against an answer that is one too
+    (after the chain rules): exact `Fraction` values compared here, so `\frac{1}{2^{51}}` is wrong,
+    where math-verify's float tolerance calls it equal.
   * any other gold goes to math-verify: `parse("\boxed{" + gold + "}")`, the same for the prediction, and
     `math_verify.verify(gold, prediction)` with the GOLD FIRST. math-verify is asymmetric on purpose,
     so that restating the question (e.g. the inequality to solve) is not rewarded; swapped arguments
-    are a known bug in other repos (open-r1 #557).
+    are a known bug in other repos (open-r1 #557). When math-verify says equal and both sides are exact
+    numbers (no float, no symbol: radicals, pi, powers, factorials), they must also agree to 40
+    significant digits (`_exactly_equal`), so `\frac{\sqrt{3}}{10^{30}}` is not `\frac{\sqrt{2}}{10^{30}}`.
   * no substring or partial credit anywhere: "12" vs "2" is wrong, `\boxed{7+1}` vs "7" is wrong.
+
+Known limits: the last side of an equation counts, so restating an equation that ends in the gold
+(`x^2-4=0` for the gold 0) is rewarded, as in math-verify; one-letter plain-word units ("5 m") are not
+units (`5 \text{ m}` is); tuples and sets of tiny exact numbers keep math-verify's tolerance.
 
 Timeout design. math-verify's own timeout uses `signal.alarm`, which raises outside the main
 thread (Math-Verify #50, #55) and cannot stop C code. So we call math-verify with its timeouts off
@@ -87,8 +121,11 @@ _BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")  # not \boxedfoo, a different
 _GSM8K = re.compile(r"####[ \t]*([-$\\.(0-9][^\n]*)")  # starts like a number or LaTeX, not a word
 _NUMBER = re.compile(r"(?<![\w.])-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?(?:/[0-9]+)?")
 # A complete math span: $$...$$ and \[...\] may cross lines, $...$ and \(...\) may not; "\$" is a dollar.
+# Spans are at most 1,000 characters, so a text full of unclosed openers is still scanned in linear time.
 _MATH_SPAN = re.compile(
-    r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|\\\[(.+?)\\\]|(?<!\\)\$([^$\n]+?)(?<!\\)\$|\\\((.+?)\\\)", re.DOTALL
+    r"(?<!\\)\$\$(.{1,1000}?)(?<!\\)\$\$|\\\[(.{1,1000}?)\\\]|(?<!\\)\$([^$\n]{1,1000}?)(?<!\\)\$"
+    r"|\\\(([^\n]{1,1000}?)\\\)",
+    re.DOTALL,
 )
 
 
@@ -493,10 +530,23 @@ def _sides(answer: str) -> list[tuple[str, str]]:
     return sides
 
 
+def _is_rounding(value: Fraction, rounded: Fraction, rounded_text: str) -> bool:
+    r"""True if `rounded` (written `rounded_text`) is within one unit of its last digit of `value`.
+
+    >>> _is_rounding(Fraction(1, 3), Fraction(33, 100), "0.33"), _is_rounding(Fraction(7), Fraction(6), "6")
+    (True, False)
+    """
+    decimals = (
+        len(rounded_text.rsplit(".", 1)[1]) if _DECIMAL.fullmatch(rounded_text) and "." in rounded_text else 0
+    )
+    return abs(value - rounded) < Fraction(1, 10**decimals)
+
+
 def _chain_answers(answer: str, value_of) -> list[Fraction] | None:
     r"""The values an equality chain answers with: its last side, and the side before an `\approx` that
-    ends it (the exact value before its rounding). None if a side is empty, or if two sides joined by "="
-    have different exact values (`2+3 = 6`, `7 = 11`: a false statement or a hedge).
+    ends it (the exact value before its rounding). None if a side is empty, if two sides joined by "="
+    have different exact values (`2+3 = 6`, `7 = 11`: a false statement or a hedge), or if a side after
+    `\approx` is not a rounding of the exact value before it (`7 \approx 6`, `1/3 \approx 1.3`).
 
     >>> _chain_answers("x = 2+3 = 5", _as_number)
     [Fraction(5, 1)]
@@ -504,6 +554,8 @@ def _chain_answers(answer: str, value_of) -> list[Fraction] | None:
     [Fraction(33, 100), Fraction(1, 3)]
     >>> _chain_answers("x = 7 = 11", _as_number) is None, _chain_answers("2+3 = 6", _as_number) is None
     (True, True)
+    >>> _chain_answers("7 \\approx 6", _as_number) is None
+    True
     """
     sides = _sides(answer)
     if any(not side for _, side in sides[1:]):
@@ -513,8 +565,11 @@ def _chain_answers(answer: str, value_of) -> list[Fraction] | None:
         value = _as_number(side)
         if value is None:
             value = _exact_value(side)
-        if relation == "=" and value is not None and previous is not None and value != previous:
-            return None
+        if value is not None and previous is not None:
+            if relation == "=" and value != previous:
+                return None
+            if relation == "\\approx" and not _is_rounding(previous, value, side.strip()):
+                return None
         previous = value if value is not None else (previous if relation == "=" else None)
     answers = [value_of(sides[-1][1])]
     if sides[-1][0] == "\\approx":
@@ -592,18 +647,18 @@ def _sequences_equal(gold: str, answer: str) -> bool:
 
 _TEXT_WRAPPER = re.compile(_TEXT_COMMANDS + r"\s*\{([^{}]*)\}")
 _WORD = re.compile(r"[a-zA-Z]{2,}|(?:[a-zA-Z]\.){2,}")  # "Monday", "p.m."
-_TIME = re.compile(r"[0-9]{1,2}:[0-9]{2}")  # "12:00", a clock time
+_TIME = re.compile(r"(?<![0-9])[0-9]{1,2}:[0-9]{2}(?![0-9])")  # "12:00", a clock time
 
 
 def _text_form(answer: str) -> str:
-    r"""A text answer as compared: `\text{}` wrappers removed, whitespace collapsed, case folded, final
+    r"""A text answer as compared: `\text{}` wrappers and all whitespace removed, case folded, final
     punctuation and one pair of parentheses around a lone word or letter dropped.
 
     >>> _text_form("\\text{3:15 P.M.}"), _text_form("\\textbf{(B)}"), _text_form(" Evelyn. ")
-    ('3:15 p.m', 'b', 'evelyn')
+    ('3:15p.m', 'b', 'evelyn')
     """
     answer = _TEXT_WRAPPER.sub(r"\1", answer)
-    answer = " ".join(answer.split()).casefold().rstrip(".!;,: ")
+    answer = "".join(answer.split()).casefold().rstrip(".!;,:")
     if re.fullmatch(r"\([a-z0-9]+\)", answer):
         answer = answer[1:-1]
     return answer
@@ -623,7 +678,7 @@ def _is_text_gold(gold: str) -> bool:
         return False
     if not any(char.isalnum() for char in text):  # "???" is no answer at all
         return False
-    return has_wrapper or _WORD.search(text) is not None or _TIME.fullmatch(text.strip()) is not None
+    return has_wrapper or _WORD.search(text) is not None or _TIME.search(text) is not None
 
 
 def normalize_gold(gold: str) -> str | None:
@@ -679,7 +734,14 @@ def _compare_here(gold: str, answer: str) -> bool | None:
     if _ELLIPSIS.search(gold) or _ELLIPSIS.search(answer):
         return _sequences_equal(gold, answer)
     if _is_text_gold(gold):
-        return _text_form(gold) == _text_form(answer)
+        if _text_form(gold) == _text_form(answer):
+            return True
+        text = _TEXT_WRAPPER.sub(r"\1", gold)
+        if _TIME.search(text) or not any(char in text for char in "0123456789=+-*/<>"):
+            return (
+                False  # words, a name, a time: decided by the text (as products of letters, anagrams agree)
+            )
+        # text with mathematics in it ("x = 5 \text{ or } x = 7"): math-verify may still find them equal
     exact = _exact_value(gold)
     if exact is not None:
         return _matches_exact(answer, exact)
@@ -728,6 +790,10 @@ def _exactly_equal(gold, prediction) -> bool:
     """Runs in the worker, after math-verify said "equal": where both sides are exact numbers (no float,
     no symbol: radicals, powers, factorials, pi), they must agree to 40 significant digits, not within
     math-verify's float tolerance, so `1/100!` is not `1/101!`. Anything else keeps math-verify's verdict.
+
+    >>> import sympy
+    >>> _exactly_equal(sympy.sqrt(3) / 10**30, sympy.sqrt(2) / 10**30), _exactly_equal(sympy.sqrt(8), 2 * sympy.sqrt(2))
+    (False, True)
     """
     import sympy
 

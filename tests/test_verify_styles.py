@@ -91,7 +91,8 @@ CHAINS = [
     (r"\boxed{x = 5+5+1 = 11}", "11", True),  # MV-all L401 without its false step
     (r"\boxed{k = \frac{1}{3}}", "1/3", True),  # MV-all L157
     (r"\boxed{x\approx11}", "11", True),  # MV-all L419
-    (r"$x=1/3\approx1.3$", "1/3", True),  # MV-all L425: the exact value is stated before the rounding
+    (r"$x=1/3\approx0.33$", "1/3", True),  # MV-all L425 with a true rounding: the exact value counts
+    (r"\boxed{\frac{1}{3} \approx 0.33}", "0.33", True),  # rule: and so does the rounding
     (r"\boxed{x = 2+3 = 5}", "5", True),  # issue 12
     (r"\boxed{\pi \approx 3.14}", "3.14", True),  # issue 12
     (r"so $x = 2+3 = 5$.", "5", True),  # issue 12, no box
@@ -102,6 +103,8 @@ CHAINS = [
     (r"\boxed{x = 5}", "6", False),  # rule
     (r"\boxed{x^2 = 25}", "5", False),  # rule: the last side is 25
     (r"\boxed{x \approx 3.14}", "3.15", False),  # rule
+    (r"$x=1/3\approx1.3$", "1/3", False),  # MV-all L425: 1.3 is no rounding of 1/3 (math-verify says 1)
+    (r"\boxed{7 \approx 6}", "6", False),  # rule: two guesses joined by \approx are a hedge
 ]
 
 TEXT = [
@@ -113,6 +116,7 @@ TEXT = [
     (r"\boxed{\textbf{Monday}}", "Monday", True),  # issue 12 (a word)
     (r"\boxed{ yes }", r"\text{Yes}", True),  # issue 12: whitespace and case
     (r"\boxed{12:00}", "12:00", True),  # MV#14 (a time)
+    (r"\boxed{x = 5 \text{ or } x = 7}", r"x=5 \text{ or } x=7", True),  # rule: text up to whitespace
     (r"\boxed{3:16 p.m.}", "3:15 p.m.", False),  # rule
     (r"\boxed{1:00}", "12:00", False),  # MV#14 (math-verify says 1)
     (r"\boxed{Evelyn or Bob}", "Evelyn", False),  # rule: hedge
@@ -120,6 +124,11 @@ TEXT = [
     (r"\boxed{lyEven}", "Evelyn", False),  # rule: an anagram (as products of letters the two are equal)
     (r"\boxed{\text{(C)}}", r"\text{(B)}", False),  # rule
     (r"\boxed{\text{(B) or (C)}}", r"\text{(B)}", False),  # rule: hedge
+    (
+        r"\boxed{x = 5 \text{ or } x = 8}",
+        r"x=5 \text{ or } x=7",
+        False,
+    ),  # rule (text with maths: math-verify)
 ]
 
 MULTI_BOX_GOLDS = [
