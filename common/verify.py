@@ -294,8 +294,8 @@ def _clean(answer: str) -> str:
 
     >>> _clean("\\$1,000")
     '1000'
-    >>> _clean("18\\%"), _clean("18 percent"), _clean("18 \\text{pct}")  # the sign is dropped, not /100
-    ('18', '18', '18')
+    >>> _clean("18\\%"), _clean("18 percent"), _clean("18 \\text{pct}"), _clean("\\text{18 percent}")
+    ('18', '18', '18', '18')
     >>> _clean("\\dfrac{3}{4}"), _clean("\\cfrac{3}{4}"), _clean("\\left( \\frac{1}{4} \\right)")
     ('\\frac{3}{4}', '\\frac{3}{4}', '( \\frac{1}{4} )')
     >>> _clean("12,\\!345"), _clean("12{,}345"), _clean("12\\,345"), _clean("12 345")
@@ -308,11 +308,11 @@ def _clean(answer: str) -> str:
     answer = answer.replace("\\ ", " ").replace("~", " ").strip()
     if "\\left" in answer or "\\right" in answer:
         answer = _LEFT_RIGHT.sub("", answer)
-    if "per" in answer or "pct" in answer:
-        answer = _PERCENT_WORD.sub("", answer)
     whole_text = _WHOLE_TEXT.fullmatch(answer)
     if whole_text:  # \text{13} -> 13
         answer = whole_text.group(1).strip()
+    if "per" in answer or "pct" in answer:
+        answer = _PERCENT_WORD.sub("", answer)
     if _THOUSANDS.fullmatch(answer):  # 1,234 -> 1234 (a whole-number answer only, not "(1,234)")
         answer = answer.replace(",", "").replace(" ", "")
     return answer
@@ -619,12 +619,12 @@ def _matches_exact(answer: str, gold_value: Fraction) -> bool | None:
 
 def _sequence_items(answer: str) -> list[str]:
     """The comma-separated items of a sequence, outer braces or brackets removed, spacing dropped."""
-    answer = _ELLIPSIS.sub("...", answer).replace("\\cdot", "").replace(" ", "")
+    answer = _ELLIPSIS.sub("...", answer).replace(" ", "")
     for opening, closing in (("\\{", "\\}"), ("(", ")"), ("[", "]"), ("{", "}")):
         if answer.startswith(opening) and answer.endswith(closing):
             answer = answer[len(opening) : -len(closing)]
             break
-    return [item for item in answer.split(",")]
+    return answer.split(",")
 
 
 def _sequences_equal(gold: str, answer: str) -> bool:
@@ -681,6 +681,29 @@ def _is_text_gold(gold: str) -> bool:
     return has_wrapper or _WORD.search(text) is not None or _TIME.search(text) is not None
 
 
+def _gold_parts(gold: str, depth: int = 0) -> list[str]:
+    r"""The contents of a gold's boxes, in order, repeats dropped; a box inside a box counts once, and an
+    unclosed box runs to the end of the gold.
+
+    >>> _gold_parts("$\\boxed{1}$ or $\\boxed{-1}$"), _gold_parts("\\boxed{\\boxed{2}} and \\boxed{2"), _gold_parts("\\boxed{}")
+    (['1', '-1'], ['2'], [])
+    """
+    parts, covered_until = [], 0
+    for match in _BOX.finditer(gold):
+        if match.start() < covered_until:  # inside the previous box
+            continue
+        start = len(gold) - len(gold[match.end() :].lstrip())  # where the box's content opens
+        content = _box_content(gold, match)
+        if content is None:  # unclosed: the rest of the gold
+            content, covered_until = gold[start:].lstrip("{").rstrip("$. "), len(gold)
+        else:
+            covered_until = start + len(content) + (2 if gold.startswith("{", start) else 0)
+        nested = depth < 8 and _BOX.search(content)  # (a bound keeps a pathological gold from recursing deep)
+        contents = _gold_parts(content, depth + 1) if nested else [content.strip()]
+        parts += [part for part in contents if part and not _is_blank(part) and part not in parts]
+    return parts
+
+
 def normalize_gold(gold: str) -> str | None:
     r"""A dataset's gold answer as the canonical string we compare against; None if empty.
 
@@ -695,19 +718,14 @@ def normalize_gold(gold: str) -> str | None:
     '\\frac{1}{2}'
     >>> normalize_gold("$\\boxed{2}$ and $\\boxed{3}$"), normalize_gold("\\boxed{\\frac{1}{2}$")
     ('2, 3', '\\frac{1}{2}')
+    >>> normalize_gold("\\boxed{\\boxed{2}}")  # a box inside a box is one answer
+    '2'
+
     >>> normalize_gold("  ") is None
     True
     """
     if _BOX.search(gold):
-        parts = []
-        for match in _BOX.finditer(gold):
-            content = _box_content(gold, match)
-            if content is None:  # unclosed: the rest of the gold
-                content = gold[match.end() :].strip().lstrip("{").rstrip("$. ")
-            content = content.strip()
-            if content and not _is_blank(content) and content not in parts:
-                parts.append(content)
-        gold = ", ".join(parts)
+        gold = ", ".join(_gold_parts(gold))
     elif _GSM8K.search(gold):
         gold = extract_answer(gold, fallback=False) or ""
     gold = _clean(gold)
