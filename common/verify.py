@@ -43,9 +43,11 @@ Equivalence (`verify`), first rule that applies wins; only the last is not decid
     an ellipsis is a set (math-verify's rule): "2, 3" equals "3, 2".
   * a text gold (a word, a name, a time like "3:15 p.m.", or anything in `\text{}` that has no other
     LaTeX): equal if the text forms are, up to whitespace, `\text{}`/`\textbf{}`/`\mbox{}` wrappers,
-    case, final punctuation and parentheses around a lone choice (`\text{(B)}` = "b"). Words and times are
-    decided by the text alone (as products of letters, "Evelyn" and its anagrams agree in math-verify,
-    and "12:00" equals "1:00"); text with mathematics in it goes on to math-verify.
+    case, final punctuation and parentheses around a lone choice (`\text{(B)}` = "b"). Words (in `\text{}`
+    or four letters or more, no digits or operators) and times are decided by the text alone: as
+    products of letters, "Evelyn" and its anagrams agree in math-verify, and it calls "12:00" equal to
+    "1:00". Short runs of letters ("xy", compared case-sensitively: they may be products) and text with
+    mathematics in it ("x = 5 \text{ or } x = 7") go on to math-verify when the texts differ.
   * a gold that is an exact arithmetic expression (integers, decimals, `\frac`, + - * / `\cdot`, integer
     powers, factorials: `\frac{1}{2^{50}}`, `\frac{1}{100!}`, `2^{10}`) against an answer that is one too
     (after the chain rules): exact `Fraction` values compared here, so `\frac{1}{2^{51}}` is wrong,
@@ -650,16 +652,17 @@ _WORD = re.compile(r"[a-zA-Z]{2,}|(?:[a-zA-Z]\.){2,}")  # "Monday", "p.m."
 _TIME = re.compile(r"(?<![0-9])[0-9]{1,2}:[0-9]{2}(?![0-9])")  # "12:00", a clock time
 
 
-def _text_form(answer: str) -> str:
-    r"""A text answer as compared: `\text{}` wrappers and all whitespace removed, case folded, final
-    punctuation and one pair of parentheses around a lone word or letter dropped.
+def _text_form(answer: str, fold_case: bool = True) -> str:
+    r"""A text answer as compared: `\text{}` wrappers and all whitespace removed, case folded (for words:
+    `fold_case`), final punctuation and one pair of parentheses around a lone word or letter dropped.
 
-    >>> _text_form("\\text{3:15 P.M.}"), _text_form("\\textbf{(B)}"), _text_form(" Evelyn. ")
-    ('3:15p.m', 'b', 'evelyn')
+    >>> _text_form("\\text{3:15 P.M.}"), _text_form("\\textbf{(B)}"), _text_form(" Evelyn. "), _text_form("AB", False)
+    ('3:15p.m', 'b', 'evelyn', 'AB')
     """
     answer = _TEXT_WRAPPER.sub(r"\1", answer)
-    answer = "".join(answer.split()).casefold().rstrip(".!;,:")
-    if re.fullmatch(r"\([a-z0-9]+\)", answer):
+    answer = "".join(answer.split()).rstrip(".!;,:")
+    answer = answer.casefold() if fold_case else answer
+    if re.fullmatch(r"\([a-zA-Z0-9]+\)", answer):
         answer = answer[1:-1]
     return answer
 
@@ -704,6 +707,21 @@ def _gold_parts(gold: str, depth: int = 0) -> list[str]:
     return parts
 
 
+def _is_words_gold(gold: str) -> bool:
+    r"""True for a text gold that the text alone decides: a time, or words (a `\text{}` wrapper or a run of
+    four letters or more) with no digits or operators. Short runs of letters ("xy", "ab") may be products.
+
+    >>> _is_words_gold("3:15 p.m."), _is_words_gold("\\text{(B)}"), _is_words_gold("Evelyn"), _is_words_gold("xy")
+    (True, True, True, False)
+    """
+    text = _TEXT_WRAPPER.sub(r"\1", gold)
+    if _TIME.search(text):
+        return True
+    if any(char in text for char in "0123456789=+-*/<>"):
+        return False
+    return text != gold or re.search(r"[a-zA-Z]{4,}", text) is not None
+
+
 def normalize_gold(gold: str) -> str | None:
     r"""A dataset's gold answer as the canonical string we compare against; None if empty.
 
@@ -736,11 +754,13 @@ def _compare_here(gold: str, answer: str) -> bool | None:
     r"""Compare a normalized gold and a cleaned answer in this process; None hands the pair to math-verify.
 
     In order: a plain-number gold (exact, plain number answers only); an empty answer (wrong); a sequence
-    with an ellipsis (item by item, in order); a text gold (text forms equal); an exact-expression gold
-    (exact values equal, when the answer has one).
+    with an ellipsis (item by item, in order); a text gold (text forms equal; words and times decided
+    here); an exact-expression gold (exact values equal, when the answer has one).
 
     >>> _compare_here("5", "x = 2+3 = 5"), _compare_here("5", "2+3"), _compare_here("3:15 p.m.", "3:15 PM")
     (True, False, False)
+    >>> _compare_here("Evelyn", "evelyn"), _compare_here("Evelyn", "lyEven"), _compare_here("xy", "yx") is None
+    (True, False, True)
     >>> _compare_here("\\frac{1}{100!}", "\\frac{1}{101!}"), _compare_here("\\sqrt{2}", "\\frac{2}{\\sqrt{2}}") is None
     (False, True)
     """
@@ -752,14 +772,12 @@ def _compare_here(gold: str, answer: str) -> bool | None:
     if _ELLIPSIS.search(gold) or _ELLIPSIS.search(answer):
         return _sequences_equal(gold, answer)
     if _is_text_gold(gold):
-        if _text_form(gold) == _text_form(answer):
+        words = _is_words_gold(gold)
+        if _text_form(gold, fold_case=words) == _text_form(answer, fold_case=words):
             return True
-        text = _TEXT_WRAPPER.sub(r"\1", gold)
-        if _TIME.search(text) or not any(char in text for char in "0123456789=+-*/<>"):
-            return (
-                False  # words, a name, a time: decided by the text (as products of letters, anagrams agree)
-            )
-        # text with mathematics in it ("x = 5 \text{ or } x = 7"): math-verify may still find them equal
+        if words:  # a name, a word, a time: the text decides (as products of letters, anagrams agree)
+            return False
+        # letters that may be a product ("xy"), text with mathematics ("x = 5 \text{ or } x = 7"): math-verify
     exact = _exact_value(gold)
     if exact is not None:
         return _matches_exact(answer, exact)

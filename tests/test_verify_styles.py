@@ -117,6 +117,7 @@ TEXT = [
     (r"\boxed{ yes }", r"\text{Yes}", True),  # issue 12: whitespace and case
     (r"\boxed{12:00}", "12:00", True),  # MV#14 (a time)
     (r"\boxed{x = 5 \text{ or } x = 7}", r"x=5 \text{ or } x=7", True),  # rule: text up to whitespace
+    (r"\boxed{yx}", "xy", True),  # rule: two letters may be a product, and xy = yx (math-verify)
     (r"\boxed{3:16 p.m.}", "3:15 p.m.", False),  # rule
     (r"\boxed{1:00}", "12:00", False),  # MV#14 (math-verify says 1)
     (r"\boxed{Evelyn or Bob}", "Evelyn", False),  # rule: hedge
@@ -129,6 +130,7 @@ TEXT = [
         r"x=5 \text{ or } x=7",
         False,
     ),  # rule (text with maths: math-verify)
+    (r"\boxed{xz}", "xy", False),  # rule: a different product
 ]
 
 MULTI_BOX_GOLDS = [
