@@ -8,7 +8,8 @@ worked solutions ending in a box, a GSM8K "####" line or a bare number, against 
 third of them wrong; every item takes the in-process path (a plain-number gold never starts a
 math-verify worker), which is where nearly all completions of GSM8K and MATH go. Reported: completions
 per second for each (best of ``--repeats``), and new / old. ``--agreement`` also scores the graded
-style cases of ``tests/test_verify_styles.py`` with both and prints, per kind, how many agree with the
+style cases of ``tests/test_verify_styles.py`` with both, and with plain math-verify
+(``verify(parse(gold), parse(completion))``) for reference, and prints, per kind, how many agree with the
 expected label.
 
     PYTHONPATH=. .venv/bin/python bench/verify_bench.py
@@ -119,6 +120,29 @@ def agreement(module) -> dict[str, tuple[int, int]]:
     return counts
 
 
+def agreement_math_verify_alone() -> dict[str, tuple[int, int]]:
+    """The same counts for plain math-verify (`verify(parse(gold), parse(completion))`, its defaults)."""
+    import logging
+
+    import math_verify
+
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_verify_styles import KINDS
+
+    counts = {}
+    for kind, cases in KINDS.items():
+        agree = 0
+        for completion, gold, expected in cases:
+            try:
+                correct = bool(math_verify.verify(math_verify.parse(gold), math_verify.parse(completion)))
+            except Exception:  # a crash inside math-verify counts as "not correct"
+                correct = False
+            agree += correct == expected
+        counts[kind] = (agree, len(cases))
+    return counts
+
+
 def main(args: Args) -> None:
     from common import verify as new
 
@@ -134,16 +158,20 @@ def main(args: Args) -> None:
         print(f"before ({args.base}): {best_old:,.0f} completions/s")
         print(f"after (this tree):   {best_new:,.0f} completions/s")
         print(f"after / before: {best_new / best_old:.2f}")
-        if args.agreement:
-            before, after = agreement(old), agreement(new)
-            print(f"{'kind':<16} {'before':>8} {'after':>8}")
-            for kind in before:
-                print(
-                    f"{kind:<16} {before[kind][0]:>4}/{before[kind][1]:<3} {after[kind][0]:>4}/{after[kind][1]:<3}"
-                )
-            total = sum(n for n, _ in before.values()), sum(n for n, _ in after.values())
-            cases = sum(m for _, m in before.values())
-            print(f"{'all':<16} {total[0]:>4}/{cases:<3} {total[1]:>4}/{cases:<3}")
+        if not args.agreement:
+            return
+        columns = {
+            "before": agreement(old),
+            "after": agreement(new),
+            "math-verify": agreement_math_verify_alone(),
+        }
+    print("agreement with the expected labels of tests/test_verify_styles.py")
+    print(f"{'kind':<16}" + "".join(f"{name:>16}" for name in columns))
+    for kind in columns["before"]:
+        cells = [f"{counts[kind][0]}/{counts[kind][1]}" for counts in columns.values()]
+        print(f"{kind:<16}" + "".join(f"{cell:>16}" for cell in cells))
+    totals = [(sum(n for n, _ in c.values()), sum(m for _, m in c.values())) for c in columns.values()]
+    print(f"{'all':<16}" + "".join(f"{f'{n}/{m} ({n / m:.0%})':>16}" for n, m in totals))
 
 
 if __name__ == "__main__":
