@@ -56,8 +56,9 @@ Equivalence (`verify`), first rule that applies wins; only the last is not decid
     `math_verify.verify(gold, prediction)` with the GOLD FIRST. math-verify is asymmetric on purpose,
     so that restating the question (e.g. the inequality to solve) is not rewarded; swapped arguments
     are a known bug in other repos (open-r1 #557). When math-verify says equal and both sides are exact
-    numbers (no float, no symbol: radicals, pi, powers, factorials), they must also agree to 40
-    significant digits (`_exactly_equal`), so `\frac{\sqrt{3}}{10^{30}}` is not `\frac{\sqrt{2}}{10^{30}}`.
+    finite numbers (no float, no symbol: radicals, pi, powers, factorials), they must also be equal by
+    sympy's exact test, or agree to 40 significant digits where it cannot tell (`_exactly_equal`), so
+    `\frac{\sqrt{3}}{10^{30}}` is not `\frac{\sqrt{2}}{10^{30}}`.
   * no substring or partial credit anywhere: "12" vs "2" is wrong, `\boxed{7+1}` vs "7" is wrong.
 
 Known limits: the last side of an equation counts, so restating an equation that ends in the gold
@@ -824,8 +825,9 @@ def _math_verify_equal(gold: str, prediction: str | None) -> bool:
 
 def _exactly_equal(gold, prediction) -> bool:
     """Runs in the worker, after math-verify said "equal": where both sides are exact numbers (no float,
-    no symbol: radicals, powers, factorials, pi), they must agree to 40 significant digits, not within
-    math-verify's float tolerance, so `1/100!` is not `1/101!`. Anything else keeps math-verify's verdict.
+    no symbol: radicals, powers, factorials, pi) and finite, they must be equal by sympy's exact test
+    (`Expr.equals`) or, where it cannot tell, agree to 40 significant digits; never within math-verify's
+    float tolerance, so `1/100!` is not `1/101!`. Anything else keeps math-verify's verdict.
 
     >>> import sympy
     >>> _exactly_equal(sympy.sqrt(3) / 10**30, sympy.sqrt(2) / 10**30), _exactly_equal(sympy.sqrt(8), 2 * sympy.sqrt(2))
@@ -837,6 +839,11 @@ def _exactly_equal(gold, prediction) -> bool:
         return True
     if gold.free_symbols or prediction.free_symbols or gold.has(sympy.Float) or prediction.has(sympy.Float):
         return True
+    if not (gold.is_finite and prediction.is_finite):  # infinities (and unknowns): math-verify's verdict
+        return True
+    equal = gold.equals(prediction)  # sympy's own exact test: True, False or None (cannot tell)
+    if equal is not None:
+        return bool(equal)
     difference = abs(sympy.N(gold - prediction, 50))
     scale = max(abs(sympy.N(gold, 50)), abs(sympy.N(prediction, 50)))
     return bool(difference <= scale * sympy.Rational(1, 10**40)) if scale != 0 else bool(difference == 0)

@@ -176,6 +176,8 @@ EXACT = [
     (r"\boxed{\frac{1 + 2^{2005}}{3 \cdot 2^{2006}}}", r"\frac{2^{2005}+1}{3 \cdot 2^{2006}}", True),  # MV#14
     (r"\boxed{\sqrt{8}}", r"2\sqrt{2}", True),  # rule (radicals: math-verify, then the exact check)
     (r"\boxed{\frac{\sqrt{2}}{2}}", r"\frac{1}{\sqrt{2}}", True),  # rule
+    (r"\boxed{\sqrt{3+2\sqrt{2}}}", r"1+\sqrt{2}", True),  # rule: a nested radical, denested
+    (r"\boxed{\infty}", r"\infty", True),  # rule: infinities keep math-verify's verdict
     (r"\boxed{\frac{1}{2^{51}}}", r"\frac{1}{2^{50}}", False),  # issue 12
     (r"\boxed{\frac{1}{101!}}", r"\frac{1}{100!}", False),  # issue 12 (math-verify says 1)
     (r"\boxed{\frac{1}{2006!}}", r"\frac{1}{2004!}", False),  # MV#14
