@@ -8,25 +8,62 @@ Extraction (`extract_answer`), first rule that applies wins:
      number elsewhere in the text. Several boxes with different answers: only the last one counts.
   2. GSM8K style: the rest of the line after the last `####` that is followed by a number or math
      (a markdown heading such as "#### Step 2" is not an answer).
-  3. only if `fallback=True`: the last plain number in the text ("1,234" -> "1234", "-3", "0.5", "3/4").
+  3. only if `fallback=True`: the last complete math span (`$...$`, `$$...$$`, `\(...\)`, `\[...\]`)
+     as one answer, unless a plain number follows it ("$\frac{5}{6}$." is 5/6, not 6; "$14{,}916$" is
+     14916; "we get $3+4$, which is 7" is 7); else the last plain number ("1,234" -> "1234", "-3", "0.5",
+     "3/4"). A lone "$" is money, not math.
 
-Equivalence (`verify`):
-  * both sides are first cleaned the same way (`_clean`): unicode minus -> "-", "$" and "\$" removed,
-    "%" removed (so "18\%" equals "18" but NOT "0.18": no percent leniency, a known false-positive
-    source), `\dfrac`/`\tfrac` -> `\frac`, `\text{13}` -> "13", "1,000" -> "1000".
-  * a gold that is a plain number (integer, decimal, `a/b`, `\frac{a}{b}`) is answered only by a plain
-    number, optionally after "x =", or before "^\circ" or a unit `\text{ cm}`; the two are compared
-    exactly, in this process, as `fractions.Fraction` (no float tolerance: "0.333" is not 1/3). An
-    expression that merely evaluates to the number is not an answer: restating "Compute 3+5-4+2." as
-    `\boxed{3+5-4+2}` (which math-verify would evaluate to 6), `\sqrt{36}` for 6, or a hedge such as
-    `6 \text{ (or 7)}` earn nothing. Only ASCII digits count: look-alikes (fullwidth "６",
-    mathematical "𝟔", superscripts) are not numbers. This covers nearly all GSM8K / MATH integer
-    answers, so 2,000 of them verify in milliseconds.
+Gold (`normalize_gold`): the box or "####" answer of a gold that has one; a gold with several boxes is
+all of them, joined by ", " (`$\boxed{2}$ and $\boxed{3}$` is "2, 3", answered by `\boxed{2, 3}`); an
+unclosed gold box runs to the end of the gold.
+
+Cleanup (`_clean`, both sides): unicode minus -> "-"; "$", "\$" removed; "%", "\%" and a final "percent",
+"percentage" or "pct" removed, so "18 percent" equals "18" but NOT "0.18" (no percent leniency, a known
+false-positive source); `\dfrac`, `\tfrac`, `\cfrac` -> `\frac`; `\left`, `\right` removed; `\text{13}`
+-> "13"; thousands separators in every LaTeX form: "12,345", "12,\!345", "12{,}345", "12\,345",
+"12 345" -> "12345". There is no decimal comma: "3,5" is a pair, never 3.5.
+
+Equivalence (`verify`), first rule that applies wins; only the last is not decided in this process:
+  * a plain-number gold (integer, decimal, `a/b`, `\frac{a}{b}`, `\frac34`, `\frac3{4}`) is answered only
+    by a plain number, compared exactly as `fractions.Fraction` (no float tolerance: "0.333" is not 1/3).
+    Around the number we accept a sign, "x =" before, and after it a degree sign, a unit in `\text{}`,
+    `\textbf{}`, `\mbox{}` (`5 \text{ cm}`, `15\mbox{ cm}^2`) or in plain words of two letters or more
+    ("5 meters"; not a hedge or a scale word: "6 or more", "5 million"), and one pair of parentheses
+    (`\left( \frac{1}{4} \right)`). An equality chain answers with its last side (`x = 2+3 = 5` is 5), and
+    an ending `A \approx B` with B and with A (`\frac{1}{3} \approx 0.33`); a chain is wrong as a whole
+    if two sides joined by "=" have different exact values (`2+3 = 6`, `7 = 11`) or B is not a rounding
+    of A within one unit of its last digit (`7 \approx 6`). An expression that merely evaluates to the
+    number is not an answer: restating "Compute 3+5-4+2." as `\boxed{3+5-4+2}` (which math-verify would
+    evaluate to 6), `\sqrt{36}` for 6, or a hedge such as `6 \text{ (or 7)}` earn nothing. Only ASCII
+    digits count: look-alikes (fullwidth "６", mathematical "𝟔", superscripts) are not numbers. This
+    covers nearly all GSM8K / MATH answers, so 2,000 of them verify in milliseconds.
+  * an empty answer after cleanup (`\boxed{\$}`) is wrong.
+  * a sequence with an ellipsis (`\ldots`, `\dots`, `\cdots`, "...") on either side: equal item by item,
+    in order (`1, 2, \ldots, n` is not `2, 4, \ldots, 2n`, which math-verify calls equal). A list without
+    an ellipsis is a set (math-verify's rule): "2, 3" equals "3, 2".
+  * a text gold (a word, a name, a time like "3:15 p.m.", or anything in `\text{}` that has no other
+    LaTeX): equal if the text forms are, up to whitespace, `\text{}`/`\textbf{}`/`\mbox{}` wrappers,
+    case, final punctuation and parentheses around a lone choice (`\text{(B)}` = "b"). Words (in `\text{}`
+    or four letters or more, no digits or operators) and times are decided by the text alone: as
+    products of letters, "Evelyn" and its anagrams agree in math-verify, and it calls "12:00" equal to
+    "1:00". Short runs of letters ("xy", compared case-sensitively: they may be products) and text with
+    mathematics in it ("x = 5 \text{ or } x = 7") go on to math-verify when the texts differ.
+  * a gold that is an exact arithmetic expression (integers, decimals, `\frac`, + - * / `\cdot`, integer
+    powers, factorials: `\frac{1}{2^{50}}`, `\frac{1}{100!}`, `2^{10}`) against an answer that is one too
+    (after the chain rules): exact `Fraction` values compared here, so `\frac{1}{2^{51}}` is wrong,
+    where math-verify's float tolerance calls it equal.
   * any other gold goes to math-verify: `parse("\boxed{" + gold + "}")`, the same for the prediction, and
     `math_verify.verify(gold, prediction)` with the GOLD FIRST. math-verify is asymmetric on purpose,
     so that restating the question (e.g. the inequality to solve) is not rewarded; swapped arguments
-    are a known bug in other repos (open-r1 #557).
+    are a known bug in other repos (open-r1 #557). When math-verify says equal and both sides are exact
+    finite numbers (no float, no symbol: radicals, pi, powers, factorials), they must also be equal by
+    sympy's exact test, or agree to 40 significant digits where it cannot tell (`_exactly_equal`), so
+    `\frac{\sqrt{3}}{10^{30}}` is not `\frac{\sqrt{2}}{10^{30}}`.
   * no substring or partial credit anywhere: "12" vs "2" is wrong, `\boxed{7+1}` vs "7" is wrong.
+
+Known limits: the last side of an equation counts, so restating an equation that ends in the gold
+(`x^2-4=0` for the gold 0) is rewarded, as in math-verify; one-letter plain-word units ("5 m") are not
+units (`5 \text{ m}` is); tuples and sets of tiny exact numbers keep math-verify's tolerance.
 
 Timeout design. math-verify's own timeout uses `signal.alarm`, which raises outside the main
 thread (Math-Verify #50, #55) and cannot stop C code. So we call math-verify with its timeouts off
@@ -86,6 +123,13 @@ class VerifyResult:
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")  # not \boxedfoo, a different command
 _GSM8K = re.compile(r"####[ \t]*([-$\\.(0-9][^\n]*)")  # starts like a number or LaTeX, not a word
 _NUMBER = re.compile(r"(?<![\w.])-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?(?:/[0-9]+)?")
+# A complete math span: $$...$$ and \[...\] may cross lines, $...$ and \(...\) may not; "\$" is a dollar.
+# Spans are at most 1,000 characters, so a text full of unclosed openers is still scanned in linear time.
+_MATH_SPAN = re.compile(
+    r"(?<!\\)\$\$(.{1,1000}?)(?<!\\)\$\$|\\\[(.{1,1000}?)\\\]|(?<!\\)\$([^$\n]{1,1000}?)(?<!\\)\$"
+    r"|\\\(([^\n]{1,1000}?)\\\)",
+    re.DOTALL,
+)
 
 
 def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
@@ -134,19 +178,41 @@ def _is_blank(content: str) -> bool:
     return _BLANK.fullmatch(content) is not None
 
 
+def _box_content(text: str, match: re.Match) -> str | None:
+    """Content of the box that `match` (a `_BOX` match) opens; None if it is unclosed."""
+    rest = text[match.end() :].lstrip()
+    if rest.startswith("{"):
+        return _braced(rest, 0)
+    return re.match(r"[^\s$]*", rest).group().rstrip(".,;")  # "\boxed 5": one token, up to space or "$"
+
+
 def _last_box(text: str) -> tuple[bool, str | None]:
     """(text has a box, content of its last box or None if that box is blank or unclosed)."""
     last = _last_match(_BOX, text)
     if last is None:
         return False, None
-    rest = text[last.end() :].lstrip()
-    if rest.startswith("{"):
-        content = _braced(rest, 0)
-    else:  # "\boxed 5" or "\boxed5": one token, up to whitespace or "$"
-        content = re.match(r"[^\s$]*", rest).group().rstrip(".,;")
+    content = _box_content(text, last)
     if content is None or _is_blank(content):
         return True, None
     return True, content.strip()
+
+
+def _last_math_span(text: str) -> tuple[int, str] | None:
+    r"""(end position, content) of the last complete, non-blank math span, or None.
+
+    >>> _last_math_span("so $x = \\frac{5}{6}$.")
+    (20, 'x = \\frac{5}{6}')
+    >>> _last_math_span("It costs $5 in total.") is None  # a lone dollar sign is money, not math
+    True
+    """
+    if "$" not in text and "\\(" not in text and "\\[" not in text:  # the common case, kept cheap
+        return None
+    last = None
+    for match in _MATH_SPAN.finditer(text):
+        content = next(group for group in match.groups() if group is not None)
+        if not _is_blank(content):
+            last = (match.end(), content.strip())
+    return last
 
 
 def extract_answer(text: str, fallback: bool = True) -> str | None:
@@ -162,6 +228,10 @@ def extract_answer(text: str, fallback: bool = True) -> str | None:
     '1234'
     >>> extract_answer("It costs $1,234 in total.", fallback=False) is None
     True
+    >>> extract_answer("The probability is $\\frac{5}{6}$.")  # the whole math span, not its last number
+    '\\frac{5}{6}'
+    >>> extract_answer("We get $3+4$, which is 7.")  # a plain number after the last span wins
+    '7'
     """
     text = text.replace("\u2212", "-")  # unicode minus
     has_box, boxed = _last_box(text)
@@ -169,7 +239,13 @@ def extract_answer(text: str, fallback: bool = True) -> str | None:
         return boxed
     if gsm8k := _last_match(_GSM8K, text):
         return gsm8k.group(1).strip().rstrip(".") or None  # "#### ." is no answer
-    if fallback and (number := _last_match(_NUMBER, text)):
+    if not fallback:
+        return None
+    span = _last_math_span(text)
+    number = _last_match(_NUMBER, text)
+    if span is not None and (number is None or number.start() < span[0]):
+        return span[1]
+    if number is not None:
         return number.group().replace(",", "")
     return None
 
@@ -187,17 +263,33 @@ def parse_tag(text: str, tag: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Normalization and the exact fast path
+# Normalization and the exact, in-process comparisons
 # ----------------------------------------------------------------------------------------------
 
-_THOUSANDS = re.compile(r"-?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?")
-_TRAILING_UNIT = re.compile(
-    r"\s*\\(?:text|textrm|mbox|mathrm)\{[^{}0-9]*\}(?:\^\{?[23]\}?)?$"
-)  # \text{ cm}^2
-_WHOLE_TEXT = re.compile(r"\\(?:text|textrm|textbf|mbox|mathrm|mathbf)\{([^{}]*)\}")
+_TEXT_COMMANDS = r"\\(?:text|textrm|textbf|textit|textnormal|mbox|mathrm|mathbf|mathit)"
+_WHOLE_TEXT = re.compile(_TEXT_COMMANDS + r"\{([^{}]*)\}")
+_LEFT_RIGHT = re.compile(r"\\(?:left|right)(?![a-zA-Z])\s*")  # \left( -> (, never \rightarrow
+_PERCENT_WORD = re.compile(r"\s*(?:" + _TEXT_COMMANDS + r"\{\s*)?(?:percent(?:age)?|pct)\.?\s*\}?$")
+_THOUSANDS = re.compile(r"-?[0-9]{1,3}(?:(?:,[0-9]{3})+|(?: [0-9]{3})+)(?:\.[0-9]+)?")  # 12,345 / 12 345
+_TRAILING_UNIT = re.compile(r"\s*" + _TEXT_COMMANDS + r"\{([^{}0-9]*)\}(?:\^\{?[23]\}?)?$")  # \text{ cm}^2
+_UNIT_WORDS = re.compile(r"\s+([a-zA-Z]{2,}(?:\s+[a-zA-Z]{2,})*)\.?(?:\^\{?[23]\}?)?$")  # 5 meters
+# Words that turn "6 <words>" into a hedge or a range, never a unit: "6 or more", "6 at least".
+_HEDGE_WORDS = frozenset(
+    re.findall(
+        r"\w+",
+        "or and nor not plus minus times over than more less fewer at least most about approximately around "
+        "roughly nearly almost maybe perhaps possibly probably either to through up down half quarter third "
+        "dozen hundred hundreds thousand thousands million millions billion billions trillion one two three "
+        "four five six seven eight nine ten eleven twelve",
+    )
+)
 _DECIMAL = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 _SLASH_FRACTION = re.compile(r"(-?[0-9]+)/([0-9]+)")
-_LATEX_FRACTION = re.compile(r"(-?)\\frac(?:\{(-?[0-9]+)\}\{([0-9]+)\}|([0-9])([0-9]))")
+_LATEX_FRACTION = re.compile(
+    r"(-?)\\frac\s*(?:\{\s*(-?[0-9]+)\s*\}|([0-9]))\s*(?:\{\s*([0-9]+)\s*\}|([0-9]))"
+)
+_RELATION = re.compile(r"\\approx(?![a-zA-Z])|\u2248|(?<![<>!\\])=(?!=)")  # "=" and "\approx" split sides
+_ELLIPSIS = re.compile(r"\\[lc]?dots(?![a-zA-Z])|\.\.\.|\u2026")
 
 
 def _clean(answer: str) -> str:
@@ -205,49 +297,71 @@ def _clean(answer: str) -> str:
 
     >>> _clean("\\$1,000")
     '1000'
-    >>> _clean("18\\%")  # the percent sign is dropped, the number is NOT divided by 100
-    '18'
-    >>> _clean("\\dfrac{3}{4}")
-    '\\frac{3}{4}'
+    >>> _clean("18\\%"), _clean("18 percent"), _clean("18 \\text{pct}"), _clean("\\text{18 percent}")
+    ('18', '18', '18', '18')
+    >>> _clean("\\dfrac{3}{4}"), _clean("\\cfrac{3}{4}"), _clean("\\left( \\frac{1}{4} \\right)")
+    ('\\frac{3}{4}', '\\frac{3}{4}', '( \\frac{1}{4} )')
+    >>> _clean("12,\\!345"), _clean("12{,}345"), _clean("12\\,345"), _clean("12 345")
+    ('12345', '12345', '12345', '12345')
     """
     answer = answer.replace("\u2212", "-").replace("\\$", "").replace("$", "")
     answer = answer.replace("\\%", "").replace("%", "")
-    answer = answer.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    answer = answer.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     answer = answer.replace("{,}", ",").replace("\\!", "").replace("\\,", "")
     answer = answer.replace("\\ ", " ").replace("~", " ").strip()
+    if "\\left" in answer or "\\right" in answer:
+        answer = _LEFT_RIGHT.sub("", answer)
     whole_text = _WHOLE_TEXT.fullmatch(answer)
     if whole_text:  # \text{13} -> 13
         answer = whole_text.group(1).strip()
+    if "per" in answer or "pct" in answer:
+        answer = _PERCENT_WORD.sub("", answer)
     if _THOUSANDS.fullmatch(answer):  # 1,234 -> 1234 (a whole-number answer only, not "(1,234)")
-        answer = answer.replace(",", "")
+        answer = answer.replace(",", "").replace(" ", "")
     return answer
 
 
 def _as_number(answer: str) -> Fraction | None:
     r"""The exact value of a cleaned plain-number answer, None if it is anything else.
 
-    Also accepts a sign, "x = " before and a unit (`\text{ cm}`, `\text{ m}^2`) or a degree sign after the
-    number; a unit is only removed next to a plain number, so `3+2\text{i}` is never "3+2". Anything
-    with arithmetic left in it (`7+1`, `2^3`, `\sqrt{36}`) or non-ASCII digits is not a plain number.
+    Also accepts a sign, "x = " before, and after the number a degree sign, a unit in `\text{}`,
+    `\textbf{}` or `\mbox{}` (`\text{ cm}`, `\mbox{ m}^2`) or in plain words of two letters or more
+    (`5 meters`, but not a hedge: `6 or more`), and one pair of parentheses around it; a unit is only
+    removed next to a plain number, so `3+2\text{i}` is never "3+2". Anything with arithmetic left in it
+    (`7+1`, `2^3`, `\sqrt{36}`) or non-ASCII digits is not a plain number.
 
     >>> _as_number("x = -0.5"), _as_number("\\frac12"), _as_number("30^\\circ"), _as_number("5\\text{ cm}")
     (Fraction(-1, 2), Fraction(1, 2), Fraction(30, 1), Fraction(5, 1))
+    >>> _as_number("5 meters"), _as_number("\\frac3{4}"), _as_number("(\\frac{1}{4} )"), _as_number("12,345")
+    (Fraction(5, 1), Fraction(3, 4), Fraction(1, 4), Fraction(12345, 1))
     >>> _as_number("7+1") is None, _as_number("\\sqrt{36}") is None, _as_number("\uff16") is None
     (True, True, True)
+    >>> _as_number("6 or more") is None, _as_number("(1,234)") is None  # a hedge; a point, not a number
+    (True, True)
     """
     if len(answer) > 100:  # also keeps clear of int()'s 4300-digit limit
         return None
-    answer = re.sub(r"^[a-zA-Z]\s*=\s*", "", answer)  # x = 5
+    answer = answer.strip()
+    if "=" in answer:
+        answer = re.sub(r"^[a-zA-Z]\s*=\s*", "", answer)  # x = 5
     answer = re.sub(r"^\+?(-?)\s*", r"\1", answer)  # "+5" -> "5", "- 5" -> "-5"
-    answer = re.sub(r"\s*(?:\^\{?\\circ\}?|°)$", "", answer)  # 30^\circ
-    answer = _TRAILING_UNIT.sub("", answer)  # 5\text{ cm}
+    if "circ" in answer or "°" in answer:
+        answer = re.sub(r"\s*(?:\^\{?\\circ\}?|°)$", "", answer)  # 30^\circ
+    for unit_pattern in (_TRAILING_UNIT, _UNIT_WORDS):  # 5\text{ cm}, 5 meters
+        unit = unit_pattern.search(answer) if ("\\" in answer or " " in answer) else None
+        if unit and _HEDGE_WORDS.isdisjoint(unit.group(1).lower().split()):
+            answer = answer[: unit.start()]
+    if answer.startswith("(") and answer.endswith(")") and "," not in answer:  # (5), \left( 5 \right)
+        answer = answer[1:-1].strip()
+    if _THOUSANDS.fullmatch(answer):  # "x = 12,345" or "12 345 cm" (the whole answer is done in _clean)
+        answer = answer.replace(",", "").replace(" ", "")
     try:
         if _DECIMAL.fullmatch(answer):
             return Fraction(answer)
         if match := _SLASH_FRACTION.fullmatch(answer):
             return Fraction(int(match.group(1)), int(match.group(2)))
         if match := _LATEX_FRACTION.fullmatch(answer):
-            sign, num, den, num_digit, den_digit = match.groups()
+            sign, num, num_digit, den, den_digit = match.groups()
             value = Fraction(int(num or num_digit), int(den or den_digit))
             return -value if sign else value
     except (ValueError, ZeroDivisionError):
@@ -255,23 +369,420 @@ def _as_number(answer: str) -> Fraction | None:
     return None
 
 
+# The exact evaluator: +, -, *, \cdot, \times, /, \div, ^ (integer exponents), ! and \frac over integers
+# and decimals, in Fraction arithmetic. Anything else (a symbol, \sqrt, \pi) makes it answer None.
+_EXACT_TOKEN = re.compile(
+    r"\s*(?:([0-9]+(?:\.[0-9]+)?)|(\\frac|\\cdot|\\times|\\div)(?![a-zA-Z])|([-+*/^!(){}]))"
+)
+_MAX_BITS = 40_000  # a bigger intermediate value is not evaluated exactly here (math-verify gets it)
+_MAX_FACTORIAL = 3_000
+
+
+def _exact_value(expression: str) -> Fraction | None:
+    r"""The exact rational value of an arithmetic expression, None if it is not one or too big.
+
+    Used where the gold is an exact expression rather than a plain number (`\frac{1}{2^{50}}`, `10!`), so
+    tiny or huge values are compared exactly, never within a float tolerance.
+
+    >>> _exact_value("\\frac{1}{2^{50}}") == Fraction(1, 2**50), _exact_value("\\frac{1}{100!}") == Fraction(1, math.factorial(100))
+    (True, True)
+    >>> _exact_value("2 \\cdot 3 - 4/8"), _exact_value("-2^{2}"), _exact_value("(1+2)^{-1}")
+    (Fraction(11, 2), Fraction(-4, 1), Fraction(1, 3))
+    >>> _exact_value("2x") is None, _exact_value("\\sqrt{2}") is None, _exact_value("10^{10^{10}}") is None
+    (True, True, True)
+    """
+    if len(expression) > 200:
+        return None
+    tokens, position = [], 0
+    while position < len(expression):
+        match = _EXACT_TOKEN.match(expression, position)
+        if match is None:
+            return None if expression[position:].strip() else _evaluate(tokens)
+        tokens.append(match.group(match.lastindex))
+        position = match.end()
+    return _evaluate(tokens)
+
+
+class _NotExact(Exception):
+    pass
+
+
+def _evaluate(tokens: list[str]) -> Fraction | None:
+    """Recursive descent over `_exact_value`'s tokens; None on a syntax error or a too-big value."""
+    position = 0
+
+    def peek() -> str | None:
+        return tokens[position] if position < len(tokens) else None
+
+    def take() -> str:
+        nonlocal position
+        if position >= len(tokens):
+            raise _NotExact
+        position += 1
+        return tokens[position - 1]
+
+    def check(value: Fraction) -> Fraction:
+        if value.numerator.bit_length() > _MAX_BITS or value.denominator.bit_length() > _MAX_BITS:
+            raise _NotExact
+        return value
+
+    def expression() -> Fraction:  # term (("+" | "-") term)*
+        value = term()
+        while peek() in ("+", "-"):
+            value = check(value + term() if take() == "+" else value - term())
+        return value
+
+    def term() -> Fraction:  # unary (("*" | "/" | ...) unary)*
+        value = unary()
+        while peek() in ("*", "\\cdot", "\\times", "/", "\\div"):
+            operator, right = take(), unary()
+            if operator in ("/", "\\div"):
+                if right == 0:
+                    raise _NotExact
+                value = check(value / right)
+            else:
+                value = check(value * right)
+        return value
+
+    def unary() -> Fraction:  # ("-" | "+") unary | power
+        if peek() in ("-", "+"):
+            return -unary() if take() == "-" else unary()
+        return power()
+
+    def power() -> Fraction:  # postfix ("^" exponent)?, right-associative
+        base = postfix()
+        if peek() != "^":
+            return base
+        take()
+        if peek() in ("{", "("):
+            exponent = group()
+        else:
+            digit = take()
+            if not digit.isdigit() or len(digit) != 1:  # "2^10" is 2^1 0 in LaTeX: not guessed
+                raise _NotExact
+            exponent = Fraction(int(digit))
+        if exponent.denominator != 1 or (base == 0 and exponent < 0):
+            raise _NotExact
+        bits = max(base.numerator.bit_length(), base.denominator.bit_length())
+        if bits * abs(exponent.numerator) > _MAX_BITS:
+            raise _NotExact
+        return base**exponent.numerator
+
+    def postfix() -> Fraction:  # atom "!"*
+        value = atom()
+        while peek() == "!":
+            take()
+            if value.denominator != 1 or not 0 <= value <= _MAX_FACTORIAL:
+                raise _NotExact
+            value = check(Fraction(math.factorial(value.numerator)))
+        return value
+
+    def group() -> Fraction:
+        opening = take()
+        value = expression()
+        if take() != {"(": ")", "{": "}"}[opening]:
+            raise _NotExact
+        return value
+
+    def argument() -> Fraction:  # \frac's argument: {expression} or one digit
+        if peek() == "{":
+            return group()
+        token = take()
+        if not token.isdigit() or len(token) != 1:
+            raise _NotExact
+        return Fraction(int(token))
+
+    def atom() -> Fraction:
+        token = peek()
+        if token in ("(", "{"):
+            return group()
+        if token == "\\frac":
+            take()
+            if (peek() or "").isdigit() and len(peek()) == 2:
+                digits = take()  # \frac34
+                numerator, denominator = Fraction(int(digits[0])), Fraction(int(digits[1]))
+            else:
+                numerator, denominator = argument(), argument()
+            if denominator == 0:
+                raise _NotExact
+            return check(numerator / denominator)
+        token = take()
+        if token[0].isdigit():
+            return Fraction(token)
+        raise _NotExact
+
+    try:
+        value = expression()
+    except (_NotExact, ValueError, ZeroDivisionError, OverflowError, RecursionError):
+        return None
+    return value if position == len(tokens) else None
+
+
+def _sides(answer: str) -> list[tuple[str, str]]:
+    r"""The sides of an equality or approximation chain, each with the relation before it ("" first).
+
+    >>> _sides("x = 2+3 \\approx 5")
+    [('', 'x'), ('=', '2+3'), ('\\approx', '5')]
+    """
+    sides, start, relation = [], 0, ""
+    for match in _RELATION.finditer(answer):
+        sides.append((relation, answer[start : match.start()].strip()))
+        relation = "=" if match.group() == "=" else "\\approx"
+        start = match.end()
+    sides.append((relation, answer[start:].strip()))
+    return sides
+
+
+def _is_rounding(value: Fraction, rounded: Fraction, rounded_text: str) -> bool:
+    r"""True if `rounded` (written `rounded_text`) is within one unit of its last digit of `value`.
+
+    >>> _is_rounding(Fraction(1, 3), Fraction(33, 100), "0.33"), _is_rounding(Fraction(7), Fraction(6), "6")
+    (True, False)
+    """
+    decimals = (
+        len(rounded_text.rsplit(".", 1)[1]) if _DECIMAL.fullmatch(rounded_text) and "." in rounded_text else 0
+    )
+    return abs(value - rounded) < Fraction(1, 10**decimals)
+
+
+def _chain_answers(answer: str, value_of) -> list[Fraction] | None:
+    r"""The values an equality chain answers with: its last side, and the side before an `\approx` that
+    ends it (the exact value before its rounding). None if a side is empty, if two sides joined by "="
+    have different exact values (`2+3 = 6`, `7 = 11`: a false statement or a hedge), or if a side after
+    `\approx` is not a rounding of the exact value before it (`7 \approx 6`, `1/3 \approx 1.3`).
+
+    >>> _chain_answers("x = 2+3 = 5", _as_number)
+    [Fraction(5, 1)]
+    >>> _chain_answers("\\frac{1}{3} \\approx 0.33", _as_number)
+    [Fraction(33, 100), Fraction(1, 3)]
+    >>> _chain_answers("x = 7 = 11", _as_number) is None, _chain_answers("2+3 = 6", _as_number) is None
+    (True, True)
+    >>> _chain_answers("7 \\approx 6", _as_number) is None
+    True
+    """
+    sides = _sides(answer)
+    if any(not side for _, side in sides[1:]):
+        return None
+    previous = None  # the exact value of the previous side, if it has one
+    for relation, side in sides:
+        value = _as_number(side)
+        if value is None:
+            value = _exact_value(side)
+        if value is not None and previous is not None:
+            if relation == "=" and value != previous:
+                return None
+            if relation == "\\approx" and not _is_rounding(previous, value, side.strip()):
+                return None
+        previous = value if value is not None else (previous if relation == "=" else None)
+    answers = [value_of(sides[-1][1])]
+    if sides[-1][0] == "\\approx":
+        answers.append(value_of(sides[-2][1]))
+    return [value for value in answers if value is not None]
+
+
+def _matches_number(answer: str, gold_value: Fraction) -> bool:
+    r"""A cleaned answer states the number `gold_value`: as a plain number, or as the last side of an
+    equality chain or the value around a final `\approx` (`x = 2+3 = 5`, `\pi \approx 3.14`).
+
+    >>> _matches_number("x = 2+3 = 5", Fraction(5)), _matches_number("\\pi \\approx 3.14", Fraction(314, 100))
+    (True, True)
+    >>> _matches_number("3+5-4+2", Fraction(6)), _matches_number("5 = 6", Fraction(6))
+    (False, False)
+    """
+    if "=" not in answer and "approx" not in answer and "\u2248" not in answer:
+        return _as_number(answer) == gold_value
+    answers = _chain_answers(answer, _as_number)
+    return answers is not None and gold_value in answers
+
+
+def _matches_exact(answer: str, gold_value: Fraction) -> bool | None:
+    r"""For a gold that is an exact expression: True/False when the answer's value is exact too, None
+    when it is not (math-verify decides then).
+
+    >>> _matches_exact("\\frac{1}{2^{51}}", _exact_value("\\frac{1}{2^{50}}"))
+    False
+    >>> _matches_exact("1024", _exact_value("2^{10}")), _matches_exact("2^{x}", _exact_value("2^{10}")) is None
+    (True, True)
+    """
+
+    def value_of(side: str) -> Fraction | None:
+        value = _as_number(side)
+        return value if value is not None else _exact_value(side)
+
+    if "=" not in answer and "approx" not in answer and "\u2248" not in answer:
+        value = value_of(answer)
+        return None if value is None else value == gold_value
+    answers = _chain_answers(answer, value_of)
+    if answers is None:  # a false or self-contradicting chain
+        return False
+    if gold_value in answers:
+        return True
+    return False if answers else None
+
+
+def _sequence_items(answer: str) -> list[str]:
+    """The comma-separated items of a sequence, outer braces or brackets removed, spacing dropped."""
+    answer = _ELLIPSIS.sub("...", answer).replace(" ", "")
+    for opening, closing in (("\\{", "\\}"), ("(", ")"), ("[", "]"), ("{", "}")):
+        if answer.startswith(opening) and answer.endswith(closing):
+            answer = answer[len(opening) : -len(closing)]
+            break
+    return answer.split(",")
+
+
+def _sequences_equal(gold: str, answer: str) -> bool:
+    r"""Sequences with an ellipsis are equal only item by item, in order: the same pattern.
+
+    >>> _sequences_equal("1, 2, \\ldots, n", "1,2,\\dots,n"), _sequences_equal("1, 2, \\ldots, n", "2, 4, \\ldots, 2n")
+    (True, False)
+    """
+    gold_items, answer_items = _sequence_items(gold), _sequence_items(answer)
+    if len(gold_items) != len(answer_items):
+        return False
+    for gold_item, answer_item in zip(gold_items, answer_items):
+        if gold_item == answer_item:
+            continue
+        gold_number = _as_number(gold_item)
+        if gold_number is None or _as_number(answer_item) != gold_number:
+            return False
+    return True
+
+
+_TEXT_WRAPPER = re.compile(_TEXT_COMMANDS + r"\s*\{([^{}]*)\}")
+_WORD = re.compile(r"[a-zA-Z]{2,}|(?:[a-zA-Z]\.){2,}")  # "Monday", "p.m."
+_TIME = re.compile(r"(?<![0-9])[0-9]{1,2}:[0-9]{2}(?![0-9])")  # "12:00", a clock time
+
+
+def _text_form(answer: str, fold_case: bool = True) -> str:
+    r"""A text answer as compared: `\text{}` wrappers and all whitespace removed, case folded (for words:
+    `fold_case`), final punctuation and one pair of parentheses around a lone word or letter dropped.
+
+    >>> _text_form("\\text{3:15 P.M.}"), _text_form("\\textbf{(B)}"), _text_form(" Evelyn. "), _text_form("AB", False)
+    ('3:15p.m', 'b', 'evelyn', 'AB')
+    """
+    answer = _TEXT_WRAPPER.sub(r"\1", answer)
+    answer = "".join(answer.split()).rstrip(".!;,:")
+    answer = answer.casefold() if fold_case else answer
+    if re.fullmatch(r"\([a-zA-Z0-9]+\)", answer):
+        answer = answer[1:-1]
+    return answer
+
+
+def _is_text_gold(gold: str) -> bool:
+    r"""True for a gold that only reads as text: a word, a name, a time, a choice in `\text{}`.
+
+    >>> _is_text_gold("3:15 p.m."), _is_text_gold("\\text{(B)}"), _is_text_gold("Evelyn"), _is_text_gold("12:00")
+    (True, True, True, True)
+    >>> _is_text_gold("x+1"), _is_text_gold("\\frac{\\pi}{2}"), _is_text_gold("2\\sqrt{2}\\text{ cm}")
+    (False, False, False)
+    """
+    has_wrapper = "\\" in gold and _TEXT_WRAPPER.search(gold) is not None
+    text = _TEXT_WRAPPER.sub(r"\1", gold) if has_wrapper else gold
+    if any(char in text for char in "\\{}^_"):
+        return False
+    if not any(char.isalnum() for char in text):  # "???" is no answer at all
+        return False
+    return has_wrapper or _WORD.search(text) is not None or _TIME.search(text) is not None
+
+
+def _gold_parts(gold: str, depth: int = 0) -> list[str]:
+    r"""The contents of a gold's boxes, in order, repeats dropped; a box inside a box counts once, and an
+    unclosed box runs to the end of the gold.
+
+    >>> _gold_parts("$\\boxed{1}$ or $\\boxed{-1}$"), _gold_parts("\\boxed{\\boxed{2}} and \\boxed{2"), _gold_parts("\\boxed{}")
+    (['1', '-1'], ['2'], [])
+    """
+    parts, covered_until = [], 0
+    for match in _BOX.finditer(gold):
+        if match.start() < covered_until:  # inside the previous box
+            continue
+        start = len(gold) - len(gold[match.end() :].lstrip())  # where the box's content opens
+        content = _box_content(gold, match)
+        if content is None:  # unclosed: the rest of the gold
+            content, covered_until = gold[start:].lstrip("{").rstrip("$. "), len(gold)
+        else:
+            covered_until = start + len(content) + (2 if gold.startswith("{", start) else 0)
+        nested = depth < 8 and _BOX.search(content)  # (a bound keeps a pathological gold from recursing deep)
+        contents = _gold_parts(content, depth + 1) if nested else [content.strip()]
+        parts += [part for part in contents if part and not _is_blank(part) and part not in parts]
+    return parts
+
+
+def _is_words_gold(gold: str) -> bool:
+    r"""True for a text gold that the text alone decides: a time, or words (a `\text{}` wrapper or a run of
+    four letters or more) with no digits or operators. Short runs of letters ("xy", "ab") may be products.
+
+    >>> _is_words_gold("3:15 p.m."), _is_words_gold("\\text{(B)}"), _is_words_gold("Evelyn"), _is_words_gold("xy")
+    (True, True, True, False)
+    """
+    text = _TEXT_WRAPPER.sub(r"\1", gold)
+    if _TIME.search(text):
+        return True
+    if any(char in text for char in "0123456789=+-*/<>"):
+        return False
+    return text != gold or re.search(r"[a-zA-Z]{4,}", text) is not None
+
+
 def normalize_gold(gold: str) -> str | None:
     r"""A dataset's gold answer as the canonical string we compare against; None if empty.
 
-    Takes the last box or the GSM8K "####" answer if there is one (so a whole MATH solution or a
-    whole GSM8K answer field works), then applies the same cleanup as to predictions.
+    Takes the box or the GSM8K "####" answer if there is one (so a MATH solution with its one box, or a
+    whole GSM8K answer field, works), then applies the same cleanup as to predictions. A gold with
+    several boxes is all of them, joined by ", " (an answer in several parts); an unclosed box runs to
+    the end of the gold. (A completion is different: only its last, closed box counts.)
 
     >>> normalize_gold("Natalia sold 48/2 = 24 clips in May.\n#### 1,072")
     '1072'
     >>> normalize_gold("$\\boxed{\\dfrac{1}{2}}$")
     '\\frac{1}{2}'
+    >>> normalize_gold("$\\boxed{2}$ and $\\boxed{3}$"), normalize_gold("\\boxed{\\frac{1}{2}$")
+    ('2, 3', '\\frac{1}{2}')
+    >>> normalize_gold("\\boxed{\\boxed{2}}")  # a box inside a box is one answer
+    '2'
+
     >>> normalize_gold("  ") is None
     True
     """
-    if _BOX.search(gold) or _GSM8K.search(gold):
+    if _BOX.search(gold):
+        gold = ", ".join(_gold_parts(gold))
+    elif _GSM8K.search(gold):
         gold = extract_answer(gold, fallback=False) or ""
     gold = _clean(gold)
     return gold or None
+
+
+def _compare_here(gold: str, answer: str) -> bool | None:
+    r"""Compare a normalized gold and a cleaned answer in this process; None hands the pair to math-verify.
+
+    In order: a plain-number gold (exact, plain number answers only); an empty answer (wrong); a sequence
+    with an ellipsis (item by item, in order); a text gold (text forms equal; words and times decided
+    here); an exact-expression gold (exact values equal, when the answer has one).
+
+    >>> _compare_here("5", "x = 2+3 = 5"), _compare_here("5", "2+3"), _compare_here("3:15 p.m.", "3:15 PM")
+    (True, False, False)
+    >>> _compare_here("Evelyn", "evelyn"), _compare_here("Evelyn", "lyEven"), _compare_here("xy", "yx") is None
+    (True, False, True)
+    >>> _compare_here("\\frac{1}{100!}", "\\frac{1}{101!}"), _compare_here("\\sqrt{2}", "\\frac{2}{\\sqrt{2}}") is None
+    (False, True)
+    """
+    gold_value = _as_number(gold)
+    if gold_value is not None:  # a number is answered by a number, compared exactly, here
+        return _matches_number(answer, gold_value)
+    if not answer:  # e.g. "\boxed{\$}": nothing left to compare
+        return False
+    if _ELLIPSIS.search(gold) or _ELLIPSIS.search(answer):
+        return _sequences_equal(gold, answer)
+    if _is_text_gold(gold):
+        words = _is_words_gold(gold)
+        if _text_form(gold, fold_case=words) == _text_form(answer, fold_case=words):
+            return True
+        if words:  # a name, a word, a time: the text decides (as products of letters, anagrams agree)
+            return False
+        # letters that may be a product ("xy"), text with mathematics ("x = 5 \text{ or } x = 7"): math-verify
+    exact = _exact_value(gold)
+    if exact is not None:
+        return _matches_exact(answer, exact)
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,9 +816,37 @@ def _math_verify_equal(gold: str, prediction: str | None) -> bool:
         if not gold_usable:
             return False
         prediction_parsed = math_verify.parse("\\boxed{" + prediction + "}", parsing_timeout=None)
-        return bool(math_verify.verify(gold_parsed, prediction_parsed, timeout_seconds=None))
+        if not math_verify.verify(gold_parsed, prediction_parsed, timeout_seconds=None):
+            return False
+        return _exactly_equal(gold_parsed[0], prediction_parsed[0]) if prediction_parsed else True
     except Exception:  # any failure inside math-verify/sympy is "not equal", never a crash
         return False
+
+
+def _exactly_equal(gold, prediction) -> bool:
+    """Runs in the worker, after math-verify said "equal": where both sides are exact numbers (no float,
+    no symbol: radicals, powers, factorials, pi) and finite, they must be equal by sympy's exact test
+    (`Expr.equals`) or, where it cannot tell, agree to 40 significant digits; never within math-verify's
+    float tolerance, so `1/100!` is not `1/101!`. Anything else keeps math-verify's verdict.
+
+    >>> import sympy
+    >>> _exactly_equal(sympy.sqrt(3) / 10**30, sympy.sqrt(2) / 10**30), _exactly_equal(sympy.sqrt(8), 2 * sympy.sqrt(2))
+    (False, True)
+    """
+    import sympy
+
+    if not (isinstance(gold, sympy.Expr) and isinstance(prediction, sympy.Expr)):
+        return True
+    if gold.free_symbols or prediction.free_symbols or gold.has(sympy.Float) or prediction.has(sympy.Float):
+        return True
+    if not (gold.is_finite and prediction.is_finite):  # infinities (and unknowns): math-verify's verdict
+        return True
+    equal = gold.equals(prediction)  # sympy's own exact test: True, False or None (cannot tell)
+    if equal is not None:
+        return bool(equal)
+    difference = abs(sympy.N(gold - prediction, 50))
+    scale = max(abs(sympy.N(gold, 50)), abs(sympy.N(prediction, 50)))
+    return bool(difference <= scale * sympy.Rational(1, 10**40)) if scale != 0 else bool(difference == 0)
 
 
 def _worker_loop(fd: int) -> None:
@@ -417,15 +956,12 @@ class Verifier:
                 results[i] = VerifyResult(parsed=True, correct=False, answer=answer)
                 continue
             answer_cleaned = _clean(answer)
-            gold_value = _as_number(gold_normalized)
-            if gold_value is not None:  # a number is answered by a number, compared exactly, here
-                correct = _as_number(answer_cleaned) == gold_value
-                results[i] = VerifyResult(parsed=True, correct=correct, answer=answer)
-            elif not answer_cleaned:  # e.g. "\boxed{\$}": nothing left to compare
-                results[i] = VerifyResult(parsed=True, correct=False, answer=answer)
-            else:
+            correct = _compare_here(gold_normalized, answer_cleaned)
+            if correct is None:  # a symbolic gold: math-verify, in a worker
                 slow_items.append((i, answer))
                 slow_jobs.append((gold_normalized, answer_cleaned))
+            else:
+                results[i] = VerifyResult(parsed=True, correct=correct, answer=answer)
         for (i, answer), correct in zip(slow_items, self._run_math_verify(slow_jobs, timeout)):
             results[i] = VerifyResult(parsed=True, correct=correct, answer=answer)
         return results
@@ -586,10 +1122,14 @@ def gold_is_usable(gold: str) -> bool:
 
     >>> gold_is_usable("#### 72"), gold_is_usable("\\frac{\\pi}{2}"), gold_is_usable(""), gold_is_usable("???")
     (True, True, False, False)
+    >>> gold_is_usable("3:15 p.m."), gold_is_usable("\\frac{1}{2^{50}}")  # text; an exact expression
+    (True, True)
     """
     gold_normalized = normalize_gold(gold)
     if gold_normalized is None:
         return False
-    if _as_number(gold_normalized) is not None:
+    if _as_number(gold_normalized) is not None or _is_text_gold(gold_normalized):
+        return True
+    if _exact_value(gold_normalized) is not None:
         return True
     return _get_shared_verifier()._run_math_verify([(gold_normalized, None)], timeout=5.0)[0]

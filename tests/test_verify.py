@@ -47,6 +47,11 @@ def verifier():
         ("It costs $1,234 in total.", "1234"),  # thousands separator
         ("it is 0.5 or maybe 3/4", "3/4"),
         ("10-5 = 5 apples, 2.5 each", "2.5"),  # "10-5" is not "-5"
+        (r"The probability is $\frac{5}{6}$.", r"\frac{5}{6}"),  # the last math span, whole
+        (r"so it is $14{,}916$", "14{,}916"),
+        (r"Answer \( x = 9 \) and \[ 10 \]", "10"),
+        (r"we get $3+4$, which is 7", "7"),  # a plain number after the last span wins
+        (r"costs \$5 and \$6", "6"),  # escaped dollars are money
     ],
 )
 def test_extract_answer(text, expected):
@@ -115,6 +120,14 @@ def test_parse_tag():
         ("   ", None),
         ("$$", None),
         (r"\boxed{}", None),
+        (r"$\boxed{2}$ and $\boxed{3}$", "2, 3"),  # several boxes: the whole answer
+        (r"\boxed{5} or \boxed{5}", "5"),
+        (r"\boxed{\frac{1}{2}", r"\frac{1}{2}"),  # an unclosed gold box runs to the end
+        (r"12,\!345", "12345"),
+        (r"12{,}345", "12345"),
+        ("12 345", "12345"),
+        ("28 percent", "28"),
+        (r"\cfrac{1}{2}", r"\frac{1}{2}"),
     ],
 )
 def test_normalize_gold(gold, expected):
@@ -133,6 +146,8 @@ def test_gold_is_usable():
     assert not gold_is_usable(r"\boxed{}")
     assert not gold_is_usable("???")  # garbage: math-verify finds no expression
     assert not gold_is_usable(r"\frac{1}{")
+    assert gold_is_usable("3:15 p.m.")  # a text gold
+    assert gold_is_usable(r"\frac{1}{2^{50}}")  # an exact expression
 
 
 # ----------------------------------------------------------------------------------------------

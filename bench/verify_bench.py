@@ -1,0 +1,178 @@
+"""Verifier benchmark: graded completions per second on one worker, the implementation on ``main`` against
+this one, in the same run.
+
+The old implementation is read with ``git show main:common/verify.py`` into a temporary module, so both
+run in one process on the same inputs, and the timed repetitions alternate (old, new, old, new) so a
+change in a shared machine's load hits both alike. The workload is what a training step grades: short
+worked solutions ending in a box, a GSM8K "####" line or a bare number, against number golds, about a
+third of them wrong; every item takes the in-process path (a plain-number gold never starts a
+math-verify worker), which is where nearly all completions of GSM8K and MATH go. Reported: completions
+per second for each (best of ``--repeats``), and new / old. ``--agreement`` also scores the graded
+style cases of ``tests/test_verify_styles.py`` with both, and with plain math-verify
+(``verify(parse(gold), parse(completion))``) for reference, and prints, per kind, how many agree with the
+expected label.
+
+    PYTHONPATH=. .venv/bin/python bench/verify_bench.py
+    PYTHONPATH=. .venv/bin/python bench/verify_bench.py --agreement
+
+This is a benchmark, not a test: numbers depend on the machine and its load. It is not run by CI.
+"""
+
+import importlib.util
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Args:
+    num_completions: int = 20_000
+    """completions per timed repetition"""
+    repeats: int = 5
+    """timed repetitions per implementation; the best is reported"""
+    base: str = "main"
+    """git revision whose common/verify.py is the "before" implementation"""
+    agreement: bool = False
+    """also score the graded cases of tests/test_verify_styles.py with both implementations"""
+    seed: int = 0
+    """workload seed"""
+
+
+def make_workload(num_completions: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(completions, golds) in the styles a training step sees; about a third of the answers are wrong.
+
+    >>> completions, golds = make_workload(6)
+    >>> len(completions), len(golds), all(isinstance(gold, str) for gold in golds)
+    (6, 6, True)
+    """
+    rng = random.Random(seed)
+    completions, golds = [], []
+    for i in range(num_completions):
+        value = rng.randint(1, 50_000)
+        answer = value if rng.random() < 0.67 else value + rng.randint(1, 9)
+        reasoning = (
+            f"First, ${value // 2} + {value - value // 2} = {value}$. We check it: "
+            f"\\({value} - {value // 3} = {value - value // 3}\\), so the steps agree. "
+        )
+        style = i % 6
+        if style == 0:
+            completion = reasoning + f"The answer is $\\boxed{{{answer}}}$."
+        elif style == 1:
+            completion = reasoning + f"So the total is \\boxed{{{answer:,}}} dollars."
+        elif style == 2:
+            completion = reasoning + f"She pays {answer} in all.\n#### {answer}"
+        elif style == 3:
+            completion = reasoning + f"Therefore the final answer is {answer}."
+        elif style == 4:
+            completion = reasoning + f"\\boxed{{\\frac{{{answer}}}{{2}}}}"
+            answer = answer / 2
+        else:
+            completion = reasoning + f"\\boxed{{{answer} \\text{{ cm}}}}"
+        gold = f"#### {value}" if style == 2 else (f"\\frac{{{value}}}{{2}}" if style == 4 else str(value))
+        completions.append(completion)
+        golds.append(gold)
+    return completions, golds
+
+
+def load_base_verifier(revision: str, directory: str):
+    """common/verify.py at `revision` as a module of its own (its workers import it by that name)."""
+    source = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{revision}:common/verify.py"], capture_output=True, text=True
+    )
+    if source.returncode != 0:
+        sys.exit(f"--base {revision}: git show failed: {source.stderr.strip()}")
+    path = Path(directory) / "verify_base.py"
+    path.write_text(source.stdout)
+    spec = importlib.util.spec_from_file_location("verify_base", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["verify_base"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def throughput(module, completions: list[str], golds: list[str]) -> float:
+    """Completions graded per second by `module.Verifier` (one worker), one pass."""
+    with module.Verifier(num_workers=1) as verifier:
+        start = time.perf_counter()
+        verifier.verify_batch(completions, golds)
+        return len(completions) / (time.perf_counter() - start)
+
+
+def agreement(module) -> dict[str, tuple[int, int]]:
+    """Per kind of graded case: (cases whose score equals the expected label, cases)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_verify_styles import KINDS
+
+    counts = {}
+    with module.Verifier(timeout=10.0, num_workers=1) as verifier:
+        for kind, cases in KINDS.items():
+            completions, golds, expected = zip(*cases)
+            results = verifier.verify_batch(list(completions), list(golds))
+            counts[kind] = (sum(r.correct == e for r, e in zip(results, expected)), len(cases))
+    return counts
+
+
+def agreement_math_verify_alone() -> dict[str, tuple[int, int]]:
+    """The same counts for plain math-verify (`verify(parse(gold), parse(completion))`, its defaults)."""
+    import logging
+
+    import math_verify
+
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_verify_styles import KINDS
+
+    counts = {}
+    for kind, cases in KINDS.items():
+        agree = 0
+        for completion, gold, expected in cases:
+            try:
+                correct = bool(math_verify.verify(math_verify.parse(gold), math_verify.parse(completion)))
+            except Exception:  # a crash inside math-verify counts as "not correct"
+                correct = False
+            agree += correct == expected
+        counts[kind] = (agree, len(cases))
+    return counts
+
+
+def main(args: Args) -> None:
+    from common import verify as new
+
+    completions, golds = make_workload(args.num_completions, args.seed)
+    with tempfile.TemporaryDirectory() as directory:
+        old = load_base_verifier(args.base, directory)
+        rates = {"old": [], "new": []}
+        for _ in range(args.repeats):
+            rates["old"].append(throughput(old, completions, golds))
+            rates["new"].append(throughput(new, completions, golds))
+        best_old, best_new = max(rates["old"]), max(rates["new"])
+        print(f"workload: {args.num_completions} completions, best of {args.repeats}, one process")
+        print(f"before ({args.base}): {best_old:,.0f} completions/s")
+        print(f"after (this tree):   {best_new:,.0f} completions/s")
+        print(f"after / before: {best_new / best_old:.2f}")
+        if not args.agreement:
+            return
+        columns = {
+            "before": agreement(old),
+            "after": agreement(new),
+            "math-verify": agreement_math_verify_alone(),
+        }
+    print("agreement with the expected labels of tests/test_verify_styles.py")
+    print(f"{'kind':<16}" + "".join(f"{name:>16}" for name in columns))
+    for kind in columns["before"]:
+        cells = [f"{counts[kind][0]}/{counts[kind][1]}" for counts in columns.values()]
+        print(f"{kind:<16}" + "".join(f"{cell:>16}" for cell in cells))
+    totals = [(sum(n for n, _ in c.values()), sum(m for _, m in c.values())) for c in columns.values()]
+    print(f"{'all':<16}" + "".join(f"{f'{n}/{m} ({n / m:.0%})':>16}" for n, m in totals))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
