@@ -85,7 +85,9 @@ def test_tiers_have_three_four_six_and_eight_single_digit_steps():
 def test_tiny_examples_rows():
     rows = tiny_examples("test", 9)
     assert len(rows) == 9 and set(rows[0]) == {"question", "answer", "category", "solution"}
-    assert all(row["solution"].endswith(f"\\boxed{{{row['answer']}}}") for row in rows)  # the slip-free working
+    assert all(
+        row["solution"].endswith(f"\\boxed{{{row['answer']}}}") for row in rows
+    )  # the slip-free working
     assert HINT_TEMPLATE.format(question="Q.", answer=3) == "Q. The answer is 3. Show the working."
     assert len(tiny_examples("test")) == 300 and len(tiny_examples("train")) == 3000  # 100 / 1,000 per tier
 
