@@ -30,8 +30,9 @@ reward (paper eq. 7, verl ``math_dapo.compute_score``) and R_len (paper eq. 13) 
 verl script's. Paper scale: Qwen2.5-32B base, 512 prompts × 16 responses (the verl script generates rounds
 of 3 × 512 prompts), mini-batch 512 responses (16 updates per rollout step), AdamW lr 1e-6 constant after
 a 20-step warm-up, L_max 20480 = 16384 expected + 4096 cache, evaluation at temperature 1.0, top-p 0.7
-(avg@32): that run is scaled down to one GPU in the README's command line. The tiny world keeps grpo.py's
-batch, learning rate and L_max = 80, over-samples rounds of 24 prompts for 16 kept, and sets L_cache = 16.
+(avg@32): that run is scaled down to one GPU in the README's command line. L_cache defaults to L_max / 5,
+the paper's 4096 / 20480. The tiny world keeps grpo.py's batch, learning rate and L_max = 80 (so L_cache =
+16) and over-samples rounds of 24 prompts for the 16 groups an update takes.
 
 The tiny world, measured (512 completions of the base policy; the command in the report): completions are
 22 to 56 tokens long and none is truncated at 80, so with L_cache = 16 (penalty from 65 tokens on) the
@@ -183,8 +184,8 @@ class Args:
     max_gen_rounds: int = 10
     """cap on generation rounds per step (verl max_num_gen_batches: 10); at the cap, train on what was kept"""
     # Modification 4 (vs GRPO): overlong reward shaping
-    overlong_cache_len: int = 16
-    """L_cache: soft overlong punishment over the last L_cache tokens before L_max (paper: 4096 of 20480); 0: off"""
+    overlong_cache_len: int | None = None
+    """L_cache: soft overlong punishment in the last L_cache tokens up to L_max; default L_max // 5 (paper: 4096 of 20480); 0: off"""
     overlong_filter: bool = False
     """mask the loss of truncated samples (no EOS within --max-new-tokens); paper's best run: off"""
 
@@ -374,7 +375,7 @@ def validate(args: Args) -> None:
             f"--gen-prompts-per-round and --max-gen-rounds must be >= 1, got {args.gen_prompts_per_round} "
             f"and {args.max_gen_rounds}"
         )
-    if not 0 <= args.overlong_cache_len < args.max_new_tokens:
+    if args.overlong_cache_len is not None and not 0 <= args.overlong_cache_len < args.max_new_tokens:
         raise SystemExit(
             f"--overlong-cache-len must be in [0, --max-new-tokens {args.max_new_tokens}) (the penalty starts at "
             f"L_max - L_cache), got {args.overlong_cache_len}"
@@ -440,6 +441,9 @@ def main(args: Args) -> dict:
     elapsed_before = extra["elapsed"]
     session_start = time.time()
     Q, G = args.prompts_per_step, args.group_size
+    # Modification 4 (vs GRPO): L_max and L_cache of the soft overlong punishment
+    L_max = args.max_new_tokens
+    L_cache = L_max // 5 if args.overlong_cache_len is None else args.overlong_cache_len
     # Modification 3 (vs GRPO): prompts are drawn in rounds of R, at a cursor into the seeded prompt stream
     # (saved in the checkpoint: a step may use any number of rounds); without dynamic sampling R = Q and the
     # cursor is (step - 1) * Q, grpo.py's batches
@@ -486,14 +490,14 @@ def main(args: Args) -> dict:
 
             # ALGO LOGIC: Modification 5 (vs GRPO): ±1 correctness plus the overlong penalty (Modification 4)
             lengths = generated.completion_mask.sum(-1).view(-1, G)  # [R_all, G] tokens, EOS included
-            generated_rewards = dapo_rewards(correct, lengths, args.max_new_tokens, args.overlong_cache_len)
-            generated_penalty = overlong_penalty(
-                lengths, args.max_new_tokens, args.overlong_cache_len
-            )  # for the log
+            generated_rewards = dapo_rewards(correct, lengths, L_max, L_cache)  # [R_all, G]
+            generated_penalty = overlong_penalty(lengths, L_max, L_cache)  # [R_all, G] for the log
             rewards = generated_rewards[train]  # [len(batch), G]
 
-            # ALGO LOGIC: group-relative advantages, one per completion
-            advantages = grpo_advantages(rewards, args.scale_rewards).view(-1).to(args.device)  # [B]
+            # ALGO LOGIC: group-relative advantages, one per completion (none when no group was kept)
+            advantages = torch.zeros(0, device=args.device)  # [B]
+            if len(batch) > 0:
+                advantages = grpo_advantages(rewards, args.scale_rewards).view(-1).to(args.device)  # [B]
 
             # ALGO LOGIC: the policy update (PPO-clip surrogate + optional KL), in micro-batches
             mask = rollout.completion_mask  # [B, C]
