@@ -34,11 +34,12 @@ a 20-step warm-up, L_max 20480 = 16384 expected + 4096 cache, evaluation at temp
 the paper's 4096 / 20480. The tiny world keeps grpo.py's batch, learning rate and L_max = 80 (so L_cache =
 16) and over-samples rounds of 24 prompts for the 16 groups an update takes.
 
-The tiny world, measured (512 completions of the base policy; the command in the report): completions are
-22 to 56 tokens long and none is truncated at 80, so with L_cache = 16 (penalty from 65 tokens on) the
-soft punishment and overlong filtering are dormant there; they act on a real model, whose answers run
-into the limit. Likewise with ``--updates-per-batch 1`` the ratio is exactly 1 and no clip binds, high or
-low: clip-higher acts only with several updates per rollout batch (the paper makes 16).
+The tiny world, measured (the first 7 steps of ``./run.sh dapo``, 1,344 completions, metrics.jsonl): no
+completion was truncated at 80 tokens and the longest were 75 and 65, so with L_cache = 16 (penalty from
+65 tokens on) the soft punishment touches only a rare rambling completion and overlong filtering has
+nothing to mask; both act on a real model, whose answers run into the limit. Likewise with
+``--updates-per-batch 1`` (the default, as grpo.py) the ratio is exactly 1 and no clip binds, high or low:
+clip-higher acts only with several updates per rollout batch (the paper makes 16).
 
 Deviations / choices:
 - Reward ±1, as the paper and verl (not grpo.py's 0/1). Without the length penalty the advantage is the

@@ -473,10 +473,11 @@ def test_interrupted_run_resumes_the_prompt_stream_exactly(tiny_world_dir, tmp_p
 
 @pytest.mark.slow
 def test_dapo_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
-    """DAPO with its defaults for 40 steps (seed 1) raises held-out pass@1 by at least 0.10 over the base
-    policy (measured: see the report for the command and numbers) and the training accuracy rises."""
+    """DAPO with its defaults for 60 steps (seed 1) raises held-out pass@1 by at least 0.10 over the base
+    policy and the training accuracy rises. The margin and length are those of grpo.py's learning test
+    (measured there: +0.17 to +0.20); DAPO's own gain at these settings has not been measured yet."""
     out = main(
-        Args(num_steps=40, eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
+        Args(num_steps=60, eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
     )
     rows = [r for r in read_jsonl(tmp_path / "learn" / "metrics.jsonl") if "accuracy" in r]
     first, last = sum(r["accuracy"] for r in rows[:10]) / 10, sum(r["accuracy"] for r in rows[-10:]) / 10
