@@ -490,7 +490,7 @@ def main(args: Args) -> dict:
             results = [res for i, res in enumerate(generated_results) if train[i // G]]
 
             # ALGO LOGIC: Modification 5 (vs GRPO): ±1 correctness plus the overlong penalty (Modification 4)
-            lengths = generated.completion_mask.sum(-1).view(-1, G)  # [R_all, G] tokens, EOS included
+            lengths = generated.completion_mask.sum(-1).view(-1, G).cpu()  # [R_all, G] tokens, EOS included
             generated_rewards = dapo_rewards(correct, lengths, L_max, L_cache)  # [R_all, G]
             generated_penalty = overlong_penalty(lengths, L_max, L_cache)  # [R_all, G] for the log
             rewards = generated_rewards[train]  # [len(batch), G]
