@@ -52,6 +52,40 @@ class Rollout:
         )
 
 
+def concat_rollouts(rollouts: list[Rollout], pad_token_id: int) -> Rollout:
+    """Several rollouts as one batch, rows in order: prompts left-padded again and completions right-padded
+    again to the widest, ``group_index`` continued (the prompts of each rollout follow those of the one
+    before). Padding is masked and positions come from the mask, so no row's log-probs change.
+
+    >>> one = lambda p, c: Rollout(torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), torch.tensor([c]),
+    ...     torch.ones(1, len(c)), torch.zeros(1, len(c)), torch.tensor([False]), ["x"], torch.tensor([0]))
+    >>> both = concat_rollouts([one([7], [5, 6, 0]), one([8, 9], [5])], pad_token_id=0)
+    >>> both.prompt_ids, both.prompt_mask, both.completion_mask, both.group_index
+    (tensor([[0, 7],
+            [8, 9]]), tensor([[0, 1],
+            [1, 1]]), tensor([[1., 1., 1.],
+            [1., 0., 0.]]), tensor([0, 1]))
+    """
+    P = max(r.prompt_ids.shape[1] for r in rollouts)
+    C = max(r.completion_ids.shape[1] for r in rollouts)
+    left = lambda t, value: torch.nn.functional.pad(t, (P - t.shape[1], 0), value=value)  # noqa: E731
+    right = lambda t, value: torch.nn.functional.pad(t, (0, C - t.shape[1]), value=value)  # noqa: E731
+    group_index, offset = [], 0
+    for r in rollouts:
+        group_index.append(r.group_index + offset)
+        offset += int(r.group_index.max()) + 1 if len(r.group_index) else 0
+    return Rollout(
+        torch.cat([left(r.prompt_ids, pad_token_id) for r in rollouts]),
+        torch.cat([left(r.prompt_mask, 0) for r in rollouts]),
+        torch.cat([right(r.completion_ids, pad_token_id) for r in rollouts]),
+        torch.cat([right(r.completion_mask, 0.0) for r in rollouts]),
+        torch.cat([right(r.behavior_logprobs, 0.0) for r in rollouts]),
+        torch.cat([r.truncated for r in rollouts]),
+        [c for r in rollouts for c in r.completions],
+        torch.cat(group_index),
+    )
+
+
 class Sampler(Protocol):
     """What an algorithm needs from a rollout engine."""
 

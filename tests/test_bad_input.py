@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["grpo", "nsr", "bnpo", "topr", "oreal", "expo"]
+SCRIPTS = ["grpo", "nsr", "bnpo", "topr", "oreal", "expo", "dapo"]
 
 # Flags that contradict the method itself, checked by each script's own validate().
 CONTRADICTORY = {
@@ -21,6 +21,7 @@ CONTRADICTORY = {
     "expo": ({"group_size": 1}, "--group-size must be >= 2"),
     "nsr": ({"lam": -0.5}, "--lam must be >= 0"),  # no group baseline: one sample per prompt is allowed
     "topr": ({"baseline": 1.0}, "--baseline must be in (-1, 1)"),
+    "dapo": ({"overlong_cache_len": 80}, "--overlong-cache-len must be in [0, --max-new-tokens 80)"),
 }
 
 

@@ -14,7 +14,7 @@ import common.checkpoint as checkpoint
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from common.tracking import read_jsonl
 
-SCRIPTS = ["grpo", "nsr", "bnpo", "topr", "oreal", "expo"]
+SCRIPTS = ["grpo", "nsr", "bnpo", "topr", "oreal", "expo", "dapo"]
 
 
 class PretrainedLinear(torch.nn.Linear):

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from algos import bnpo, expo, grpo, nsr, oreal, topr
+from algos import bnpo, dapo, expo, grpo, nsr, oreal, topr
 
 PROPERTY = settings(max_examples=60, deadline=None)
 
@@ -282,6 +282,44 @@ def test_expo_explains_all_wrong_groups_exactly(rewards):
 
 
 # ---------------------------------------------------------------------------------------------------
+# DAPO
+# ---------------------------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(rewards=binary_rewards(), data=st.data())
+def test_dapo_rewards_penalty_and_filter_are_finite_and_bounded(rewards, data):
+    Q, G = rewards.shape
+    max_len = data.draw(st.integers(1, 64))
+    cache_len = data.draw(st.integers(0, max_len - 1))
+    lengths = torch.tensor(data.draw(st.lists(st.integers(0, max_len + 5), min_size=Q * G, max_size=Q * G))).view(Q, G)  # fmt: skip
+    penalty = dapo.overlong_penalty(lengths, max_len, cache_len)
+    assert finite(penalty) and (penalty <= 0).all() and (penalty >= -1).all()
+    assert (penalty[lengths <= max_len - cache_len] == 0).all()
+    if cache_len > 0:
+        assert (penalty[lengths >= max_len] == -1).all()
+    shaped = dapo.dapo_rewards(rewards, lengths, max_len, cache_len)
+    assert finite(shaped) and torch.allclose(shaped - penalty, 2 * rewards - 1, atol=1e-6)
+    keep = dapo.keep_groups(rewards)
+    assert torch.equal(keep, (rewards.mean(dim=1) > 0) & (rewards.mean(dim=1) < 1))
+    assert finite(dapo.grpo_advantages(shaped[keep]))
+
+
+@PROPERTY
+@given(rounds=st.lists(binary_rewards(), min_size=1, max_size=6), num_groups=st.integers(1, 8), max_rounds=st.integers(1, 6))  # fmt: skip
+def test_dapo_dynamic_sampling_never_overfills_and_stops_when_full(rounds, num_groups, max_rounds):
+    draws = iter(rounds + [torch.zeros(1, 2)] * max_rounds)  # all-wrong rounds after the drawn ones
+    masks, kept = dapo.dynamic_sampling(lambda: next(draws), num_groups, max_rounds)
+    trained = [int(m.sum()) for m in masks]
+    assert 1 <= len(masks) <= max_rounds and sum(trained) <= num_groups
+    assert sum(trained) == num_groups or len(masks) == max_rounds  # full, or at the cap
+    assert sum(trained[:-1]) < num_groups  # never a round more than needed
+    for mask, accuracy in zip(masks, rounds):
+        assert not (mask & ~dapo.keep_groups(accuracy)).any()  # only groups of mixed accuracy are trained
+    assert kept >= sum(trained)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Every script's real loop on degenerate batches
 # ---------------------------------------------------------------------------------------------------
 
@@ -303,6 +341,21 @@ RUNS = {
     "expo-dpo": ("expo", {**SHAPE, "explanation_tries": 2, "variant": "dpo"}),
     "topr": ("topr", TOPR_SHAPE),
     "topr-drop": ("topr", {**TOPR_SHAPE, "negatives": "drop"}),
+    "dapo": (
+        "dapo",
+        {
+            **SHAPE,
+            "updates_per_batch": 2,
+            "kl_coef": 0.05,
+            "gen_prompts_per_round": 3,
+            "max_gen_rounds": 2,
+            "overlong_cache_len": 2,
+        },
+    ),
+    "dapo-filter": (
+        "dapo",
+        {**SHAPE, "gen_prompts_per_round": 3, "max_gen_rounds": 2, "overlong_filter": True},
+    ),
 }
 SCENARIOS = ["all-correct", "all-wrong", "empty", "truncated"]
 
@@ -398,6 +451,10 @@ def test_degenerate_batches_keep_losses_metrics_and_weights_finite(
             assert row["loss"] is not None and row["grad_norm"] is not None, row
     if run == "nsr" and scenario == "all-correct" or run == "topr-drop" and scenario != "all-correct":
         assert all(r.get("grad_norm", 0.0) == 0.0 for r in rows)  # every sample filtered out: no update
+    if run.startswith("dapo") and scenario in ("all-correct", "all-wrong") or run == "dapo-filter" and scenario == "truncated":  # fmt: skip
+        assert all(
+            r.get("grad_norm", 0.0) == 0.0 for r in rows
+        )  # no group kept / every token filtered: no update
     checkpoint = latest_checkpoint(tmp_path / run)
     if checkpoint is None:  # TOPR checkpoints after optimizer steps: with every sample dropped there are none
         assert run == "topr-drop" and not any("loss" in r for r in rows)
