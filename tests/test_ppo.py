@@ -106,7 +106,9 @@ def test_policy_loss_clips_per_token():
 
 def test_reward_right_wrong_but_extractable_and_unparsable():
     verifier = Verifier()
-    results = verifier.verify_batch(["7-3\n4\n\\boxed{4}", "7-3\n5\n\\boxed{5}", "no answer at all"], ["4", "4", "4"])
+    results = verifier.verify_batch(
+        ["7-3\n4\n\\boxed{4}", "7-3\n5\n\\boxed{5}", "no answer at all"], ["4", "4", "4"]
+    )
     verifier.close()
     correct = torch.tensor([r.correct for r in results])
     parsed = torch.tensor([r.parsed for r in results])
@@ -150,7 +152,9 @@ def test_sft_batch_masks_the_prompt_and_matches_the_hf_loss_with_masked_labels(r
 
 
 def _solution_nll(model, tokenizer, examples) -> float:
-    prompts = tokenizer([build_prompt(e.question, "plain") for e in examples], add_special_tokens=False)["input_ids"]
+    prompts = tokenizer([build_prompt(e.question, "plain") for e in examples], add_special_tokens=False)[
+        "input_ids"
+    ]
     solutions = tokenizer([e.solution for e in examples], add_special_tokens=False)["input_ids"]
     ids, attn, loss_mask = sft_batch(prompts, solutions, tokenizer.eos_token_id, tokenizer.pad_token_id)
     with torch.no_grad():
@@ -164,7 +168,9 @@ def test_sft_warmup_lowers_the_loss_on_held_out_solutions(random_model_dir):
     train = load_examples("tiny", "train")[:320]
     held_out = load_examples("tiny", "test")[:64]
     before = _solution_nll(model, tokenizer, held_out)
-    args = Args(model_name_or_path=str(random_model_dir), sft_epochs=2.0, sft_learning_rate=3e-3, sft_batch_size=32)
+    args = Args(
+        model_name_or_path=str(random_model_dir), sft_epochs=2.0, sft_learning_rate=3e-3, sft_batch_size=32
+    )
     losses = sft_warmup(model, tokenizer, train, args)
     after = _solution_nll(model, tokenizer, held_out)
     assert len(losses) == 20  # 2 epochs of 320 pairs in batches of 32
@@ -206,7 +212,9 @@ def test_default_flags_and_skipped_warmup_pass_validate():
 
 def test_a_dataset_without_solutions_fails_in_one_line_when_the_warmup_is_on(tmp_path, random_model_dir):
     data = tmp_path / "no_solutions.jsonl"
-    data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(8)))
+    data.write_text(
+        "".join(json.dumps({"question": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(8))
+    )
     args = Args(model_name_or_path=str(random_model_dir), dataset=str(data), output_dir=str(tmp_path))
     with pytest.raises(SystemExit) as error:
         main(args)
@@ -225,21 +233,23 @@ def test_the_value_head_is_saved_in_the_checkpoint_and_restored(tmp_path):
     fresh_model, fresh_head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
     assert not torch.equal(fresh_head.weight, head.weight)
     fresh_optimizer = torch.optim.AdamW([*fresh_model.parameters(), *fresh_head.parameters()])
-    load_checkpoint(latest_checkpoint(tmp_path), fresh_model, fresh_optimizer, modules={"value_head": fresh_head})
+    load_checkpoint(
+        latest_checkpoint(tmp_path), fresh_model, fresh_optimizer, modules={"value_head": fresh_head}
+    )
     assert torch.equal(fresh_head.weight, head.weight) and torch.equal(fresh_head.bias, head.bias)
     with pytest.raises(RuntimeError, match="no module 'critic'"):
         load_checkpoint(latest_checkpoint(tmp_path), fresh_model, modules={"critic": fresh_head})
 
 
 SMALL = dict(
-    prompts_per_step=8, eval_problems=12, eval_n=2, micro_batch_size=8, max_new_tokens=40, sft_epochs=0.03
-)  # 0.03 epochs of 3,000 solutions: 3 SFT steps of 32
+    prompts_per_step=4, eval_problems=8, eval_n=2, micro_batch_size=8, max_new_tokens=40, sft_epochs=0.02
+)  # 0.02 epochs of 3,000 solutions: 2 SFT steps of 32
 TRAIN_KEYS = ["reward_mean", "loss", "value_loss", "explained_variance", "kl", "grad_norm", "eval/pass@1"]
 
 
 def _cmd(run_dir: Path, *extra: str) -> list[str]:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
-    return [sys.executable, str(ROOT / "algos" / "ppo.py"), "--num-steps=5", "--eval-every=3", "--save-every=1",
+    return [sys.executable, str(ROOT / "algos" / "ppo.py"), "--num-steps=4", "--eval-every=2", "--save-every=1",
             f"--output-dir={run_dir.parent}", f"--run-name={run_dir.name}", *flags, *extra]  # fmt: skip
 
 
@@ -252,7 +262,9 @@ def test_interrupted_run_resumes_exactly_with_the_critic(tiny_world_dir, tmp_pat
     ref = tmp_path / "ref"
     subprocess.run(_cmd(ref), check=True, env=ENV, capture_output=True)
     state = torch.load(latest_checkpoint(ref) / "state.pt", weights_only=False)
-    assert set(state["modules"]) == {"value_head"} and state["modules"]["value_head"]["weight"].abs().sum() > 0
+    assert (
+        set(state["modules"]) == {"value_head"} and state["modules"]["value_head"]["weight"].abs().sum() > 0
+    )
     assert (ref / "warmup-model" / "config.json").is_file()
 
     run = tmp_path / "cut"
@@ -267,7 +279,7 @@ def test_interrupted_run_resumes_exactly_with_the_critic(tiny_world_dir, tmp_pat
     assert "sft warm-up" not in resumed.stderr  # Stage 1 is not run again
 
     got, want = read_jsonl(run / "metrics.jsonl"), read_jsonl(ref / "metrics.jsonl")
-    assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(6))
+    assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(5))
     assert want[0]["eval/warmup_pass@1"] == pytest.approx(got[0]["eval/warmup_pass@1"])
     for g, w in zip(got, want):
         for key in TRAIN_KEYS:
@@ -275,3 +287,19 @@ def test_interrupted_run_resumes_exactly_with_the_critic(tiny_world_dir, tmp_pat
                 assert g.get(key) is None, (g["step"], key)
             else:
                 assert g.get(key) == pytest.approx(w[key], rel=1e-5, abs=1e-6), (g["step"], key)
+
+
+@pytest.mark.slow
+def test_ppo_raises_held_out_pass_at_1_on_the_tiny_world(tiny_world_dir, tmp_path):
+    """The demo's settings for 10 PPO steps (seed 1): the SFT warm-up on slip-free workings raises held-out
+    pass@1 well over the base (measured with these eval settings: 0.303 -> 0.635 after Stage 1, algos/ppo.py's
+    docstring), and PPO must keep it there (the PPO stage's own gain over the warm-up is not asserted)."""
+    out = main(
+        Args(num_steps=10, eval_every=0, eval_problems=150, eval_n=4, save_every=1000, output_dir=str(tmp_path),
+             run_name="learn", seed=1)
+    )  # fmt: skip
+    base, warmup, final = out["base"]["pass@1"], out["warmup"]["pass@1"], out["final"]["pass@1"]
+    print(json.dumps({"base": base, "warmup": warmup, "final": final}))
+    assert warmup >= base + 0.15, (base, warmup)
+    assert final >= base + 0.15, (base, final)
+    assert final >= warmup - 0.10, (warmup, final)
