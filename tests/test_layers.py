@@ -117,3 +117,17 @@ def test_resolving_a_world_does_not_need_the_builder():
     for helper in ("data", "model", "rollout", "vllm_rollout", "evaluate", "tracking", "tiny_task"):
         assert "tiny_world" not in reach(helper, set()), f"common.{helper} reaches common.tiny_world"
     assert graph["tiny_task"] == set(), f"common.tiny_task imports {graph['tiny_task']}"
+
+
+def test_the_readme_layout_matches_the_tree():
+    """README's Layout section names every common module (in LAYERS' order) and every top-level folder."""
+    readme = (COMMON.parent / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    common_part = layout.split("common/", 1)[1].split("\nworlds/", 1)[0]
+    named = [word.strip(",():") for word in common_part.split()]
+    positions = [named.index(module) for module in LAYERS if module in named]
+    missing = [module for module in LAYERS if module not in named]
+    assert not missing, f"README's Layout does not name common/{missing[0]}.py"
+    assert positions == sorted(positions), "README's Layout lists common/ out of LAYERS' order"
+    for folder in ("algos", "common", "worlds", "tests", "bench", "docs"):
+        assert f"\n{folder}/" in layout and (COMMON.parent / folder).is_dir(), folder
