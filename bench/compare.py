@@ -46,9 +46,9 @@ about 15-20 s per run of start-up and in-run evaluation, then per 128 training s
 bnpo 2.4 s, w-reinforce 2.7 s, oreal 3.0 s, expo 3.7 s, topr 4.3 s (two epochs over each dataset);
 one n = 64 evaluation 5 s + 0.64 s per problem. That is about 3,500 CPU seconds for the default set:
 about 30 minutes on 2 idle cores, 35-45 minutes with the two jobs slowing each other and the last job
-running alone, plus about 4 minutes when the tiny world must be built first. On a machine shared with
-other work the wall time grows accordingly (CPU time does not). The harness prints its plan and a
-running estimate.
+running alone, plus about 4 minutes when a tiny world must be built first (not when its shipped copy is
+used). On a machine shared with other work the wall time grows accordingly (CPU time does not). The
+harness prints its plan and a running estimate.
 """
 
 from __future__ import annotations
