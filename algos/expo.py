@@ -79,7 +79,7 @@ from common.evaluate import evaluate_policy
 from common.model import completion_logprobs, load_policy
 from common.preflight import check_run_args
 from common.rollout import make_sampler
-from common.tiny_world import HINT_TEMPLATE
+from common.tiny_task import HINT_TEMPLATE
 from common.tracking import Progress, Tracker, report_before_after
 from common.verify import Verifier
 

@@ -223,7 +223,6 @@ def truncated_is_weights(
 ) -> torch.Tensor:
     """Truncated importance weights min(π_old / π_sampler, C), detached: they correct for the sampler
     (e.g. vLLM) computing slightly different probabilities than the trainer (as TRL and verl do).
-    Here π_old is μ as the trainer computes it (``--tis-cap``, see the module docstring).
 
     >>> truncated_is_weights(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])), cap=2.0)
     tensor([[2., 1.]])
@@ -252,7 +251,7 @@ def topr_token_loss(
     return -coef * logprobs
 
 
-def aggregate_loss(
+def topr_aggregate_loss(
     per_token_loss: torch.Tensor,  # [b, C] losses of one micro-batch
     mask: torch.Tensor,  # [b, C] completion mask
     mode: str,
@@ -513,11 +512,11 @@ def main(args: Args) -> dict:
                     if args.negatives == "reinforce":  # naive off-policy REINFORCE: no taper
                         weights = torch.ones_like(weights)
                     per_token_loss = topr_token_loss(logprobs, weights, r, args.baseline)  # [b, C]
-                    if args.tis_cap > 0:  # sampler/trainer mismatch correction
+                    if args.tis_cap > 0:  # sampler/trainer mismatch correction (π_old: the trainer's μ)
                         per_token_loss = per_token_loss * truncated_is_weights(
                             behavior[mb], batch.behavior_logprobs[mb], args.tis_cap
                         )
-                    loss = aggregate_loss(per_token_loss, m, args.loss_agg, B, num_tokens)
+                    loss = topr_aggregate_loss(per_token_loss, m, args.loss_agg, B, num_tokens)
                     loss.backward()
                     stats["loss"] += loss.item()
                     stats["entropy"] += float((entropy * m).sum()) / num_tokens

@@ -34,7 +34,8 @@ import tyro
 from common.data import build_prompt
 from common.model import completion_logprobs, load_policy
 from common.rollout import make_sampler
-from common.tiny_world import WorldConfig, build_model, build_tokenizer, tiny_examples, world_dir
+from common.tiny_task import tiny_examples, world_dir
+from common.tiny_world import WorldConfig, build_model, build_tokenizer
 
 
 @dataclass

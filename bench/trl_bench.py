@@ -25,7 +25,7 @@ speed was not bought with learning, held-out pass@1 of every final policy, evalu
 code (``common.evaluate.evaluate_policy``) with the same seed.
 
 What both do per step (matched):
-- the same model (``build_tiny_world()``), float32, 1 torch thread each (``--threads``), no gradient
+- the same model (``ensure_world()``), float32, 1 torch thread each (``--threads``), no gradient
   checkpointing, no reference model (KL coefficient 0: TRL's ``beta=0.0`` loads none);
 - the same prompts in the same order: grpo.py's own data order for ``--seed``, given to TRL as a dataset
   with ``shuffle_dataset=False``; ``--prompts-per-step`` prompts × ``--group-size`` samples per step;
@@ -167,11 +167,11 @@ def worker_trl(cfg: dict, out_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from common.tiny_world import build_tiny_world
+    from common.tiny_world import ensure_world
     from common.verify import Verifier
 
     torch.manual_seed(cfg["seed"])
-    path = build_tiny_world()
+    path = ensure_world()
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -330,9 +330,9 @@ def main() -> None:
     if not Path(args.trl_python).exists():
         raise SystemExit(f"no TRL environment at {args.trl_python}; install it as the module docstring says")
 
-    from common.tiny_world import build_tiny_world
+    from common.tiny_world import ensure_world
 
-    build_tiny_world()  # once, before either side starts (both load it)
+    ensure_world()  # once, before either side starts (both load it)
     cfg = {key: getattr(args, key) for key in ("steps", "prompts_per_step", "group_size", "max_new_tokens",
                                                "micro_batch_size", "learning_rate", "seed", "threads")}  # fmt: skip
     out = Path(args.out)

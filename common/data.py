@@ -2,7 +2,7 @@
 
 `load_examples(dataset, split)` turns one of these into a list of `Example`s:
 
-    "tiny"             the built-in toy world (`common.tiny_world`), runs on CPU in seconds
+    "tiny"             the built-in toy world (`common.tiny_task`), runs on CPU in seconds
     "tiny:T1,T2,..."   the toy world's tiers T1, T2, ... (easy, medium, hard, and long: never warmed up on;
                        wide-easy ... wide-long: two-digit numbers, for the world "tiny-wide")
     "gsm8k"            openai/gsm8k (config "main"); gold = the text after "####" in `answer`
@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from common.hub import hub_unreachable, unreachable_exit
+from common.tiny_task import parse_tiers, tiny_examples
 
 
 @dataclass(frozen=True)
@@ -170,8 +171,6 @@ def load_examples(
 
     spec = _dataset_spec(dataset, split, question_field, answer_field)
     if is_tiny(dataset):
-        from common.tiny_world import parse_tiers, tiny_examples
-
         generated = tiny_examples(split, limit, seed, parse_tiers(dataset))
         rows = ((f"{dataset}:{split}:{i}", row) for i, row in enumerate(generated))
     elif spec.hf_path:
@@ -211,8 +210,6 @@ def _dataset_spec(
 ) -> DatasetSpec:
     """The spec of a dataset argument, or the error for a name, split or file that cannot work."""
     if is_tiny(dataset):
-        from common.tiny_world import parse_tiers
-
         parse_tiers(dataset)  # raises on an unknown tier
         return DatasetSpec()
     if dataset in DATASETS:

@@ -1,4 +1,5 @@
-"""Evaluation helpers: the unbiased pass@k estimator, pass@k curves, and saving them as JSON and PNG.
+"""Evaluation: the unbiased pass@k estimator, pass@k curves, and ``evaluate_policy`` (held-out pass@k of a
+policy). Saving curves as JSON and PNG is ``common.tracking.save_pass_at_k``.
 
 pass@k is the chance that at least one of k samples drawn (without replacement) from the n samples we
 generated for a problem is correct. With c correct samples out of n, the unbiased estimator is
@@ -9,13 +10,12 @@ generated for a problem is correct. With c correct samples out of n, the unbiase
 which we compute as a product of k-free factors so that large n (e.g. 1000) never overflows.
 """
 
-import json
 import math
-from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
+from common.data import build_prompt
+from common.rollout import HFSampler
+from common.tracking import Progress
+from common.verify import Verifier
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -75,41 +75,6 @@ def pass_at_k_curve(correct_counts: list[int], n: int, ks: list[int] | None = No
     return {k: sum(pass_at_k(n, c, k) for c in correct_counts) / len(correct_counts) for k in ks}
 
 
-def save_pass_at_k(
-    curves: dict[str, dict[int, float]], json_path: str | Path, png_path: str | Path, title: str = ""
-) -> None:
-    """Write pass@k curves (name -> {k: pass@k}) to a JSON file and a PNG plot with a log2 x-axis.
-
-    The JSON keeps the same shape, with k as a string key (JSON objects only have string keys):
-    `{"base": {"1": 0.31, "2": 0.45}, "grpo": {...}}`.
-
-    >>> save_pass_at_k({"base": {1: 0.3, 2: 0.5}}, "out/pass_at_k.json", "out/pass_at_k.png")  # doctest: +SKIP
-    """
-    json_path, png_path = Path(json_path), Path(png_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    as_json = {name: {str(k): value for k, value in curve.items()} for name, curve in curves.items()}
-    json_path.write_text(json.dumps(as_json, indent=2) + "\n")
-
-    # Figure + Agg canvas directly (no pyplot): works headless and never touches global matplotlib state.
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for name, curve in curves.items():
-        ks = sorted(curve)
-        ax.plot(ks, [curve[k] for k in ks], marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(ScalarFormatter())  # "1 2 4 8", not "2^0 2^1 2^2 2^3"
-    ax.set_ylim(0.0, 1.0)
-    ax.set_xlabel("k (samples per problem)")
-    ax.set_ylabel("pass@k")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-
-
 def evaluate_policy(
     model,
     tokenizer,
@@ -131,10 +96,6 @@ def evaluate_policy(
     "n": n, "num_problems": len(examples)}``. pass@1 equals the mean reward: it is the expected accuracy
     of one sample at this temperature.
     """
-    from common.data import build_prompt
-    from common.rollout import HFSampler
-    from common.tracking import Progress
-    from common.verify import Verifier
 
     def field(e, name):
         return e[name] if isinstance(e, dict) else getattr(e, name)

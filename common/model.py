@@ -1,7 +1,9 @@
 """Loading a policy and computing per-token log-probs of completions.
 
-``load_policy("tiny")`` builds (once) and loads the tiny built-in world; any other name is passed to
-``transformers`` (a local directory or a Hugging Face model id such as ``Qwen/Qwen2.5-Math-1.5B``).
+``load_policy("tiny")`` loads the tiny built-in world from its cache directory (``common.tiny_task.world_dir``;
+made ready on first use by ``common.tiny_world.ensure_world``, which every script reaches through
+``common.preflight.check_run_args``); any other name is passed to ``transformers`` (a local directory or a
+Hugging Face model id such as ``Qwen/Qwen2.5-Math-1.5B``).
 
 ``completion_logprobs`` is the one place where the policy is evaluated on sampled completions. It runs
 the transformer body once, then applies the LM head to a few rows at a time, so the full
@@ -17,14 +19,26 @@ import torch
 import torch.nn.functional as F
 
 from common.hub import hub_unreachable, unreachable_exit
+from common.tiny_task import WORLD_NAMES, world_dir
 
 
 def resolve_model_path(name: str) -> str:
-    """``"tiny"`` (or another name in ``common.tiny_world.WORLDS``) -> that cached world, built on first
-    use; anything else is returned unchanged."""
-    from common.tiny_world import WORLDS, build_tiny_world
+    """``"tiny"`` (or another name in ``common.tiny_task.WORLD_NAMES``) -> that world's cache directory;
+    anything else is returned unchanged. A world that is not there yet fails with one line saying how to
+    make it (scripts never see this: their ``check_run_args`` makes it first).
 
-    return str(build_tiny_world(name=name)) if name in WORLDS else name
+    >>> resolve_model_path("Qwen/Qwen2.5-Math-1.5B")
+    'Qwen/Qwen2.5-Math-1.5B'
+    """
+    if name not in WORLD_NAMES:
+        return name
+    path = world_dir(name)
+    if not (path / "world_card.json").exists():
+        raise FileNotFoundError(
+            f"--model-name-or-path {name!r}: the world is not in {path} yet; every script's check_run_args makes "
+            f"it, or run `python -m common.tiny_world build --name {name}`"
+        )
+    return str(path)
 
 
 def check_model_path(name: str) -> None:
@@ -37,9 +51,7 @@ def check_model_path(name: str) -> None:
     Traceback (most recent call last):
     FileNotFoundError: --model-name-or-path './no/such/model': no such directory
     """
-    from common.tiny_world import WORLDS
-
-    if name in WORLDS:
+    if name in WORLD_NAMES:
         return
     path = Path(name).expanduser()
     looks_local = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1

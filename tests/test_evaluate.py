@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from common.evaluate import default_ks, pass_at_k, pass_at_k_curve, save_pass_at_k
+from common.evaluate import default_ks, pass_at_k, pass_at_k_curve
+from common.tracking import save_pass_at_k
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:

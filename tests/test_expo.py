@@ -11,7 +11,8 @@ import algos.expo as expo
 import algos.grpo as grpo
 from common.data import build_prompt
 from common.rollout import Rollout, completion_mask_from_ids
-from common.tiny_world import HINT_TEMPLATE, build_tokenizer
+from common.tiny_task import HINT_TEMPLATE
+from common.tiny_world import build_tokenizer
 from common.tracking import read_jsonl
 from common.verify import Verifier
 

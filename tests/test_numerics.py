@@ -164,8 +164,10 @@ def test_bnpo_loss_is_finite(batch, dual_clip, data):
     B, mask = batch["B"], batch["mask"]
     advantages = torch.tensor(data.draw(st.lists(st.floats(-1e3, 1e3), min_size=B, max_size=B)))
     logprobs = batch["logprobs"].clone().requires_grad_(True)
-    per_token_loss, _ = bnpo.clipped_surrogate(logprobs, batch["old"], advantages, 0.2, 0.28, dual_clip)
-    loss = bnpo.aggregate_loss(per_token_loss, mask, bnpo.Args().loss_agg, B, int(mask.sum()), batch["C"])
+    per_token_loss, _ = bnpo.dual_clipped_surrogate(logprobs, batch["old"], advantages, 0.2, 0.28, dual_clip)
+    loss = bnpo.bnpo_aggregate_loss(
+        per_token_loss, mask, bnpo.Args().loss_agg, B, int(mask.sum()), batch["C"]
+    )
     loss.backward()
     assert finite(loss, logprobs.grad)
 
@@ -191,8 +193,8 @@ def test_topr_weights_are_one_for_positives_in_zero_one_for_negatives_and_the_lo
     per_token_loss = topr.topr_token_loss(logprobs, weights, rewards, baseline)
     size = data.draw(st.integers(1, B))
     for mode in ("seq-mean-token-sum", "token-mean"):
-        whole = topr.aggregate_loss(per_token_loss, mask, mode, B, int(mask.sum()))
-        parts = [topr.aggregate_loss(per_token_loss[mb], mask[mb], mode, B, int(mask.sum())) for mb in micro_batches(B, size)]  # fmt: skip
+        whole = topr.topr_aggregate_loss(per_token_loss, mask, mode, B, int(mask.sum()))
+        parts = [topr.topr_aggregate_loss(per_token_loss[mb], mask[mb], mode, B, int(mask.sum())) for mb in micro_batches(B, size)]  # fmt: skip
         assert finite(whole) and torch.allclose(sum(parts), whole, rtol=1e-4, atol=1e-3)
     whole.backward()
     assert finite(logprobs.grad)
@@ -202,7 +204,7 @@ def test_topr_weights_are_one_for_positives_in_zero_one_for_negatives_and_the_lo
 
 def test_topr_loss_of_a_batch_with_every_sample_filtered_out_is_zero_not_nan():
     empty = torch.zeros(0, 5)
-    loss = topr.aggregate_loss(topr.topr_token_loss(empty, torch.zeros(0), torch.zeros(0), 0.0), empty, "seq-mean-token-sum", 0, 0)  # fmt: skip
+    loss = topr.topr_aggregate_loss(topr.topr_token_loss(empty, torch.zeros(0), torch.zeros(0), 0.0), empty, "seq-mean-token-sum", 0, 0)  # fmt: skip
     assert loss.item() == 0.0
 
 

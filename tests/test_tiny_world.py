@@ -5,23 +5,31 @@ import random
 
 import pytest
 
-from common.tiny_world import (
+from common.tiny_task import (
     HINT_TEMPLATE,
     TIER_STEPS,
     TIERS,
-    WORLDS,
+    WIDE_TIERS,
+    WORLD_NAMES,
     Problem,
-    WorldConfig,
-    build_tiny_world,
-    build_tokenizer,
     generate_problems,
     parse_tiers,
     sample_problem,
     tiny_examples,
-    warmup_pairs,
     worked_solution,
-    working_report,
     world_dir,
+)
+from common.tiny_world import (
+    WORLDS,
+    WorldConfig,
+    build_tiny_world,
+    build_tokenizer,
+    ensure_world,
+    ship_world,
+    shipped_world_dir,
+    shipped_world_problem,
+    warmup_pairs,
+    working_report,
 )
 from common.verify import verify
 
@@ -52,7 +60,7 @@ def test_worked_solutions_reach_the_answer_unless_they_slip():
 
 
 def test_warmup_data_mixes_slips_hints_and_confidence_tags():
-    from common.tiny_world import CONFIDENCE_SUFFIX, WorldConfig, warmup_pairs
+    from common.tiny_task import CONFIDENCE_SUFFIX
 
     cfg = WorldConfig(num_train_problems=2000)
     pairs = warmup_pairs(cfg)
@@ -88,6 +96,8 @@ def test_tiny_examples_rows():
     assert all(
         row["solution"].endswith(f"\\boxed{{{row['answer']}}}") for row in rows
     )  # the slip-free working
+    first = generate_problems(9, "test", seed=0)[0]
+    assert rows[0]["question"] == first.question and rows[0]["solution"] == worked_solution(first)
     assert HINT_TEMPLATE.format(question="Q.", answer=3) == "Q. The answer is 3. Show the working."
     assert len(tiny_examples("test")) == 300 and len(tiny_examples("train")) == 3000  # 100 / 1,000 per tier
 
@@ -223,8 +233,6 @@ def test_wide_tiers_change_one_digit_per_step_without_a_carry():
 def test_wide_world_warms_up_on_wide_tiers_with_extra_hinted_long_problems():
     import dataclasses
 
-    from common.tiny_world import WIDE_TIERS
-
     cfg = dataclasses.replace(WORLDS["tiny-wide"], num_train_problems=1000)
     assert cfg.tiers == (*WIDE_TIERS, "wide-long") and cfg.hinted_only_tiers == ("wide-long",)
     pairs = warmup_pairs(cfg)
@@ -244,3 +252,86 @@ def test_wide_world_warms_up_on_wide_tiers_with_extra_hinted_long_problems():
         "wide-hard",
         "wide-long",
     ]
+
+
+def test_world_names_resolve_without_the_builder(tmp_path):
+    """Naming a world resolves to its cache directory with the task module only: the model and data
+    helpers never import the builder (common.tiny_world), whose registry has the same names."""
+    import subprocess
+    import sys
+
+    assert tuple(WORLDS) == WORLD_NAMES
+    code = (
+        "import sys; from common.model import check_model_path, resolve_model_path; import common.data;"
+        "check_model_path('tiny-wide'); print(resolve_model_path('tiny'));"
+        "assert 'common.tiny_world' not in sys.modules, 'the builder was imported'"
+    )
+    cache = tmp_path / "cache"
+    (cache / "tiny-world-v5").mkdir(parents=True)
+    (cache / "tiny-world-v5" / "world_card.json").write_text("{}")
+    env = {**__import__("os").environ, "RLVR_CACHE_DIR": str(cache)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == str(cache / "tiny-world-v5")
+    (cache / "tiny-world-v5" / "world_card.json").unlink()  # not made yet: one line saying how
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert "FileNotFoundError: --model-name-or-path 'tiny': the world is not in" in out.stderr
+    assert "python -m common.tiny_world build --name tiny" in out.stderr
+
+
+def test_the_shipped_worlds_match_their_checksums_and_cards():
+    """Every world shipped in worlds/ is complete and intact, and its card is the card of WORLDS' config."""
+    shipped = [name for name in WORLD_NAMES if shipped_world_dir(name).is_dir()]
+    assert "tiny" in shipped  # the default world ships, so a first run needs no build
+    for name in shipped:
+        src = shipped_world_dir(name)
+        assert shipped_world_problem(src) is None, name
+        card = json.loads((src / "world_card.json").read_text())
+        expected = json.loads(json.dumps(__import__("dataclasses").asdict(WORLDS[name])))
+        assert card["config"] == expected and card["version"] == "v5" and "base_policy" in card
+        listed = {line.split("  ")[1] for line in (src / "SHA256SUMS").read_text().splitlines()}
+        assert listed == {p.name for p in src.iterdir()} - {"SHA256SUMS"}
+
+
+def test_ensure_world_copies_a_matching_shipped_copy_and_builds_otherwise(tmp_path, monkeypatch, capsys):
+    import common.tiny_world as tw
+
+    monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(tw, "SHIPPED_WORLDS", tmp_path / "shipped")
+    small = WorldConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, warmup_steps=2,
+                        batch_size=2, num_train_problems=20)  # fmt: skip
+    monkeypatch.setitem(tw.WORLDS, "tiny-test", small)
+    built = []
+    real_build = tw._build
+    monkeypatch.setattr(
+        tw, "_build", lambda out, cfg, measure: built.append(out) or real_build(out, cfg, False)
+    )
+
+    # nothing shipped: one line says so, and the world is built
+    out = ensure_world("tiny-test")
+    assert built == [out] and (out / "world_card.json").is_file()
+    assert (
+        f"tiny world 'tiny-test': no shipped copy ({tmp_path}/shipped/tiny-test-world-v5/SHA256SUMS is absent); building it"
+        in capsys.readouterr().err
+    )
+    assert ensure_world("tiny-test") == out and len(built) == 1  # cached: nothing else happens
+
+    # ship it, empty the cache: the shipped copy is copied in, card and weights included, with no build
+    src = ship_world("tiny-test")
+    assert shipped_world_problem(src) is None
+    weights = (out / "model.safetensors").read_bytes()
+    __import__("shutil").rmtree(out)
+    assert ensure_world("tiny-test") == out and len(built) == 1
+    assert (out / "model.safetensors").read_bytes() == weights and (out / "world_card.json").is_file()
+    assert "the shipped copy" in capsys.readouterr().err
+
+    # a shipped file that does not match its checksum: said in one line, and built instead
+    data = bytearray((src / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (src / "model.safetensors").write_bytes(bytes(data))
+    __import__("shutil").rmtree(out)
+    ensure_world("tiny-test")
+    err = capsys.readouterr().err
+    assert "fails its checksum (model.safetensors is missing or differs); building it" in err
+    assert len(built) == 2
+    with pytest.raises(ValueError, match="unknown tiny world 'tiny-huge'"):
+        ensure_world("tiny-huge")

@@ -12,13 +12,13 @@ import torch
 import algos.topr as topr
 from algos.topr import (
     Args,
-    aggregate_loss,
     anna_karenina_keep,
     build_dataset,
     effective_positive_share,
     main,
     positive_weight_share,
     ratio_logprobs,
+    topr_aggregate_loss,
     topr_token_loss,
     topr_weights,
     validate,
@@ -42,7 +42,7 @@ def topr_loss(logprobs, behavior, mask, rewards, baseline=0.0, level="seq", agg=
         ratio_logprobs(logprobs.detach(), mask, level), ratio_logprobs(behavior, mask, level), rewards
     )
     per_token = topr_token_loss(logprobs, weights, rewards, baseline)
-    return aggregate_loss(per_token, mask, agg, mask.shape[0], int(mask.sum()))
+    return topr_aggregate_loss(per_token, mask, agg, mask.shape[0], int(mask.sum()))
 
 
 def toy_batch(seed=0, N=6, C=5, V=7):
@@ -145,7 +145,9 @@ def sgd_on_one_negative(taper: bool, steps=300, lr=1.0):
         )
         if not taper:
             w = torch.ones_like(w)
-        loss = aggregate_loss(topr_token_loss(logprobs, w, rewards, 0.0), mask, "seq-mean-token-sum", 1, C)
+        loss = topr_aggregate_loss(
+            topr_token_loss(logprobs, w, rewards, 0.0), mask, "seq-mean-token-sum", 1, C
+        )
         logits.grad = None
         loss.backward()
         norms.append(logits.grad.norm().item())
@@ -176,7 +178,7 @@ def test_weight_sums_reproduce_the_effective_positive_share(c):
     rewards = torch.tensor([1.0] * num_pos + [-1.0] * (N - num_pos))
     logp = torch.linspace(-9.0, -3.0, N).requires_grad_(True)  # one sequence log-likelihood each, π = μ
     weights = topr_weights(logp, logp.detach(), rewards)
-    aggregate_loss(topr_token_loss(logp[:, None], weights, rewards, c), torch.ones(N, 1), "seq-mean-token-sum", N, N).backward()  # fmt: skip
+    topr_aggregate_loss(topr_token_loss(logp[:, None], weights, rewards, c), torch.ones(N, 1), "seq-mean-token-sum", N, N).backward()  # fmt: skip
     grad_share = (
         logp.grad[rewards > 0].abs().sum() / logp.grad.abs().sum()
     )  # the share in the actual gradient
@@ -231,7 +233,9 @@ MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 
 @pytest.mark.parametrize("mode,expected", [("seq-mean-token-sum", 3.0), ("token-mean", 2.0)])
 def test_aggregation_hand_computed(mode, expected):
-    assert aggregate_loss(LOSSES, MASK, mode, num_sequences=2, num_tokens=3).item() == pytest.approx(expected)
+    assert topr_aggregate_loss(LOSSES, MASK, mode, num_sequences=2, num_tokens=3).item() == pytest.approx(
+        expected
+    )
 
 
 @pytest.mark.parametrize("mode", ["seq-mean-token-sum", "token-mean"])
@@ -240,8 +244,10 @@ def test_micro_batches_sum_to_the_batch_loss(mode):
     losses, mask = torch.randn(6, 5), (torch.rand(6, 5) > 0.3).float()
     mask[:, 0] = 1
     n_tok = int(mask.sum())
-    full = aggregate_loss(losses, mask, mode, 6, n_tok)
-    parts = sum(aggregate_loss(losses[i : i + 2], mask[i : i + 2], mode, 6, n_tok) for i in range(0, 6, 2))
+    full = topr_aggregate_loss(losses, mask, mode, 6, n_tok)
+    parts = sum(
+        topr_aggregate_loss(losses[i : i + 2], mask[i : i + 2], mode, 6, n_tok) for i in range(0, 6, 2)
+    )
     assert parts.item() == pytest.approx(full.item(), rel=1e-6)
 
 

@@ -19,7 +19,7 @@ import torch
 from common.data import build_prompt
 from common.model import completion_logprobs, load_policy
 from common.rollout import HFSampler, make_sampler
-from common.tiny_world import tiny_examples
+from common.tiny_task import tiny_examples
 from common.tracking import read_jsonl
 
 try:

@@ -25,7 +25,14 @@ Same budget: every method generates ``--steps`` x ``--prompts-per-step`` x ``--g
 samples (``budget_flags`` says how each script is told; ExPO's self-explanations and TOPR's datasets
 count). Each method otherwise runs with its script's own defaults (learning rate, loss, clipping: what the
 script documents as its tiny-world setting), plus the shared ``--max-new-tokens`` and in-run evaluation
-flags. ``METHODS`` lists every method and the flags that select it.
+flags. ``METHODS`` lists every method: its script and the flags that select it; adding a method is one
+entry there. What the budget arithmetic needs of a method (TOPR's samples per question, epochs and batch
+size, ExPO's explanation tries) is read from its script's own ``Args`` with those flags applied
+(``script_args``), never copied here. A script that generates a varying number of samples per step logs
+it as ``samples_generated`` (every completion sampled in that step, all rounds); the samples of the
+report and the x-axis of the learning curves then count those (``samples_seen``). Such a script is still
+given the steps of the budget (``--num-steps``), so its sample count may differ from the others': the
+report's ``samples`` column says by how much.
 
 Resume: a run whose ``compare_result.json`` exists (for the same command and world) is not redone; an
 interrupted run continues from its newest checkpoint (``--resume``); evaluations are cached as JSON next
@@ -39,13 +46,15 @@ about 15-20 s per run of start-up and in-run evaluation, then per 128 training s
 bnpo 2.4 s, w-reinforce 2.7 s, oreal 3.0 s, expo 3.7 s, topr 4.3 s (two epochs over each dataset);
 one n = 64 evaluation 5 s + 0.64 s per problem. That is about 3,500 CPU seconds for the default set:
 about 30 minutes on 2 idle cores, 35-45 minutes with the two jobs slowing each other and the last job
-running alone, plus about 4 minutes when the tiny world must be built first. On a machine shared with
-other work the wall time grows accordingly (CPU time does not). The harness prints its plan and a
-running estimate.
+running alone, plus about 4 minutes when a tiny world must be built first (not when its shipped copy is
+used). On a machine shared with other work the wall time grows accordingly (CPU time does not). The
+harness prints its plan and a running estimate.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import math
 import os
@@ -62,7 +71,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.checkpoint import latest_checkpoint
-from common.tiny_world import TIER_STEPS, WORLDS
+from common.tiny_task import TIER_STEPS, WORLD_NAMES
+from common.tracking import markdown_table, read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,51 +87,76 @@ def markers(name: str = "compare") -> tuple[str, str]:
 
 BEGIN_MARKER, END_MARKER = markers()
 
-# Every method of the comparison: the script in algos/ and the flags that select the method. Anything not
-# listed is the script's own default (its learning rate: 1e-4, TOPR 2e-4; its
-# loss and clipping), except the budget flags (`budget_flags`) and the shared flags (`shared_flags`).
-# How each script counts the samples it generates, and so how the budget reaches it:
-#   "steps"  grpo, nsr, bnpo, oreal: prompts_per_step x group_size per step (OREAL's K is --group-size; its
-#            first --actor-freeze-steps steps train only the token reward model, their samples count too).
-#   "expo"   ExPO also samples --explanation-tries hinted explanations per prompt per step (--explain all),
-#            so it gets steps x G / (G + tries) steps: fewer optimizer steps, the same samples.
-#   "topr"   TOPR samples --iterations datasets of --questions-per-iteration x --samples-per-question
-#            (16) completions once each and trains --epochs (2) over each in mini-batches of 64; its
-#            optimizer steps are mini-batches, not rollouts.
+# Every method of the comparison: name -> the script in algos/ and the flags that select the method. Anything
+# not listed is the script's own default (read from its Args: `script_args`), except the budget flags
+# (`budget_flags`) and the shared flags (`shared_flags`). How a script counts the samples it generates, and
+# so how the budget reaches it, follows from its Args (`budget_kind`):
+#   "steps"     prompts_per_step x group_size per step (OREAL's K is --group-size; its first
+#               --actor-freeze-steps steps train only the token reward model, their samples count too),
+#               plus explanation_tries hinted explanations per prompt when the script explains every prompt
+#               (ExPO with --explain all): fewer optimizer steps, the same samples.
+#   "datasets"  TOPR samples --iterations datasets of --questions-per-iteration x --samples-per-question
+#               completions once each and trains --epochs over each in mini-batches of --batch-size; its
+#               optimizer steps are mini-batches, not rollouts.
 METHODS: dict[str, dict] = {
     # the default set: each script with its defaults
-    "grpo": {"script": "grpo", "flags": [], "budget": "steps"},
-    "w-reinforce": {
-        "script": "nsr",
-        "flags": ["--objective", "w-reinforce", "--lam", "0.1"],
-        "budget": "steps",
-    },
-    "bnpo": {"script": "bnpo", "flags": [], "budget": "steps"},
-    "topr": {"script": "topr", "flags": [], "budget": "topr"},
-    "oreal": {"script": "oreal", "flags": [], "budget": "steps"},
-    "expo": {"script": "expo", "flags": ["--explain", "all", "--explanation-tries", "4"], "budget": "expo"},
+    "grpo": {"script": "grpo", "flags": []},
+    "w-reinforce": {"script": "nsr", "flags": ["--objective", "w-reinforce", "--lam", "0.1"]},
+    "bnpo": {"script": "bnpo", "flags": []},
+    "topr": {"script": "topr", "flags": []},
+    "oreal": {"script": "oreal", "flags": []},
+    "expo": {"script": "expo", "flags": ["--explain", "all", "--explanation-tries", "4"]},
     # variants for the papers' claims (docs/results.md); run them with --methods
-    "psr": {"script": "nsr", "flags": ["--objective", "psr"], "budget": "steps"},  # NSR paper: positives only
-    "nsr": {"script": "nsr", "flags": ["--objective", "nsr"], "budget": "steps"},  # NSR paper: negatives only
+    "psr": {"script": "nsr", "flags": ["--objective", "psr"]},  # NSR paper: positives only
+    "nsr": {"script": "nsr", "flags": ["--objective", "nsr"]},  # NSR paper: negatives only
     # BNPO's REINFORCE (α = β = 1): a per-prompt mean baseline, no std, summed over tokens = Dr. GRPO
     "reinforce": {
         "script": "grpo",
         "flags": ["--scale-rewards", "none", "--loss-agg", "seq-mean-token-sum-norm"],
-        "budget": "steps",
     },
     # TOPR paper: SFT on the positives of the same generated data (fewer optimizer steps: no negatives)
-    "topr-sft": {"script": "topr", "flags": ["--negatives", "drop"], "budget": "topr"},
+    "topr-sft": {"script": "topr", "flags": ["--negatives", "drop"]},
 }
 DEFAULT_METHODS = ["grpo", "w-reinforce", "bnpo", "topr", "oreal", "expo"]
-TOPR_SAMPLES_PER_QUESTION = 16  # topr.py's default n (paper: 16)
-TOPR_EPOCHS, TOPR_BATCH_SIZE = 2, 64  # topr.py's defaults, used to place its in-run evaluations
-EXPO_TRIES = 4  # must match "--explanation-tries" in METHODS["expo"]
+
+
+@functools.cache
+def script_args(method: str):
+    """The ``Args`` of ``method``'s script as that script would parse the method's flags: its own defaults
+    with ``METHODS[method]["flags"]`` applied (the budget flags and shared flags do not change these).
+
+    >>> script_args("expo").explanation_tries, script_args("topr").samples_per_question
+    (4, 16)
+    """
+    import tyro
+
+    module = importlib.import_module(f"algos.{METHODS[method]['script']}")
+    return tyro.cli(module.Args, args=METHODS[method]["flags"])
+
+
+def budget_kind(method: str) -> str:
+    """ "datasets" for a script that samples datasets of questions x samples per question (TOPR), else "steps".
+
+    >>> budget_kind("topr-sft"), budget_kind("expo")
+    ('datasets', 'steps')
+    """
+    return "datasets" if hasattr(script_args(method), "questions_per_iteration") else "steps"
+
+
+def explanation_samples_per_prompt(method: str) -> int:
+    """Extra samples per prompt and step: hinted explanations when the script explains every prompt (ExPO).
+
+    >>> explanation_samples_per_prompt("expo"), explanation_samples_per_prompt("grpo")
+    (4, 0)
+    """
+    cfg = script_args(method)
+    return cfg.explanation_tries if getattr(cfg, "explain", None) == "all" else 0
 
 
 @dataclass
 class Args:
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    """methods to compare (METHODS in common/compare.py): grpo w-reinforce bnpo topr oreal expo, and the
+    """methods to compare (METHODS in bench/compare.py): grpo w-reinforce bnpo topr oreal expo, and the
     variants psr nsr reinforce topr-sft"""
     seeds: int = 3
     """seeds per method (1, 2, ..., N)"""
@@ -135,11 +170,11 @@ class Args:
     """name of the generated section (its marker comments) and prefix of the plots' file names, so that
     comparisons on different datasets keep separate sections"""
     model: str = "tiny"
-    """the base policy of every run: "tiny" or another tiny world (common.tiny_world.WORLDS)"""
+    """the base policy of every run: "tiny" or another tiny world (common.tiny_task.WORLD_NAMES)"""
     dataset: str = "tiny"
     """training and held-out problems of every run: "tiny" (easy, medium, hard) or "tiny:TIER,..." (the
     tiers easy, medium, hard and long, the last never warmed up on; wide-easy ... wide-long, two-digit
-    numbers, for --model tiny-wide; see common/tiny_world.py)"""
+    numbers, for --model tiny-wide; see common/tiny_task.py)"""
 
     # --- the budget (the same for every method) ---
     steps: int = 30
@@ -202,20 +237,21 @@ def budget_flags(method: str, args: Args) -> tuple[list[str], int, int]:
     >>> budget_flags("topr", Args(steps=30))[:2]  # 4 datasets x 60 questions x 16
     (['--iterations', '4', '--questions-per-iteration', '60', '--samples-per-question', '16'], 3840)
     """
-    kind = METHODS[method]["budget"]
+    kind = budget_kind(method)
     Q, G, S = args.prompts_per_step, args.group_size, budget_samples(args)
-    if kind in ("steps", "expo"):
-        per_step = Q * (G + EXPO_TRIES) if kind == "expo" else Q * G
+    if kind == "steps":
+        per_step = Q * (G + explanation_samples_per_prompt(method))
         steps = max(1, round(S / per_step))
         flags = ["--num-steps", str(steps), "--prompts-per-step", str(Q), "--group-size", str(G)]
         return flags, steps * per_step, max(1, steps // args.curve_points)
-    if kind == "topr":
-        n, iterations = TOPR_SAMPLES_PER_QUESTION, args.topr_iterations
+    if kind == "datasets":
+        cfg = script_args(method)
+        n, iterations = cfg.samples_per_question, args.topr_iterations
         questions = max(1, round(S / (iterations * n)))
         flags = ["--iterations", str(iterations), "--questions-per-iteration", str(questions),
                  "--samples-per-question", str(n)]  # fmt: skip
-        steps_per_dataset = TOPR_EPOCHS * -(-questions * n // TOPR_BATCH_SIZE)
-        if "--negatives" in METHODS[method]["flags"]:  # positives only: about base pass@1 (~1/4) of the data
+        steps_per_dataset = cfg.epochs * -(-questions * n // cfg.batch_size)
+        if cfg.negatives == "drop":  # positives only: about base pass@1 (~1/4) of the data
             steps_per_dataset = max(1, steps_per_dataset // 4)
         return flags, iterations * questions * n, steps_per_dataset  # evaluate once per dataset
     raise ValueError(f"unknown budget kind {kind!r} of method {method!r}")
@@ -279,27 +315,34 @@ def plan_runs(args: Args, runs_dir: Path) -> list[RunSpec]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def samples_seen(records: list[dict], config: dict, script: str) -> list[int]:
+def samples_seen(records: list[dict], config: dict) -> list[int]:
     """Training samples generated up to and including each record's step (records sorted by step).
 
-    Step-based scripts: prompts_per_step x group_size per step, plus ExPO's ``explanation_samples``.
-    TOPR: every record of iteration i has seen i datasets of questions_per_iteration x samples_per_question.
+    A step that logs ``samples_generated`` (a script whose samples per step vary) counts that many; any
+    other step prompts_per_step x group_size, plus ExPO's ``explanation_samples``. A script that samples
+    datasets (TOPR: its config has ``questions_per_iteration``): every record of iteration i has seen i
+    datasets of questions_per_iteration x samples_per_question.
 
-    >>> samples_seen([{"step": 0}, {"step": 1}, {"step": 2, "explanation_samples": 4}], {"prompts_per_step": 2, "group_size": 3}, "grpo")
+    >>> samples_seen([{"step": 0}, {"step": 1}, {"step": 2, "explanation_samples": 4}], {"prompts_per_step": 2, "group_size": 3})
     [0, 6, 16]
-    >>> samples_seen([{"step": 0}, {"step": 5, "iteration": 1}, {"step": 9, "iteration": 2}], {"questions_per_iteration": 3, "samples_per_question": 4}, "topr")
+    >>> samples_seen([{"step": 0}, {"step": 1, "samples_generated": 18}, {"step": 2, "samples_generated": 6}], {"prompts_per_step": 2, "group_size": 3})
+    [0, 18, 24]
+    >>> samples_seen([{"step": 0}, {"step": 5, "iteration": 1}, {"step": 9, "iteration": 2}], {"questions_per_iteration": 3, "samples_per_question": 4})
     [0, 12, 24]
     """
     out, total = [], 0
     for record in records:
-        if script == "topr":
+        if "questions_per_iteration" in config:
             per_dataset = config["questions_per_iteration"] * config["samples_per_question"]
             out.append(int(record.get("iteration", 0)) * per_dataset)
             continue
         if record["step"] > 0:
-            total += config["prompts_per_step"] * config["group_size"] + int(
-                record.get("explanation_samples") or 0
-            )
+            if record.get("samples_generated") is not None:
+                total += int(record["samples_generated"])
+            else:
+                total += config["prompts_per_step"] * config["group_size"] + int(
+                    record.get("explanation_samples") or 0
+                )
         out.append(total)
     return out
 
@@ -347,14 +390,12 @@ def grad_norm_stats(records: list[dict]) -> dict:
     }
 
 
-def summarize_run(run_dir: Path, script: str) -> dict:
+def summarize_run(run_dir: Path) -> dict:
     """What the report needs from one finished run: its learning curve, final training accuracy,
     grad-norm statistics and the samples it generated (from metrics.jsonl and config.json)."""
-    from common.tracking import read_jsonl
-
     config = json.loads((run_dir / "config.json").read_text())
     records = sorted(read_jsonl(run_dir / "metrics.jsonl"), key=lambda r: r["step"])
-    seen = samples_seen(records, config, script)
+    seen = samples_seen(records, config)
     return {
         "curve": [[x, r["eval/pass@1"]] for x, r in zip(seen, records) if r.get("eval/pass@1") is not None],
         "train_curve": [[x, r["accuracy"]] for x, r in zip(seen, records) if r.get("accuracy") is not None],
@@ -472,7 +513,7 @@ def train(spec: RunSpec, args: Args, world: str) -> dict:
         raise RunFailed(
             f"{spec.name} exited with {code}; the end of {spec.run_dir / 'train.log'}:\n{log_tail(spec.run_dir / 'train.log')}"
         )
-    summary = summarize_run(spec.run_dir, METHODS[spec.method]["script"])
+    summary = summarize_run(spec.run_dir)
     checkpoint = latest_checkpoint(spec.run_dir)
     result = {
         "key": key,
@@ -530,7 +571,7 @@ def evaluate(config: dict, out_path: Path, log_path: Path, threads: int, world: 
     cached = read_json(out_path)
     if cached is not None and cached.get("key") == key:
         return cached
-    code_line = "import json, sys; from common.compare import evaluate_checkpoint; evaluate_checkpoint(json.loads(sys.argv[1]), sys.argv[2])"
+    code_line = "import json, sys; from bench.compare import evaluate_checkpoint; evaluate_checkpoint(json.loads(sys.argv[1]), sys.argv[2])"
     argv = [sys.executable, "-c", code_line, json.dumps(config), str(out_path)]
     code, wall, cpu, peak_mib = run_child(argv, log_path, threads)
     if code != 0:
@@ -650,11 +691,6 @@ def replace_between_markers(text: str, section: str, name: str = "compare") -> s
     return text[:begin] + block + text[end + len(end_marker) :]
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
 def harness_command(args: Args) -> str:
     """The ./run.sh compare command that reproduces this report (non-default flags only)."""
     parts = ["./run.sh", "compare"]
@@ -682,7 +718,7 @@ def render_report(agg: dict, base: dict, args: Args, meta: dict, img_rel: str) -
         f"{meta['jobs']} runs at a time, {meta['threads']} torch thread each). Every method generated "
         f"{budget_samples(args):,} training samples ({args.steps} steps of {args.prompts_per_step} prompts × "
         f"{args.group_size} for the step-based methods; ExPO's explanations and TOPR's datasets count, "
-        "`common/compare.py` says how). Held-out evaluation of the final policies and the base: "
+        "`bench/compare.py` says how). Held-out evaluation of the final policies and the base: "
         f"{args.eval_problems} problems ({args.eval_problems // num_tiers} per tier) × {n} samples, temperature 1.0, "
         f"at most {args.max_new_tokens} new tokens; mean ± std over seeds (the base is evaluated once). "
         "Wall time, CPU time (user + system) and peak memory (ru_maxrss) are the training process's, in-run "
@@ -702,13 +738,13 @@ def render_report(agg: dict, base: dict, args: Args, meta: dict, img_rel: str) -
         ])  # fmt: skip
     header = ["method", "script", "samples", *[f"pass@{k}" for k in ks], "final train acc.", "wall (s)",
               "CPU (s)", "peak RSS (MiB)", "seeds"]  # fmt: skip
-    lines += [markdown_table(header, rows), ""]
+    lines += [markdown_table(rows, header, max_chars=None), ""]
 
     all_ks = sorted(int(k) for k in base["eval"]["curve"])
     lines += ["pass@k for every k evaluated (mean over seeds):", ""]
     rows = [["base", *[f"{base['eval']['curve'][str(k)]:.3f}" for k in all_ks]]]
     rows += [[method, *[fmt_mean(m["pass_at_k"].get(k, [])) for k in all_ks]] for method, m in agg.items()]
-    lines += [markdown_table(["method", *[f"pass@{k}" for k in all_ks]], rows), ""]
+    lines += [markdown_table(rows, ["method", *[f"pass@{k}" for k in all_ks]], max_chars=None), ""]
 
     order = list(TIER_STEPS)  # the tiny world's tiers, easiest first; any other category after them
     tiers = sorted(
@@ -734,7 +770,7 @@ def render_report(agg: dict, base: dict, args: Args, meta: dict, img_rel: str) -
             pn, _ = mean_std(m["per_tier"].get(t, {}).get(f"pass@{n}", []))
             cells.append("—" if p1 is None else f"{p1:.3f} / {pn:.3f}")
         rows.append([method, *cells])
-    lines += [markdown_table(["method", *tiers], rows), ""]
+    lines += [markdown_table(rows, ["method", *tiers], max_chars=None), ""]
 
     lines += [
         "Gradient norm (before clipping) over the steps that updated the policy, per run, then mean ± std over "
@@ -746,7 +782,9 @@ def render_report(agg: dict, base: dict, args: Args, meta: dict, img_rel: str) -
              fmt_mean_std(m["grad_norm"]["var"], 4), fmt_mean_std(m["grad_norm"]["cv"])] for method, m in agg.items()]  # fmt: skip
     lines += [
         markdown_table(
-            ["method", "train acc.", "grad-norm mean", "grad-norm variance", "grad-norm CV"], rows
+            rows,
+            ["method", "train acc.", "grad-norm mean", "grad-norm variance", "grad-norm CV"],
+            max_chars=None,
         ),
         "",
     ]
@@ -755,7 +793,7 @@ def render_report(agg: dict, base: dict, args: Args, meta: dict, img_rel: str) -
               f"![pass@k, k = 1 … {n}]({img_rel}/{args.report_name}_pass_at_k.png)", "",
               "Commands (seed 1; the other seeds change only `--seed` and `--run-name`):", ""]  # fmt: skip
     config = {**base["config"], "model": args.model, "seed": 0}
-    lines += [f"* evaluation, in a process of its own: `common.compare.evaluate_checkpoint({json.dumps(config)}, "
+    lines += [f"* evaluation, in a process of its own: `bench.compare.evaluate_checkpoint({json.dumps(config)}, "
               "OUT_JSON)`; for a final policy `model` is the run's last checkpoint and `seed` the run's seed"]  # fmt: skip
     lines += [f"* {method}: `{m['commands'][0]}`" for method, m in agg.items()]
     if meta.get("failed"):
@@ -886,8 +924,10 @@ def main(args: Args, train_fn: Callable = train, evaluate_fn: Callable = evaluat
     """Plan, run what is missing (``train_fn``/``evaluate_fn`` are replaceable for tests), report."""
     if args.seeds < 1 or args.steps < 1 or args.jobs < 1 or args.eval_n < 1 or args.eval_problems < 1:
         raise SystemExit("--seeds, --steps, --jobs, --eval-n and --eval-problems must be >= 1")
-    if args.model not in WORLDS:
-        raise SystemExit(f"--model {args.model!r}: the comparison runs on a tiny world: {', '.join(WORLDS)}")
+    if args.model not in WORLD_NAMES:
+        raise SystemExit(
+            f"--model {args.model!r}: the comparison runs on a tiny world: {', '.join(WORLD_NAMES)}"
+        )
     if not args.dataset.startswith("tiny"):
         raise SystemExit(
             f"--dataset {args.dataset!r}: the comparison runs on the tiny world ('tiny' or 'tiny:TIER,...')"
@@ -913,10 +953,11 @@ def main(args: Args, train_fn: Callable = train, evaluate_fn: Callable = evaluat
     if args.dry_run:
         return None
 
-    from common.tiny_world import build_tiny_world
+    from common.tiny_world import ensure_world
 
-    # builds the world once here (minutes) rather than in every run; its name is part of every cache key
-    world = build_tiny_world(name=args.model).name
+    # makes the world once here (shipped copy, or minutes of building) rather than in every run; its name is
+    # part of every cache key
+    world = ensure_world(args.model).name
     meta = {"date": time.strftime("%Y-%m-%d"), "world": world, "commit": git_commit(), "jobs": args.jobs,
             "threads": args.threads, "failed": []}  # fmt: skip
     base_config = eval_config(args, args.model, seed=0)

@@ -1,0 +1,81 @@
+"""The types every rollout backend shares: the ``Rollout`` batch, the ``Sampler`` interface and the
+completion mask. ``common.rollout`` (``HFSampler``, ``make_sampler``) and ``common.vllm_rollout``
+(``VLLMSampler``) both build on them; this module imports nothing else of ``common``.
+
+Shapes: ``B = num_prompts * n`` rows, grouped by prompt (rows ``i*n .. i*n+n-1`` answer prompt ``i``),
+``P`` prompt tokens (left-padded), ``C`` completion tokens (right-padded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_mask: torch.Tensor  # [B, P] 1 on real prompt tokens
+    completion_ids: torch.Tensor  # [B, C] right-padded with the pad token
+    completion_mask: torch.Tensor  # [B, C] float, 1 up to AND INCLUDING the first EOS
+    behavior_logprobs: torch.Tensor  # [B, C] log-prob of each sampled token under the sampler (0 on padding)
+    truncated: torch.Tensor  # [B] bool: no EOS within max_new_tokens
+    completions: list[str]  # [B] decoded completions, special tokens removed
+    group_index: torch.Tensor  # [B] index of the prompt each row answers
+
+    @property
+    def input_ids(self) -> torch.Tensor:  # [B, P + C]
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:  # [B, P + C]
+        return torch.cat([self.prompt_mask, self.completion_mask.long()], dim=1)
+
+    def select(self, rows: torch.Tensor) -> Rollout:
+        """The rollout restricted to ``rows`` (a bool mask or index tensor)."""
+        idx = rows.nonzero().squeeze(-1) if rows.dtype == torch.bool else rows
+        return Rollout(
+            self.prompt_ids[idx],
+            self.prompt_mask[idx],
+            self.completion_ids[idx],
+            self.completion_mask[idx],
+            self.behavior_logprobs[idx],
+            self.truncated[idx],
+            [self.completions[i] for i in idx.tolist()],
+            self.group_index[idx],
+        )
+
+
+class Sampler(Protocol):
+    """What an algorithm needs from a rollout engine."""
+
+    def generate(
+        self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0
+    ) -> Rollout: ...
+
+    def update_weights(self, model) -> None:
+        """Make the engine sample from ``model``'s current weights (called after every optimizer step)."""
+        ...
+
+
+def completion_mask_from_ids(
+    completion_ids: torch.Tensor, eos_ids: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask that keeps every token up to and including the first EOS, and the truncation flags.
+
+    The pad token may equal EOS (Qwen2.5-Math), so the mask is built from the *first* EOS position,
+    never from ``ids != pad``, and the EOS itself is kept so that ending the answer is trained.
+
+    >>> completion_mask_from_ids(torch.tensor([[5, 6, 0, 0], [5, 6, 7, 8]]), eos_ids=[0])
+    (tensor([[1., 1., 1., 0.],
+            [1., 1., 1., 1.]]), tensor([False,  True]))
+    """
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device))  # [B, C]
+    eos_seen_before = (
+        is_eos.long().cumsum(-1) - is_eos.long()
+    ) > 0  # [B, C] an EOS occurred strictly earlier
+    mask = (~eos_seen_before).float()
+    truncated = ~is_eos.any(-1)
+    return mask, truncated
