@@ -106,6 +106,9 @@ METHODS: dict[str, dict] = {
     "topr": {"script": "topr", "flags": []},
     "oreal": {"script": "oreal", "flags": []},
     "expo": {"script": "expo", "flags": ["--explain", "all", "--explanation-tries", "4"]},
+    # the baselines (issue 14); run them with --methods (dapo logs samples_generated: all its rounds count)
+    "dapo": {"script": "dapo", "flags": []},
+    "ppo": {"script": "ppo", "flags": []},
     # variants for the papers' claims (docs/results.md); run them with --methods
     "psr": {"script": "nsr", "flags": ["--objective", "psr"]},  # NSR paper: positives only
     "nsr": {"script": "nsr", "flags": ["--objective", "nsr"]},  # NSR paper: negatives only
