@@ -1,6 +1,6 @@
 """NFT: Negative-aware Fine-Tuning, a supervised likelihood objective that also learns from wrong answers.
 
-Paper: Chen, Zheng, Wang, Huang, Zhu, Liu, Zhu, "Bridging Supervised Learning and Reinforcement Learning
+Paper: Huayu Chen et al., "Bridging Supervised Learning and Reinforcement Learning
 in Math Reasoning", arXiv 2505.18116. Official code: NVlabs/NFT (``dp_actor.py::update_policy``,
 ``ray_nft_trainer.py``, ``train_7B.sh``, ``config/nft_trainer.yaml``).
 

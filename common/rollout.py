@@ -52,6 +52,39 @@ class Rollout:
         )
 
 
+def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """The rows of several rollouts in one, padded to a common width: prompts on the left (mask 0),
+    completions on the right (mask 0, ``pad_id``, log-prob 0). ``group_index`` is kept as each part had it.
+
+    >>> a = Rollout(torch.tensor([[7]]), torch.ones(1, 1, dtype=torch.long), torch.tensor([[5, 0]]),
+    ...             torch.tensor([[1.0, 1.0]]), torch.tensor([[-0.5, -0.1]]), torch.tensor([False]), ["a"], torch.tensor([0]))
+    >>> b = Rollout(torch.tensor([[8, 9]]), torch.ones(1, 2, dtype=torch.long), torch.tensor([[6]]),
+    ...             torch.tensor([[1.0]]), torch.tensor([[-0.2]]), torch.tensor([True]), ["b"], torch.tensor([0]))
+    >>> r = concat_rollouts([a, b], pad_id=0)
+    >>> r.input_ids, r.attention_mask
+    (tensor([[0, 7, 5, 0],
+            [8, 9, 6, 0]]), tensor([[0, 1, 1, 1],
+            [1, 1, 1, 0]]))
+    """
+    P = max(r.prompt_ids.shape[1] for r in parts)
+    C = max(r.completion_ids.shape[1] for r in parts)
+
+    def pad(x: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+        extra = width - x.shape[1]
+        return torch.nn.functional.pad(x, (extra, 0) if left else (0, extra), value=value)
+
+    return Rollout(
+        torch.cat([pad(r.prompt_ids, P, pad_id, True) for r in parts]),
+        torch.cat([pad(r.prompt_mask, P, 0, True) for r in parts]),
+        torch.cat([pad(r.completion_ids, C, pad_id, False) for r in parts]),
+        torch.cat([pad(r.completion_mask, C, 0.0, False) for r in parts]),
+        torch.cat([pad(r.behavior_logprobs, C, 0.0, False) for r in parts]),
+        torch.cat([r.truncated for r in parts]),
+        [c for r in parts for c in r.completions],
+        torch.cat([r.group_index for r in parts]),
+    )
+
+
 class Sampler(Protocol):
     """What an algorithm needs from a rollout engine."""
 
