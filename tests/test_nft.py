@@ -233,8 +233,9 @@ def test_all_uniform_groups_skip_the_step_and_resume_keeps_the_count(tiny_world_
 
 @pytest.mark.slow
 def test_nft_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
-    """30 steps of 8 prompts x 8 samples (seed 1) raise held-out pass@1 over 60 problems x 4 samples
-    (measured in the docstring of the report: see the assert's margin)."""
+    """30 steps of 8 prompts x 8 samples (seed 1) raise held-out pass@1 over 60 problems x 4 samples by at
+    least 0.05 (measured: 0.338 -> 0.463, +0.125, with ``algos/nft.py --num-steps 30 --prompts-per-step 8
+    --group-size 8 --max-new-tokens 64 --eval-problems 60 --eval-n 4 --eval-every 0``)."""
     out = main(
         Args(num_steps=30, prompts_per_step=8, group_size=8, max_new_tokens=64, eval_problems=60, eval_n=4,
              eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)

@@ -238,7 +238,8 @@ def test_reinforce_ada_smoke_run(tiny_world_dir, tmp_path):
 
 @pytest.mark.slow
 def test_reinforce_ada_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
-    """30 steps of 8 prompts (n = 4 kept, up to 4 rounds of 8), seed 1, raise held-out pass@1."""
+    """30 steps of 8 prompts (n = 4 kept, up to 4 rounds of 8), seed 1, raise held-out pass@1 by at least
+    0.05. The margin is NOT yet measured for this file (NFT's same-size run gained +0.125)."""
     out = main(
         Args(num_steps=30, prompts_per_step=8, max_new_tokens=64, eval_problems=60, eval_n=4, eval_every=0,
              save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
