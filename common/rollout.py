@@ -56,8 +56,17 @@ class Sampler(Protocol):
     """What an algorithm needs from a rollout engine."""
 
     def generate(
-        self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0
-    ) -> Rollout: ...
+        self,
+        prompts: list[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        prefix_ids: list[list[int]] | None = None,
+    ) -> Rollout:
+        """``prefix_ids[i]``: token ids that every sample of prompt ``i`` continues (they open its completion,
+        see ``prepend_prefix``); None or ``[]`` samples from the prompt alone."""
+        ...
 
     def update_weights(self, model) -> None:
         """Make the engine sample from ``model``'s current weights (called after every optimizer step)."""
@@ -83,6 +92,30 @@ def completion_mask_from_ids(
     mask = (~eos_seen_before).float()
     truncated = ~is_eos.any(-1)
     return mask, truncated
+
+
+def prepend_prefix(
+    completion_ids: torch.Tensor, behavior_logprobs: torch.Tensor, prefixes: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put each row's given token prefix in front of its generated tokens ``[B, C]``, so the prefix is
+    part of the completion (and trained); its behaviour log-probs are 0 (the tokens were given, not
+    sampled). Returns ``[B, max_prefix + C]``, right-padded with ``pad_id``.
+
+    >>> prepend_prefix(torch.tensor([[7, 0], [8, 9]]), torch.tensor([[-1.0, -2.0], [-3.0, -4.0]]), [[5, 6], []], 0)
+    (tensor([[5, 6, 7, 0],
+            [8, 9, 0, 0]]), tensor([[ 0.,  0., -1., -2.],
+            [-3., -4.,  0.,  0.]]))
+    """
+    B, C = completion_ids.shape
+    width = C + max(len(x) for x in prefixes)
+    ids = torch.full((B, width), pad_id, dtype=completion_ids.dtype, device=completion_ids.device)
+    logprobs = torch.zeros((B, width), dtype=behavior_logprobs.dtype, device=behavior_logprobs.device)
+    for i, prefix in enumerate(prefixes):
+        k = len(prefix)
+        ids[i, :k] = torch.tensor(prefix, dtype=completion_ids.dtype)
+        ids[i, k : k + C] = completion_ids[i]
+        logprobs[i, k : k + C] = behavior_logprobs[i]
+    return ids, logprobs
 
 
 class SampledTokenLogprobs:
@@ -138,7 +171,13 @@ class HFSampler:
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0
+        self,
+        prompts: list[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        prefix_ids: list[list[int]] | None = None,
     ) -> Rollout:
         tok, model = self.tokenizer, self.model
         was_training = model.training
@@ -146,6 +185,13 @@ class HFSampler:
         device = next(model.parameters()).device
         rows = [p for p in prompts for _ in range(n)]  # [B] each prompt repeated n times, grouped
         enc = tok(rows, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        prompt_enc = enc
+        if prefix_ids is not None:  # generate from prompt + prefix tokens, left-padded together
+            row_prefixes = [list(x) for x in prefix_ids for _ in range(n)]
+            joined = [
+                ids + x for ids, x in zip(tok(rows, add_special_tokens=False)["input_ids"], row_prefixes)
+            ]
+            enc = tok.pad({"input_ids": joined}, padding=True, return_tensors="pt").to(device)
         P = enc["input_ids"].shape[1]
         do_sample = temperature > 0
         record = self.compute_logprobs and do_sample
@@ -176,11 +222,15 @@ class HFSampler:
             completion_ids[start : start + piece.shape[0], : piece.shape[1]] = piece
             if record:
                 behavior_logprobs[start : start + piece.shape[0], : piece.shape[1]] = logprob_pieces[i]
+        if prefix_ids is not None:
+            completion_ids, behavior_logprobs = prepend_prefix(
+                completion_ids, behavior_logprobs, row_prefixes, tok.pad_token_id
+            )
         completion_mask, truncated = completion_mask_from_ids(completion_ids, self.eos_ids)
         completion_ids = torch.where(completion_mask.bool(), completion_ids, tok.pad_token_id)
         rollout = Rollout(
-            prompt_ids=enc["input_ids"],
-            prompt_mask=enc["attention_mask"],
+            prompt_ids=prompt_enc["input_ids"],
+            prompt_mask=prompt_enc["attention_mask"],
             completion_ids=completion_ids,
             completion_mask=completion_mask,
             behavior_logprobs=behavior_logprobs * completion_mask,
