@@ -38,6 +38,8 @@ Deviations / choices:
 - No separate clip range for prefix tokens and no entropy bonus (``--updates-per-batch 1``: ratios are 1);
   the official minimum prefix length is not used. The prefix tokens' behaviour log-probs are 0 (given, not
   sampled), so ``logprob_mismatch`` and ``--tis-cap`` do not apply to them (``--tis-cap`` is refused).
+- ``grpo_advantages`` is kept unchanged from grpo.py but unused by the loop: the tests check that a
+  prefix length of 0 gives exactly its Dr. GRPO advantages.
 """
 
 import copy
