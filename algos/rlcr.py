@@ -122,8 +122,8 @@ class Args:
     """prompts per training step"""
     group_size: int = 8
     """G: completions sampled per prompt"""
-    max_new_tokens: int = 80
-    """completion length limit (also L_max of seq-mean-token-sum-norm)"""
+    max_new_tokens: int = 112
+    """completion length limit; the confidence tag adds about 30 tokens to the tiny world's working"""
     temperature: float = 1.0
     """sampling temperature (training and evaluation)"""
     top_p: float = 1.0

@@ -169,7 +169,7 @@ def test_importing_the_script_has_no_side_effects(capsys):
 # ---------------------------------------------------------------------------------------------------
 
 SMALL = dict(
-    prompts_per_step=4, group_size=4, eval_problems=12, eval_n=2, micro_batch_size=8, max_new_tokens=48
+    prompts_per_step=4, group_size=4, eval_problems=12, eval_n=2, micro_batch_size=8, max_new_tokens=112
 )
 
 
