@@ -234,7 +234,7 @@ def test_prefix_rft_smoke_run_logs_the_schedule_and_the_mask(tiny_world_dir, tmp
 
 @pytest.mark.slow
 def test_prefix_rft_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
-    """Prefix-RFT on a short budget raises held-out pass@1 over the base."""
+    """Prefix-RFT on a short budget raises held-out pass@1 over the base (margin not measured yet)."""
     out = main(Args(num_steps=40, eval_every=0, save_every=1000, eval_problems=100, eval_n=4, output_dir=str(tmp_path), run_name="learn"))  # fmt: skip
     gain = out["final"]["pass@1"] - out["base"]["pass@1"]
     print(json.dumps({"base": out["base"]["pass@1"], "final": out["final"]["pass@1"]}))
