@@ -1,0 +1,451 @@
+"""Checks run in the verl environment (``.venv-verl``) by tests/test_verl.py: ``python -m integrations.verl.checks``.
+
+Each check prints ``PASS name`` or ``FAIL name: why``; the exit status is the number of failures. Two kinds:
+- parity: random rewards, ragged masks and log-probs (several seeds) fed to verl's own functions
+  (``verl.trainer.ppo.core_algos``) and to the pure functions of ``algos/*.py``, which must agree to
+  float32 rounding; where verl differs on purpose the check states the difference and tests it exactly;
+- plug-in: verl's registries resolve the ``rlvr_*`` names, and verl's own entry points, called as its
+  trainer calls them (``compute_advantage`` on a ``DataProto`` built on the CPU; the loss fetched with
+  ``get_policy_loss_fn`` and called with an ``ActorConfig`` and the global batch info its ``ppo_loss``
+  sets), return the files' tensors.
+
+This module is not under tests/ because it imports verl, which the main environment does not have.
+"""
+
+import importlib
+import sys
+import traceback
+
+import numpy as np
+import torch
+
+SEEDS = (0, 1, 2, 3, 4)
+CHECKS = []
+
+
+def check(function):
+    CHECKS.append(function)
+    return function
+
+
+def close(a, b, what: str, atol: float = 1e-6, rtol: float = 1e-5) -> None:
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    if a.shape != b.shape or not torch.allclose(a, b, atol=atol, rtol=rtol):
+        raise AssertionError(
+            f"{what}: max |diff| {(a - b).abs().max().item() if a.shape == b.shape else a.shape}"
+        )
+
+
+def ragged_mask(generator, B: int, T: int) -> torch.Tensor:
+    """[B, T] masks with random lengths 1..T (one row of length T, one of length 1)."""
+    lengths = torch.randint(1, T + 1, (B,), generator=generator)
+    lengths[0], lengths[-1] = T, 1
+    return (torch.arange(T)[None, :] < lengths[:, None]).float()
+
+
+def outcome_batch(seed: int, Q: int = 4, G: int = 6, T: int = 9, binary: bool = True):
+    """Rewards [Q, G] (one all-correct and one all-wrong group when binary), verl's token_level_rewards
+    [B, T] (the reward on the last response token), mask [B, T], uids [B] (group-major rows)."""
+    generator = torch.Generator().manual_seed(seed)
+    if binary:
+        rewards = (torch.rand(Q, G, generator=generator) < 0.5).float()
+        rewards[0], rewards[1] = 1.0, 0.0
+    else:
+        rewards = torch.randn(Q, G, generator=generator)
+    mask = ragged_mask(generator, Q * G, T)
+    last = mask.sum(-1).long() - 1  # [B]
+    token_level_rewards = torch.zeros(Q * G, T)
+    token_level_rewards[torch.arange(Q * G), last] = rewards.flatten()
+    uids = np.array([f"q{q}" for q in range(Q) for _ in range(G)], dtype=object)
+    return rewards, token_level_rewards, mask, uids
+
+
+def logprob_batch(seed: int, B: int = 12, T: int = 10, spread: float = 0.5):
+    generator = torch.Generator().manual_seed(100 + seed)
+    old = -torch.rand(B, T, generator=generator) * 3
+    steps = spread * torch.randn(B, T, generator=generator)  # log-ratios
+    new = old + (steps.clamp(-1, 1) if spread < 1 else steps)  # spread < 1: ratios within [1/e, e]
+    advantages = torch.randn(B, generator=generator)
+    return old, new, advantages, ragged_mask(generator, B, T)
+
+
+def actor_config(clip_low: float, clip_high: float, **fields):
+    from verl.workers.config import ActorConfig
+
+    return ActorConfig(
+        strategy="fsdp",
+        rollout_n=4,
+        ppo_mini_batch_size=4,
+        ppo_micro_batch_size_per_gpu=2,
+        clip_ratio=clip_low,
+        clip_ratio_low=clip_low,
+        clip_ratio_high=clip_high,
+        **fields,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------
+# Laziness and the version guard (before anything else imports the integration)
+# ------------------------------------------------------------------------------------------------------
+
+
+@check
+def algos_never_import_verl():
+    """Importing every algos/*.py file leaves verl unimported (the check runs first, in a fresh process)."""
+    from pathlib import Path
+
+    assert "verl" not in sys.modules, "verl was imported before the check"
+    names = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "algos").glob("*.py"))
+    for name in names:
+        importlib.import_module(f"algos.{name}")
+    leaked = sorted(m for m in sys.modules if m == "verl" or m.startswith("verl."))
+    assert not leaked, f"importing algos/*.py imported {leaked[:3]}"
+    print(f"  imported {len(names)} files: {', '.join(names)}")
+
+
+@check
+def other_verl_version_fails_in_one_line():
+    import verl
+
+    real = verl.__version__
+    verl.__version__ = "0.8.0"
+    try:
+        importlib.import_module("integrations.verl")
+    except ImportError as error:
+        message = str(error)
+    else:
+        raise AssertionError("integrations.verl imported under verl 0.8.0")
+    finally:
+        verl.__version__ = real
+    assert "\n" not in message and "tested with verl 0.9.1, found verl 0.8.0" in message, message
+    importlib.import_module("integrations.verl")  # the real version imports
+    print(f"  {message}")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Parity (issue 14): verl's maths against the files'
+# ------------------------------------------------------------------------------------------------------
+
+
+@check
+def grpo_advantages_match_verl():
+    from verl.trainer.ppo.core_algos import (
+        compute_grpo_outcome_advantage,
+        compute_grpo_vectorized_outcome_advantage,
+    )
+
+    from algos.grpo import grpo_advantages
+
+    for seed in SEEDS:
+        for binary in (True, False):
+            rewards, token_rewards, mask, uids = outcome_batch(seed, binary=binary)
+            for norm, scale in ((True, "group"), (False, "none")):
+                ours = grpo_advantages(rewards, scale).flatten()[:, None] * mask
+                for fn in (compute_grpo_outcome_advantage, compute_grpo_vectorized_outcome_advantage):
+                    theirs, returns = fn(token_rewards.clone(), mask, uids, norm_adv_by_std_in_grpo=norm)
+                    close(theirs, ours, f"{fn.__name__} seed {seed} std={norm}")
+                    close(returns, ours, "returns")
+
+
+@check
+def loss_aggregation_matches_verl_agg_loss():
+    """token-mean, seq-mean-token-mean and seq-mean-token-sum-norm, whole batch and split into two
+    micro-batches with the global sizes (verl's batch_num_tokens / global_batch_size / loss_scale_factor
+    are our num_tokens / num_sequences / max_len). Difference on purpose: verl divides a sequence's token
+    sum by (length + 1e-8), ours by max(length, 1) — equal to float32 rounding for every non-empty row."""
+    from verl.trainer.ppo.core_algos import agg_loss
+
+    from algos.grpo import aggregate_loss
+
+    for seed in SEEDS:
+        generator = torch.Generator().manual_seed(200 + seed)
+        B, T = 10, 12
+        losses, mask = torch.randn(B, T, generator=generator), ragged_mask(generator, B, T)
+        tokens, sequences = int(mask.sum()), B
+        for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+            theirs = agg_loss(losses, mask, mode, loss_scale_factor=T)
+            close(theirs, aggregate_loss(losses, mask, mode, sequences, tokens, T), f"{mode} seed {seed}")
+            halves = (slice(0, 4), slice(4, B))
+            theirs = sum(
+                agg_loss(
+                    losses[h],
+                    mask[h],
+                    mode,
+                    batch_num_tokens=tokens,
+                    global_batch_size=B,
+                    loss_scale_factor=T,
+                )
+                for h in halves
+            )
+            ours = sum(aggregate_loss(losses[h], mask[h], mode, sequences, tokens, T) for h in halves)
+            close(theirs, ours, f"{mode} seed {seed}, two micro-batches")
+    # verl's seq-mean-token-sum-norm defaults L_max to the mask's width; ours takes --max-new-tokens.
+    close(
+        agg_loss(losses, mask, "seq-mean-token-sum-norm"),
+        aggregate_loss(losses, mask, "seq-mean-token-sum-norm", B, tokens, T),
+        "L_max = width",
+    )
+
+
+@check
+def vanilla_policy_loss_matches_clipped_surrogate():
+    """verl's compute_policy_loss_vanilla (clip low/high 0.2/0.28) against clipped_surrogate +
+    aggregate_loss, losses and gradients, at log-ratios 0.5·N(0, 1) clamped to [−1, 1] (ratios below dual-clip's c = 3)."""
+    from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
+
+    from algos.grpo import aggregate_loss, clipped_surrogate
+
+    for seed in SEEDS:
+        old, new, advantages, mask = logprob_batch(seed)
+        assert torch.exp(new - old).max() < 3, "this check stays below dual-clip's bound"
+        for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+            for low, high in ((0.2, 0.2), (0.2, 0.28)):
+                config = actor_config(low, high)
+                config.global_batch_info.update(loss_scale_factor=new.shape[-1])
+                a, b = new.clone().requires_grad_(), new.clone().requires_grad_()
+                theirs, metrics = compute_policy_loss_vanilla(
+                    old, a, advantages[:, None] * mask, mask, mode, config
+                )
+                per_token, clipped = clipped_surrogate(b, old, advantages, low, high)
+                ours = aggregate_loss(per_token, mask, mode, len(mask), int(mask.sum()), new.shape[-1])
+                close(theirs, ours, f"loss {mode} {low}/{high} seed {seed}")
+                theirs.backward(), ours.backward()
+                close(a.grad, b.grad, f"gradient {mode} {low}/{high} seed {seed}")
+                close(metrics["actor/pg_clipfrac"], (clipped * mask).sum() / mask.sum(), "clip fraction")
+
+
+@check
+def vanilla_policy_loss_dual_clip_is_the_difference():
+    """Difference on purpose: verl caps a negative-advantage token's loss at −A·c (dual-clip PPO, c =
+    clip_ratio_c = 3) and clamps the log-ratio to [−20, 20]; grpo.py does not. At large ratios verl's
+    loss is exactly ours with that cap, and with c = 1e9 exactly ours."""
+    from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
+
+    from algos.grpo import aggregate_loss, clipped_surrogate
+
+    for seed in SEEDS:
+        old, new, advantages, mask = logprob_batch(seed, spread=2.0)
+        assert (torch.exp(new - old) * mask > 3).any()
+        per_token, _ = clipped_surrogate(new, old, advantages, 0.2, 0.2)
+        capped = torch.where(
+            advantages[:, None] < 0, torch.minimum(per_token, -advantages[:, None] * 3.0), per_token
+        )
+        tokens = int(mask.sum())
+        theirs, _ = compute_policy_loss_vanilla(
+            old, new, advantages[:, None] * mask, mask, "token-mean", actor_config(0.2, 0.2)
+        )
+        close(
+            theirs, aggregate_loss(capped, mask, "token-mean", len(mask), tokens, 1), f"dual clip seed {seed}"
+        )
+        assert not torch.allclose(theirs, aggregate_loss(per_token, mask, "token-mean", len(mask), tokens, 1))
+        theirs, _ = compute_policy_loss_vanilla(
+            old, new, advantages[:, None] * mask, mask, "token-mean", actor_config(0.2, 0.2, clip_ratio_c=1e9)
+        )
+        close(
+            theirs,
+            aggregate_loss(per_token, mask, "token-mean", len(mask), tokens, 1),
+            f"c = 1e9 seed {seed}",
+        )
+
+
+# ------------------------------------------------------------------------------------------------------
+# The plug-in (issue 16): verl's registries and entry points with our names
+# ------------------------------------------------------------------------------------------------------
+
+
+def file_advantages(name: str, rewards: torch.Tensor, lam: float = 0.1) -> torch.Tensor:
+    """The advantages [Q, G] that algos/X.py computes for the estimator ``name``."""
+    from algos.bnpo import decomposed_advantages
+    from algos.grpo import grpo_advantages
+    from algos.nsr import nsr_advantages
+
+    if name == "rlvr_grpo":
+        return grpo_advantages(rewards, "group")
+    if name == "rlvr_dr_grpo":
+        return grpo_advantages(rewards, "none")
+    if name in ("rlvr_psr", "rlvr_nsr", "rlvr_w_reinforce", "rlvr_reinforce"):
+        objective = name.removeprefix("rlvr_").replace("_", "-")
+        return nsr_advantages(rewards.flatten(), objective, lam)[0].view_as(rewards)
+    if name == "rlvr_bnpo":
+        return decomposed_advantages(rewards[None])[0]
+    if name == "rlvr_topr":
+        return torch.where(rewards > 0, 1.0, -1.0)
+    raise KeyError(name)
+
+
+@check
+def plugin_docstring_examples():
+    """The doctest examples of integrations/verl/__init__.py (they need verl, so test_doctests skips them)."""
+    import doctest
+
+    import integrations.verl as plugin
+
+    result = doctest.testmod(plugin)
+    assert result.attempted > 0 and result.failed == 0, result
+
+
+@check
+def registries_resolve_our_names():
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn
+
+    import integrations.verl as plugin
+
+    for name, fn in plugin.ADVANTAGE_ESTIMATORS.items():
+        assert get_adv_estimator_fn(name) is fn, name
+    for name, fn in plugin.POLICY_LOSSES.items():
+        assert get_policy_loss_fn(name) is fn, name
+    print(f"  {sorted(plugin.ADVANTAGE_ESTIMATORS)} / {sorted(plugin.POLICY_LOSSES)}")
+
+
+@check
+def trainer_compute_advantage_returns_the_files_advantages():
+    """verl.trainer.ppo.ray_trainer.compute_advantage, as the trainer calls it (DataProto with
+    token_level_rewards, response_mask and uid; algorithm config as a DictConfig), rows shuffled so that
+    groups are not contiguous, for every rlvr_* estimator; rlvr_grpo also equals verl's own grpo."""
+    from omegaconf import OmegaConf
+    from verl import DataProto
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    import integrations.verl as plugin
+
+    for seed in SEEDS:
+        rewards, token_rewards, mask, uids = outcome_batch(seed)
+        order = torch.randperm(len(uids), generator=torch.Generator().manual_seed(seed))
+        for name in plugin.ADVANTAGE_ESTIMATORS:
+            for lam in (0.1, 0.5):
+                config = OmegaConf.create(
+                    {"adv_estimator": name, "gamma": 1.0, "lam": 1.0, "rlvr": {"lam": lam}}
+                )
+                data = DataProto.from_dict(
+                    tensors={"token_level_rewards": token_rewards[order], "response_mask": mask[order]},
+                    non_tensors={"uid": uids[order.numpy()]},
+                )
+                out = compute_advantage(data, name, gamma=1.0, lam=1.0, num_repeat=6, config=config)
+                expected = (file_advantages(name, rewards, lam).flatten()[:, None] * mask)[order]
+                close(out.batch["advantages"], expected, f"{name} seed {seed} lam {lam}")
+        data = DataProto.from_dict(
+            tensors={"token_level_rewards": token_rewards[order], "response_mask": mask[order]},
+            non_tensors={"uid": uids[order.numpy()]},
+        )
+        verl_grpo = compute_advantage(data, "grpo", config=OmegaConf.create({})).batch["advantages"]
+        close(
+            verl_grpo, (file_advantages("rlvr_grpo", rewards).flatten()[:, None] * mask)[order], "verl's grpo"
+        )
+    try:
+        plugin.group_rows(np.array(["a", "a", "b"], dtype=object))
+    except ValueError as error:
+        assert "groups of equal size" in str(error)
+    else:
+        raise AssertionError("unequal groups accepted")
+
+
+def call_as_ppo_loss(
+    name, old, new, advantages_bt, mask, mode, config, dp_size=1, tokens=None, sequences=None
+):
+    """get_policy_loss_fn(name) called as verl/workers/utils/losses.py ppo_loss calls it."""
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    config.global_batch_info.update(
+        dp_size=dp_size,
+        batch_num_tokens=tokens,
+        global_batch_size=sequences,
+        loss_scale_factor=config.loss_scale_factor,
+    )
+    return get_policy_loss_fn(name)(
+        old_log_prob=old,
+        log_prob=new,
+        advantages=advantages_bt,
+        response_mask=mask.bool(),
+        loss_agg_mode=mode,
+        config=config,
+        rollout_is_weights=None,
+    )
+
+
+@check
+def policy_losses_through_get_policy_loss_fn():
+    """rlvr_clip / rlvr_dapo equal the files' clipped_surrogate + aggregate_loss and verl's vanilla loss
+    (below dual-clip's bound), whole batch and as two micro-batches with the global sizes; rlvr_topr
+    equals topr.py's topr_weights + topr_token_loss + aggregate_loss. Losses and gradients."""
+    import algos.dapo as dapo
+    import algos.grpo as grpo
+    import algos.topr as topr
+
+    for seed in SEEDS:
+        old, new, advantages, mask = logprob_batch(seed)
+        B, T = mask.shape
+        tokens = int(mask.sum())
+        for name, module, low, high in (("rlvr_clip", grpo, 0.2, 0.2), ("rlvr_dapo", dapo, 0.2, 0.28)):
+            for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+                config = actor_config(low, high, loss_scale_factor=T)
+                a, b, c = (new.clone().requires_grad_() for _ in range(3))
+                theirs, _ = call_as_ppo_loss(name, old, a, advantages[:, None] * mask, mask, mode, config)
+                per_token, _ = module.clipped_surrogate(b, old, advantages, low, high)
+                ours = module.aggregate_loss(per_token, mask, mode, B, tokens, T)
+                vanilla, _ = call_as_ppo_loss(
+                    "vanilla", old, c, advantages[:, None] * mask, mask, mode, config
+                )
+                close(theirs, ours, f"{name} {mode} seed {seed}")
+                close(theirs, vanilla, f"{name} vs vanilla {mode} seed {seed}")
+                (theirs + ours + vanilla).backward()
+                close(a.grad, b.grad, "gradient"), close(a.grad, c.grad, "gradient vs vanilla")
+                halves = [
+                    call_as_ppo_loss(
+                        name,
+                        old[h],
+                        new[h],
+                        (advantages[:, None] * mask)[h],
+                        mask[h],
+                        mode,
+                        actor_config(low, high, loss_scale_factor=T),
+                        tokens=tokens,
+                        sequences=B,
+                    )[0]
+                    for h in (slice(0, 5), slice(5, B))
+                ]
+                close(sum(halves), ours, f"{name} {mode} two micro-batches")
+        rewards = torch.where(advantages > 0, 1.0, -1.0)  # ±1
+        for baseline in (0.0, 0.3):
+            for mode in ("seq-mean-token-sum", "token-mean"):
+                a, b = new.clone().requires_grad_(), new.clone().requires_grad_()
+                theirs, _ = call_as_ppo_loss(
+                    "rlvr_topr",
+                    old,
+                    a,
+                    (rewards - baseline)[:, None] * mask,
+                    mask,
+                    mode,
+                    actor_config(0.2, 0.2),
+                )
+                weights = topr.topr_weights(
+                    topr.ratio_logprobs(b, mask, "seq"), topr.ratio_logprobs(old, mask, "seq"), rewards
+                )
+                ours = topr.aggregate_loss(
+                    topr.topr_token_loss(b, weights, rewards, baseline), mask, mode, B, tokens
+                )
+                close(theirs, ours, f"rlvr_topr {mode} c={baseline} seed {seed}")
+                theirs.backward(), ours.backward()
+                close(a.grad, b.grad, "rlvr_topr gradient")
+    try:
+        call_as_ppo_loss("rlvr_clip", old, new, torch.randn(B, T), mask, "token-mean", actor_config(0.2, 0.2))
+    except ValueError as error:
+        assert "one advantage per completion" in str(error)
+    else:
+        raise AssertionError("token-varying advantages accepted")
+
+
+def main() -> int:
+    failures = 0
+    for function in CHECKS:
+        try:
+            function()
+            print(f"PASS {function.__name__}", flush=True)
+        except Exception as error:  # noqa: BLE001 - every failure is reported, then counted
+            failures += 1
+            traceback.print_exc()
+            print(f"FAIL {function.__name__}: {error}".splitlines()[0], flush=True)
+    return failures
+
+
+if __name__ == "__main__":
+    sys.exit(main())
