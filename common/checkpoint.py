@@ -100,10 +100,12 @@ def save_checkpoint(
     extra: dict | None = None,
     keep_last: int = 2,
     tokenizer=None,
+    modules: dict[str, torch.nn.Module] | None = None,
 ) -> Path:
     """Atomically save run_dir/checkpoints/step-{step:08d}/ and delete all but the `keep_last` newest.
 
-    `extra` holds anything else the run needs to resume (e.g. the data loader position).
+    `extra` holds anything else the run needs to resume (e.g. the data loader position). `modules` are
+    further modules trained beside the model (e.g. a value head), saved by name as state dicts in state.pt.
     `keep_last <= 0` keeps every checkpoint. Returns the checkpoint directory.
 
     >>> save_checkpoint("runs/grpo_demo", step=100, model=policy, optimizer=optimizer)  # doctest: +SKIP
@@ -129,6 +131,7 @@ def save_checkpoint(
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": capture_rng_state(),
             "extra": extra,
+            "modules": {name: module.state_dict() for name, module in (modules or {}).items()},
         }
         torch.save(state, tmp_dir / "state.pt")
         (tmp_dir / COMPLETE_MARKER).write_text(json.dumps({"step": step}) + "\n")
@@ -206,8 +209,10 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler=None,
+    modules: dict[str, torch.nn.Module] | None = None,
 ) -> dict:
-    """Load a checkpoint into `model` (and `optimizer`, `scheduler`), restore the RNG states.
+    """Load a checkpoint into `model` (and `optimizer`, `scheduler`, and the `modules` saved by name with
+    it), restore the RNG states.
 
     Returns {"step": ..., "extra": ...}; training resumes at step + 1.
 
@@ -236,6 +241,12 @@ def load_checkpoint(
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
+    for name, module in (modules or {}).items():
+        if name not in state.get("modules", {}):
+            raise RuntimeError(
+                f"checkpoint {ckpt_dir} holds no module {name!r} (saved: {sorted(state.get('modules', {}))})"
+            )
+        module.load_state_dict(state["modules"][name])
     restore_rng_state(state["rng"])
     return {"step": state["step"], "extra": state["extra"]}
 
