@@ -20,6 +20,7 @@ driver and in every Ray worker; docs/verl.md has the launch recipes.)
     policy losses (actor_rollout_ref.actor.policy_loss.loss_mode)
       rlvr_clip          PPO clip (clip_ratio_low / clip_ratio_high) + aggregation  algos/grpo.py
       rlvr_dapo          the same with DAPO's file (clip-higher, token-mean)        algos/dapo.py
+      rlvr_ppo           PPO clip with per-token advantages (with verl's gae)       algos/ppo.py
       rlvr_topr          tapered REINFORCE −sg(α)(R − c) log π                      algos/topr.py
 
 Method parameters without a verl key go under ``algorithm.rlvr`` (added with hydra's ``+``):
@@ -68,6 +69,7 @@ dapo = importlib.import_module("algos.dapo")
 nsr = importlib.import_module("algos.nsr")
 bnpo = importlib.import_module("algos.bnpo")
 topr = importlib.import_module("algos.topr")
+ppo = importlib.import_module("algos.ppo")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -148,8 +150,8 @@ def batch_sizes(response_mask: torch.Tensor, config) -> tuple[int, int, int, int
 
 
 def clip_loss_from(module, loss_name: str):
-    """A verl policy loss from ``module.clipped_surrogate`` and ``module.aggregate_loss`` (grpo.py's pair,
-    copied byte for byte into every file that uses it)."""
+    """A verl policy loss from ``module.clipped_surrogate`` (ppo.py: ``ppo_policy_loss``) and
+    ``module.aggregate_loss`` (grpo.py's pair, copied byte for byte into every file that uses it)."""
     modes = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
     def policy_loss(
@@ -168,9 +170,15 @@ def clip_loss_from(module, loss_name: str):
         clip_low = config.clip_ratio_low if config.clip_ratio_low is not None else config.clip_ratio
         clip_high = config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio
         mask = response_mask.to(log_prob.dtype)  # [B, T]
-        per_token_loss, clipped = module.clipped_surrogate(
-            log_prob, old_log_prob, sequence_values(advantages, mask, loss_name), clip_low, clip_high
-        )  # [B, T]
+        if module is ppo:  # ppo.py's loss takes one advantage per token (GAE)
+            per_token_loss, clipped = ppo.ppo_policy_loss(
+                log_prob, old_log_prob, advantages, clip_low, clip_high
+            )
+        else:  # the group methods' loss takes one per completion
+            advantages = sequence_values(advantages, mask, loss_name)  # [B]
+            per_token_loss, clipped = module.clipped_surrogate(
+                log_prob, old_log_prob, advantages, clip_low, clip_high
+            )
         if rollout_is_weights is not None:
             per_token_loss = per_token_loss * rollout_is_weights
         dp_size, sequences, tokens, max_len = batch_sizes(mask, config)
@@ -275,6 +283,7 @@ ADVANTAGE_ESTIMATORS = {
 POLICY_LOSSES = {
     "rlvr_clip": clip_loss_from(grpo, "rlvr_clip"),
     "rlvr_dapo": clip_loss_from(dapo, "rlvr_dapo"),
+    "rlvr_ppo": clip_loss_from(ppo, "rlvr_ppo"),
     "rlvr_topr": topr_policy_loss,
 }
 

@@ -248,6 +248,106 @@ def vanilla_policy_loss_dual_clip_is_the_difference():
         )
 
 
+def critic_batch(seed: int, B: int = 8, T: int = 11):
+    """Per-token rewards (KL-like noise plus a terminal score), values, old values, mask [B, T]."""
+    generator = torch.Generator().manual_seed(300 + seed)
+    mask = ragged_mask(generator, B, T)
+    last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)
+    rewards = (
+        0.05 * torch.randn(B, T, generator=generator) + last * (torch.rand(B, 1, generator=generator) < 0.5)
+    ) * mask
+    values = torch.randn(B, T, generator=generator)
+    old_values = values + 0.3 * torch.randn(B, T, generator=generator)
+    return rewards, values, old_values, mask
+
+
+@check
+def gae_matches_verl():
+    """verl's compute_gae_advantage_return is (whiten(advantages), returns) of ppo.py's gae_advantages,
+    whiten being ppo.py's (verl's masked_whiten: unbiased variance, ε = 1e-8 under the root)."""
+    from verl.trainer.ppo.core_algos import compute_gae_advantage_return
+
+    from algos.ppo import gae_advantages, whiten
+
+    for seed in SEEDS:
+        rewards, values, _, mask = critic_batch(seed)
+        for gamma, lam in ((1.0, 1.0), (1.0, 0.95), (0.99, 0.9)):
+            theirs_adv, theirs_ret = compute_gae_advantage_return(rewards, values, mask, gamma, lam)
+            advantages, returns = gae_advantages(rewards, values, mask, gamma, lam)
+            close(theirs_ret * mask, returns * mask, f"returns seed {seed} γ {gamma} λ {lam}")
+            close(
+                theirs_adv * mask,
+                whiten(advantages, mask) * mask,
+                f"advantages seed {seed} γ {gamma} λ {lam}",
+            )
+
+
+@check
+def value_loss_matches_verl():
+    """verl's compute_value_loss against agg of ppo.py's value_loss (the ½ inside), and its clip fraction."""
+    from verl.trainer.ppo.core_algos import compute_value_loss
+
+    from algos.ppo import aggregate_loss, value_loss
+
+    for seed in SEEDS:
+        _, returns, old_values, mask = critic_batch(seed)
+        values = old_values + 0.4 * torch.randn(mask.shape, generator=torch.Generator().manual_seed(seed))
+        B, T = mask.shape
+        for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+            for clip in (0.2, 0.5):
+                theirs, clipfrac = compute_value_loss(
+                    values, returns, old_values, mask, clip, mode, loss_scale_factor=T
+                )
+                per_token, clipped = value_loss(values, old_values, returns, clip)
+                close(
+                    theirs,
+                    aggregate_loss(per_token, mask, mode, B, int(mask.sum()), T),
+                    f"{mode} clip {clip}",
+                )
+                close(clipfrac, (clipped * mask).sum() / mask.sum(), "value clip fraction")
+
+
+@check
+def ppo_token_policy_loss_and_kl_reward_match_verl():
+    """ppo.py's ppo_policy_loss (per-token advantages) + aggregate_loss against verl's vanilla loss below
+    dual-clip's bound; kl_folded_rewards against verl's apply_kl_penalty (kl_penalty="kl", fixed β)."""
+    from verl import DataProto
+    from verl.trainer.ppo.core_algos import FixedKLController, compute_policy_loss_vanilla
+    from verl.trainer.ppo.ray_trainer import apply_kl_penalty
+
+    from algos.ppo import aggregate_loss, kl_folded_rewards, ppo_policy_loss
+
+    for seed in SEEDS:
+        old, new, _, mask = logprob_batch(seed)
+        advantages = torch.randn(mask.shape, generator=torch.Generator().manual_seed(seed)) * mask
+        B, T = mask.shape
+        for mode in ("token-mean", "seq-mean-token-mean"):
+            theirs, _ = compute_policy_loss_vanilla(old, new, advantages, mask, mode, actor_config(0.2, 0.28))
+            per_token, _ = ppo_policy_loss(new, old, advantages, 0.2, 0.28)
+            close(
+                theirs,
+                aggregate_loss(per_token, mask, mode, B, int(mask.sum()), T),
+                f"ppo loss {mode} seed {seed}",
+            )
+        scores = torch.rand(B)
+        ref = old + 0.2 * torch.randn(B, T, generator=torch.Generator().manual_seed(seed))
+        last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)
+        data = DataProto.from_dict(
+            tensors={
+                "response_mask": mask,
+                "token_level_scores": scores[:, None] * last,
+                "old_log_probs": old,
+                "ref_log_prob": ref,
+            }
+        )
+        data, _ = apply_kl_penalty(data, FixedKLController(0.05), kl_penalty="kl")
+        close(
+            data.batch["token_level_rewards"],
+            kl_folded_rewards(scores, old, ref, mask, 0.05),
+            f"KL reward seed {seed}",
+        )
+
+
 # ------------------------------------------------------------------------------------------------------
 # The plug-in (issue 16): verl's registries and entry points with our names
 # ------------------------------------------------------------------------------------------------------
@@ -369,18 +469,26 @@ def policy_losses_through_get_policy_loss_fn():
     equals topr.py's topr_weights + topr_token_loss + aggregate_loss. Losses and gradients."""
     import algos.dapo as dapo
     import algos.grpo as grpo
+    import algos.ppo as ppo
     import algos.topr as topr
 
     for seed in SEEDS:
         old, new, advantages, mask = logprob_batch(seed)
         B, T = mask.shape
         tokens = int(mask.sum())
-        for name, module, low, high in (("rlvr_clip", grpo, 0.2, 0.2), ("rlvr_dapo", dapo, 0.2, 0.28)):
+        for name, module, low, high in (
+            ("rlvr_clip", grpo, 0.2, 0.2),
+            ("rlvr_dapo", dapo, 0.2, 0.28),
+            ("rlvr_ppo", ppo, 0.2, 0.28),
+        ):
             for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
                 config = actor_config(low, high, loss_scale_factor=T)
                 a, b, c = (new.clone().requires_grad_() for _ in range(3))
                 theirs, _ = call_as_ppo_loss(name, old, a, advantages[:, None] * mask, mask, mode, config)
-                per_token, _ = module.clipped_surrogate(b, old, advantages, low, high)
+                if module is ppo:
+                    per_token, _ = ppo.ppo_policy_loss(b, old, advantages[:, None] * mask, low, high)
+                else:
+                    per_token, _ = module.clipped_surrogate(b, old, advantages, low, high)
                 ours = module.aggregate_loss(per_token, mask, mode, B, tokens, T)
                 vanilla, _ = call_as_ppo_loss(
                     "vanilla", old, c, advantages[:, None] * mask, mask, mode, config
@@ -426,8 +534,18 @@ def policy_losses_through_get_policy_loss_fn():
                 close(theirs, ours, f"rlvr_topr {mode} c={baseline} seed {seed}")
                 theirs.backward(), ours.backward()
                 close(a.grad, b.grad, "rlvr_topr gradient")
+    token_advantages = torch.randn(B, T) * mask  # GAE-like: rlvr_ppo takes them, rlvr_clip refuses them
+    theirs, _ = call_as_ppo_loss(
+        "rlvr_ppo", old, new, token_advantages, mask, "token-mean", actor_config(0.2, 0.2)
+    )
+    per_token, _ = ppo.ppo_policy_loss(new, old, token_advantages, 0.2, 0.2)
+    close(
+        theirs,
+        ppo.aggregate_loss(per_token, mask, "token-mean", B, tokens, T),
+        "rlvr_ppo, per-token advantages",
+    )
     try:
-        call_as_ppo_loss("rlvr_clip", old, new, torch.randn(B, T), mask, "token-mean", actor_config(0.2, 0.2))
+        call_as_ppo_loss("rlvr_clip", old, new, token_advantages, mask, "token-mean", actor_config(0.2, 0.2))
     except ValueError as error:
         assert "one advantage per completion" in str(error)
     else:
