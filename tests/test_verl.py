@@ -32,6 +32,7 @@ CHECKS = (
     "registries_resolve_our_names",
     "trainer_compute_advantage_returns_the_files_advantages",
     "policy_losses_through_get_policy_loss_fn",
+    "docs_recipes_compose_with_verl_config",
 )
 
 

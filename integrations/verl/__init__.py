@@ -21,6 +21,7 @@ driver and in every Ray worker; docs/verl.md has the launch recipes.)
       rlvr_clip          PPO clip (clip_ratio_low / clip_ratio_high) + aggregation  algos/grpo.py
       rlvr_dapo          the same with DAPO's file (clip-higher, token-mean)        algos/dapo.py
       rlvr_ppo           PPO clip with per-token advantages (with verl's gae)       algos/ppo.py
+      rlvr_bnpo          PPO clip + BNPO's aggregation (seq-mean-token-sum default) algos/bnpo.py
       rlvr_topr          tapered REINFORCE −sg(α)(R − c) log π                      algos/topr.py
 
 Method parameters without a verl key go under ``algorithm.rlvr`` (added with hydra's ``+``):
@@ -149,10 +150,11 @@ def batch_sizes(response_mask: torch.Tensor, config) -> tuple[int, int, int, int
     return dp_size, sequences, tokens, int(scale or response_mask.shape[-1])
 
 
-def clip_loss_from(module, loss_name: str):
+def clip_loss_from(
+    module, loss_name: str, modes=("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+):
     """A verl policy loss from ``module.clipped_surrogate`` (ppo.py: ``ppo_policy_loss``) and
     ``module.aggregate_loss`` (grpo.py's pair, copied byte for byte into every file that uses it)."""
-    modes = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
     def policy_loss(
         old_log_prob,
@@ -284,6 +286,11 @@ POLICY_LOSSES = {
     "rlvr_clip": clip_loss_from(grpo, "rlvr_clip"),
     "rlvr_dapo": clip_loss_from(dapo, "rlvr_dapo"),
     "rlvr_ppo": clip_loss_from(ppo, "rlvr_ppo"),
+    "rlvr_bnpo": clip_loss_from(
+        bnpo,
+        "rlvr_bnpo",
+        ("seq-mean-token-sum", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+    ),
     "rlvr_topr": topr_policy_loss,
 }
 
