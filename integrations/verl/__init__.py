@@ -17,12 +17,14 @@ driver and in every Ray worker; docs/verl.md has the launch recipes.)
       rlvr_psr, rlvr_nsr, rlvr_w_reinforce, rlvr_reinforce   ±1 / λ, no baseline    algos/nsr.py
       rlvr_bnpo          (R − p̂)/f(p̂; α, β), (α, β) fitted to the batch             algos/bnpo.py
       rlvr_topr          R − c with R = ±1 (for the rlvr_topr loss)                 algos/topr.py
+      rlvr_nft           ±r̂, the group's correct rate signed by the row's answer    algos/nft.py
     policy losses (actor_rollout_ref.actor.policy_loss.loss_mode)
       rlvr_clip          PPO clip (clip_ratio_low / clip_ratio_high) + aggregation  algos/grpo.py
       rlvr_dapo          the same with DAPO's file (clip-higher, token-mean)        algos/dapo.py
       rlvr_ppo           PPO clip with per-token advantages (with verl's gae)       algos/ppo.py
       rlvr_bnpo          PPO clip + BNPO's aggregation (seq-mean-token-sum default) algos/bnpo.py
       rlvr_topr          tapered REINFORCE −sg(α)(R − c) log π                      algos/topr.py
+      rlvr_nft           NFT's likelihood loss (pairs with the rlvr_nft estimator)  algos/nft.py
 
 Method parameters without a verl key go under ``algorithm.rlvr`` (added with hydra's ``+``):
 ``+algorithm.rlvr.lam=0.1`` (W-REINFORCE's λ), ``+algorithm.rlvr.max_weight=1e6`` (BNPO),
@@ -71,6 +73,7 @@ nsr = importlib.import_module("algos.nsr")
 bnpo = importlib.import_module("algos.bnpo")
 topr = importlib.import_module("algos.topr")
 ppo = importlib.import_module("algos.ppo")
+nft = importlib.import_module("algos.nft")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -272,6 +275,54 @@ def topr_policy_loss(
     return loss, {"actor/topr_negative_weight": mean_negative_weight}
 
 
+def nft_estimator(rewards, config):
+    """algos/nft.py correct_rates, passed to the rlvr_nft loss as a signed "advantage": +r̂ for a correct
+    row, −r̂ for a wrong one (r̂ is clamped into (0, 1), so the sign is never lost), 0 in groups whose
+    answers are all right or all wrong (nft.py drops those)"""
+    clamp = float(rlvr_param(config, "correct_rate_clamp", nft.Args.correct_rate_clamp))
+    correct_rate, keep = nft.correct_rates(rewards, clamp)  # [Q], [Q]
+    signed = torch.where(rewards > 0, 1.0, -1.0) * correct_rate[:, None]  # [Q, G]
+    return torch.where(keep[:, None], signed, torch.zeros_like(signed))
+
+
+def nft_policy_loss(
+    old_log_prob,
+    log_prob,
+    advantages,
+    response_mask,
+    loss_agg_mode="token-mean",
+    config=None,
+    rollout_is_weights=None,
+):
+    """verl policy loss rlvr_nft: algos/nft.py nft_loss (its Args defaults for neg_weight, normalize,
+    ratio_clamp and negative_floor) and aggregate_loss; takes rlvr_nft's signed correct rates."""
+    modes = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+    if loss_agg_mode not in modes:
+        raise ValueError(
+            f"loss_mode=rlvr_nft aggregates with loss_agg_mode in {modes}, got {loss_agg_mode!r}"
+        )
+    mask = response_mask.to(log_prob.dtype)  # [B, T]
+    signed = sequence_values(advantages, mask, "rlvr_nft")  # [B] ±r̂, 0 for rows of dropped groups
+    kept = (signed != 0).to(log_prob.dtype)[:, None]  # [B, 1]
+    rate = signed.abs().clamp(min=nft.Args.correct_rate_clamp)  # [B] (dropped rows: any value in (0, 1))
+    per_token_loss, floored = nft.nft_loss(
+        log_prob,
+        old_log_prob,
+        (signed > 0).float(),
+        rate,
+        nft.Args.neg_weight,
+        nft.Args.normalize,
+        nft.Args.ratio_clamp,
+        nft.Args.negative_floor,
+    )  # [B, T]
+    per_token_loss = per_token_loss * kept
+    if rollout_is_weights is not None:
+        per_token_loss = per_token_loss * rollout_is_weights
+    dp_size, sequences, tokens, max_len = batch_sizes(mask, config)
+    loss = nft.aggregate_loss(per_token_loss, mask, loss_agg_mode, sequences, tokens, max_len) * dp_size
+    return loss, {"actor/nft_floored": ((floored * mask * kept).sum() / mask.sum().clamp(min=1)).item()}
+
+
 ADVANTAGE_ESTIMATORS = {
     "rlvr_grpo": outcome_estimator(grpo_estimator),
     "rlvr_dr_grpo": outcome_estimator(dr_grpo_estimator),
@@ -281,6 +332,7 @@ ADVANTAGE_ESTIMATORS = {
     "rlvr_reinforce": outcome_estimator(nsr_estimator("reinforce")),
     "rlvr_bnpo": outcome_estimator(bnpo_estimator),
     "rlvr_topr": outcome_estimator(topr_estimator),
+    "rlvr_nft": outcome_estimator(nft_estimator),
 }
 POLICY_LOSSES = {
     "rlvr_clip": clip_loss_from(grpo, "rlvr_clip"),
@@ -292,6 +344,7 @@ POLICY_LOSSES = {
         ("seq-mean-token-sum", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     ),
     "rlvr_topr": topr_policy_loss,
+    "rlvr_nft": nft_policy_loss,
 }
 
 for _name, _estimator in ADVANTAGE_ESTIMATORS.items():

@@ -370,6 +370,11 @@ def file_advantages(name: str, rewards: torch.Tensor, lam: float = 0.1) -> torch
         return decomposed_advantages(rewards[None])[0]
     if name == "rlvr_topr":
         return torch.where(rewards > 0, 1.0, -1.0)
+    if name == "rlvr_nft":
+        from algos.nft import correct_rates
+
+        rate, keep = correct_rates(rewards)
+        return torch.where(keep[:, None], torch.where(rewards > 0, 1.0, -1.0) * rate[:, None], 0.0)
     raise KeyError(name)
 
 
@@ -534,6 +539,26 @@ def policy_losses_through_get_policy_loss_fn():
                 close(theirs, ours, f"rlvr_topr {mode} c={baseline} seed {seed}")
                 theirs.backward(), ours.backward()
                 close(a.grad, b.grad, "rlvr_topr gradient")
+    # rlvr_nft: rows of two mixed groups (r̂ 0.25 and 0.5) and one all-correct group (dropped)
+    import algos.nft as nft
+
+    rewards = torch.tensor([[1.0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    rate, keep = nft.correct_rates(rewards)
+    signed = torch.where(keep[:, None], torch.where(rewards > 0, 1.0, -1.0) * rate[:, None], 0.0).flatten()
+    for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+        a, b = new.clone().requires_grad_(), new.clone().requires_grad_()
+        config = actor_config(0.2, 0.2, loss_scale_factor=T)
+        theirs, _ = call_as_ppo_loss("rlvr_nft", old, a, signed[:, None] * mask, mask, mode, config)
+        rows = keep.repeat_interleave(
+            4
+        )  # nft.py trains on the kept rows; the dropped rows count in verl's sizes
+        per_token, _ = nft.nft_loss(
+            b[rows], old[rows], rewards.flatten()[rows], rate.repeat_interleave(4)[rows]
+        )
+        ours = nft.aggregate_loss(per_token, mask[rows], mode, int((mask.sum(-1) > 0).sum()), tokens, T)
+        close(theirs, ours, f"rlvr_nft {mode}")
+        theirs.backward(), ours.backward()
+        close(a.grad, b.grad, f"rlvr_nft gradient {mode}")
     token_advantages = torch.randn(B, T) * mask  # GAE-like: rlvr_ppo takes them, rlvr_clip refuses them
     theirs, _ = call_as_ppo_loss(
         "rlvr_ppo", old, new, token_advantages, mask, "token-mean", actor_config(0.2, 0.2)
