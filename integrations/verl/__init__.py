@@ -28,7 +28,8 @@ driver and in every Ray worker; docs/verl.md has the launch recipes.)
 
 Method parameters without a verl key go under ``algorithm.rlvr`` (added with hydra's ``+``):
 ``+algorithm.rlvr.lam=0.1`` (W-REINFORCE's λ), ``+algorithm.rlvr.max_weight=1e6`` (BNPO),
-``+algorithm.rlvr.baseline=0.0`` (TOPR's c); their defaults are the files' own ``Args`` defaults.
+``+algorithm.rlvr.baseline=0.0`` (TOPR's c), ``+algorithm.rlvr.correct_rate_clamp=0.02`` (NFT); their defaults
+are the files' own ``Args`` defaults (the losses' parameters too: verl's actor config has no key for them).
 
 Tested with verl 0.9.1 only (``TESTED_VERL_VERSIONS``); on another version the import fails with one
 line saying so (set ``RLVR_VERL_ANY_VERSION=1`` to try anyway). ``algos/*.py`` never import verl.

@@ -607,7 +607,7 @@ def docs_recipes_compose_with_verl_config():
     import integrations.verl  # noqa: F401 - registers the rlvr_* names
 
     recipes = docs_recipes()
-    expected = {"grpo", "dr_grpo", "w_reinforce", "bnpo", "topr", "dapo", "ppo"}
+    expected = {"grpo", "dr_grpo", "w_reinforce", "bnpo", "topr", "dapo", "nft", "ppo"}
     assert set(recipes) == expected, sorted(recipes)
     config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
