@@ -34,7 +34,7 @@ are the files' own ``Args`` defaults (the losses' parameters too: verl's actor c
 Tested with verl 0.9.1 only (``TESTED_VERL_VERSIONS``); on another version the import fails with one
 line saying so (set ``RLVR_VERL_ANY_VERSION=1`` to try anyway). ``algos/*.py`` never import verl.
 
-Where verl's built-in version of the same maths differs from ours (tests/test_verl_parity.py checks each
+Where verl's built-in version of the same maths differs from ours (integrations/verl/checks.py checks each
 difference exactly):
 - vanilla policy loss: verl clamps the log-ratio to [−20, 20] and applies dual-clip PPO (the loss of a
   negative-advantage token is capped at −A·clip_ratio_c, c = 3); ``rlvr_clip`` does neither, as

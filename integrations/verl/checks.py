@@ -604,7 +604,7 @@ def docs_recipes_compose_with_verl_config():
     from hydra import compose, initialize_config_dir
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn
 
-    import integrations.verl  # noqa: F401 - registers the rlvr_* names
+    import integrations.verl  # registers the rlvr_* names
 
     recipes = docs_recipes()
     expected = {"grpo", "dr_grpo", "w_reinforce", "bnpo", "topr", "dapo", "nft", "ppo"}
@@ -621,6 +621,8 @@ def docs_recipes_compose_with_verl_config():
         with initialize_config_dir(config_dir=config_dir, version_base=None):
             config = compose(config_name="ppo_trainer", overrides=overrides)
         assert config.trainer.experiment_name == name
+        if name == "w_reinforce":  # the hydra-added key reaches the estimator through config.algorithm
+            assert integrations.verl.rlvr_param(config.algorithm, "lam", None) == 0.1
         get_adv_estimator_fn(config.algorithm.adv_estimator)
         get_policy_loss_fn(config.actor_rollout_ref.actor.policy_loss.loss_mode)
         assert (
