@@ -3,7 +3,8 @@
 #   ./run.sh [flags]         the CPU demo: build the tiny world (cached), evaluate the base policy,
 #                            train it with algos/grpo.py, evaluate again, print a before/after table
 #   ./run.sh ALGO [flags]    python algos/ALGO.py [flags]   (e.g. ./run.sh grpo --help)
-#   ./run.sh test [args]     the test suite (pytest args pass through, e.g. ./run.sh test -m "not slow")
+#   ./run.sh test [args]     the test suite (pytest args pass through, e.g. ./run.sh test -m "not slow");
+#                            first makes .venv-verl (requirements-verl.txt) for the verl tests
 #   ./run.sh compare [flags] every method side by side on the tiny world (bench/compare.py; --help)
 #
 # On first use it creates .venv/ next to this file and installs requirements.txt into it, plus
@@ -57,11 +58,27 @@ case "$cmd" in
     echo "[run.sh] CPU demo: GRPO on the tiny built-in world (about 8 minutes on 2 cores the first time, 3-4 once the world is cached; logs in runs/)" >&2
     exec "$PY" "$ROOT/algos/grpo.py" --exp-name demo "$@" ;;
   test|tests)
+    # The verl environment for tests/test_verl.py (verl 0.9.1 pins transformers<5.11, so not .venv):
+    # .venv-verl from requirements-verl.txt, remade when that file changes; RLVR_VERL_PYTHON=/path/to/python
+    # uses another, RLVR_SKIP_VERL=1 makes none (those tests then skip, and fail under CI=true).
+    if [[ -z "${RLVR_VERL_PYTHON:-}" && "${RLVR_SKIP_VERL:-0}" != 1 ]]; then
+      VERL_VENV="$ROOT/.venv-verl"
+      VERL_STAMP="$VERL_VENV/.requirements.sha256"
+      VERL_WANT="$(sha256sum < "$ROOT/requirements-verl.txt" | cut -d' ' -f1)"
+      if [[ ! -x "$VERL_VENV/bin/python" || ! -f "$VERL_STAMP" || "$(cat "$VERL_STAMP")" != "$VERL_WANT" ]]; then
+        echo "[run.sh] installing requirements-verl.txt into $VERL_VENV (for the verl tests; a few minutes)..." >&2
+        [[ -x "$VERL_VENV/bin/python" ]] || python3 -m venv "$VERL_VENV"
+        "$VERL_VENV/bin/python" -m pip install --quiet --upgrade pip
+        "$VERL_VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements-verl.txt"
+        echo "$VERL_WANT" > "$VERL_STAMP"
+      fi
+      export RLVR_VERL_PYTHON="$VERL_VENV/bin/python"
+    fi
     exec "$PY" -m pytest "$ROOT/tests" "$@" ;;
   compare)
     cd "$ROOT" && exec "$PY" -m bench.compare "$@" ;;
   -h|--help|help)
-    sed -n '2,11p' "$0"; echo "algorithms: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')"; exit 0 ;;
+    sed -n '2,12p' "$0"; echo "algorithms: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')"; exit 0 ;;
   *)
     if [[ ! -f "$ROOT/algos/$cmd.py" ]]; then
       echo "run.sh: unknown algorithm '$cmd'; available: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')" >&2

@@ -1,0 +1,649 @@
+"""Checks run in the verl environment (``.venv-verl``) by tests/test_verl.py: ``python -m integrations.verl.checks``.
+
+Each check prints ``PASS name`` or ``FAIL name: why``; the exit status is the number of failures. Two kinds:
+- parity: random rewards, ragged masks and log-probs (several seeds) fed to verl's own functions
+  (``verl.trainer.ppo.core_algos``) and to the pure functions of ``algos/*.py``, which must agree to
+  float32 rounding; where verl differs on purpose the check states the difference and tests it exactly;
+- plug-in: verl's registries resolve the ``rlvr_*`` names, and verl's own entry points, called as its
+  trainer calls them (``compute_advantage`` on a ``DataProto`` built on the CPU; the loss fetched with
+  ``get_policy_loss_fn`` and called with an ``ActorConfig`` and the global batch info its ``ppo_loss``
+  sets), return the files' tensors.
+
+This module is not under tests/ because it imports verl, which the main environment does not have.
+"""
+
+import importlib
+import sys
+import traceback
+
+import numpy as np
+import torch
+
+SEEDS = (0, 1, 2, 3, 4)
+CHECKS = []
+
+
+def check(function):
+    CHECKS.append(function)
+    return function
+
+
+def close(a, b, what: str, atol: float = 1e-6, rtol: float = 1e-5) -> None:
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    if a.shape != b.shape or not torch.allclose(a, b, atol=atol, rtol=rtol):
+        raise AssertionError(
+            f"{what}: max |diff| {(a - b).abs().max().item() if a.shape == b.shape else a.shape}"
+        )
+
+
+def ragged_mask(generator, B: int, T: int) -> torch.Tensor:
+    """[B, T] masks with random lengths 1..T (one row of length T, one of length 1)."""
+    lengths = torch.randint(1, T + 1, (B,), generator=generator)
+    lengths[0], lengths[-1] = T, 1
+    return (torch.arange(T)[None, :] < lengths[:, None]).float()
+
+
+def outcome_batch(seed: int, Q: int = 4, G: int = 6, T: int = 9, binary: bool = True):
+    """Rewards [Q, G] (one all-correct and one all-wrong group when binary), verl's token_level_rewards
+    [B, T] (the reward on the last response token), mask [B, T], uids [B] (group-major rows)."""
+    generator = torch.Generator().manual_seed(seed)
+    if binary:
+        rewards = (torch.rand(Q, G, generator=generator) < 0.5).float()
+        rewards[0], rewards[1] = 1.0, 0.0
+    else:
+        rewards = torch.randn(Q, G, generator=generator)
+    mask = ragged_mask(generator, Q * G, T)
+    last = mask.sum(-1).long() - 1  # [B]
+    token_level_rewards = torch.zeros(Q * G, T)
+    token_level_rewards[torch.arange(Q * G), last] = rewards.flatten()
+    uids = np.array([f"q{q}" for q in range(Q) for _ in range(G)], dtype=object)
+    return rewards, token_level_rewards, mask, uids
+
+
+def logprob_batch(seed: int, B: int = 12, T: int = 10, spread: float = 0.5):
+    generator = torch.Generator().manual_seed(100 + seed)
+    old = -torch.rand(B, T, generator=generator) * 3
+    steps = spread * torch.randn(B, T, generator=generator)  # log-ratios
+    new = old + (steps.clamp(-1, 1) if spread < 1 else steps)  # spread < 1: ratios within [1/e, e]
+    advantages = torch.randn(B, generator=generator)
+    return old, new, advantages, ragged_mask(generator, B, T)
+
+
+def actor_config(clip_low: float, clip_high: float, **fields):
+    from verl.workers.config import ActorConfig
+
+    return ActorConfig(
+        strategy="fsdp",
+        rollout_n=4,
+        ppo_mini_batch_size=4,
+        ppo_micro_batch_size_per_gpu=2,
+        clip_ratio=clip_low,
+        clip_ratio_low=clip_low,
+        clip_ratio_high=clip_high,
+        **fields,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------
+# Laziness and the version guard (before anything else imports the integration)
+# ------------------------------------------------------------------------------------------------------
+
+
+@check
+def algos_never_import_verl():
+    """Importing every algos/*.py file leaves verl unimported (the check runs first, in a fresh process)."""
+    from pathlib import Path
+
+    assert "verl" not in sys.modules, "verl was imported before the check"
+    names = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "algos").glob("*.py"))
+    for name in names:
+        importlib.import_module(f"algos.{name}")
+    leaked = sorted(m for m in sys.modules if m == "verl" or m.startswith("verl."))
+    assert not leaked, f"importing algos/*.py imported {leaked[:3]}"
+    print(f"  imported {len(names)} files: {', '.join(names)}")
+
+
+@check
+def other_verl_version_fails_in_one_line():
+    import verl
+
+    real = verl.__version__
+    verl.__version__ = "0.8.0"
+    try:
+        importlib.import_module("integrations.verl")
+    except ImportError as error:
+        message = str(error)
+    else:
+        raise AssertionError("integrations.verl imported under verl 0.8.0")
+    finally:
+        verl.__version__ = real
+    assert "\n" not in message and "tested with verl 0.9.1, found verl 0.8.0" in message, message
+    importlib.import_module("integrations.verl")  # the real version imports
+    print(f"  {message}")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Parity (issue 14): verl's maths against the files'
+# ------------------------------------------------------------------------------------------------------
+
+
+@check
+def grpo_advantages_match_verl():
+    from verl.trainer.ppo.core_algos import (
+        compute_grpo_outcome_advantage,
+        compute_grpo_vectorized_outcome_advantage,
+    )
+
+    from algos.grpo import grpo_advantages
+
+    for seed in SEEDS:
+        for binary in (True, False):
+            rewards, token_rewards, mask, uids = outcome_batch(seed, binary=binary)
+            for norm, scale in ((True, "group"), (False, "none")):
+                ours = grpo_advantages(rewards, scale).flatten()[:, None] * mask
+                for fn in (compute_grpo_outcome_advantage, compute_grpo_vectorized_outcome_advantage):
+                    theirs, returns = fn(token_rewards.clone(), mask, uids, norm_adv_by_std_in_grpo=norm)
+                    close(theirs, ours, f"{fn.__name__} seed {seed} std={norm}")
+                    close(returns, ours, "returns")
+
+
+@check
+def loss_aggregation_matches_verl_agg_loss():
+    """token-mean, seq-mean-token-mean and seq-mean-token-sum-norm, whole batch and split into two
+    micro-batches with the global sizes (verl's batch_num_tokens / global_batch_size / loss_scale_factor
+    are our num_tokens / num_sequences / max_len). Difference on purpose: verl divides a sequence's token
+    sum by (length + 1e-8), ours by max(length, 1) — equal to float32 rounding for every non-empty row."""
+    from verl.trainer.ppo.core_algos import agg_loss
+
+    from algos.grpo import aggregate_loss
+
+    for seed in SEEDS:
+        generator = torch.Generator().manual_seed(200 + seed)
+        B, T = 10, 12
+        losses, mask = torch.randn(B, T, generator=generator), ragged_mask(generator, B, T)
+        tokens, sequences = int(mask.sum()), B
+        for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+            theirs = agg_loss(losses, mask, mode, loss_scale_factor=T)
+            close(theirs, aggregate_loss(losses, mask, mode, sequences, tokens, T), f"{mode} seed {seed}")
+            halves = (slice(0, 4), slice(4, B))
+            theirs = sum(
+                agg_loss(
+                    losses[h],
+                    mask[h],
+                    mode,
+                    batch_num_tokens=tokens,
+                    global_batch_size=B,
+                    loss_scale_factor=T,
+                )
+                for h in halves
+            )
+            ours = sum(aggregate_loss(losses[h], mask[h], mode, sequences, tokens, T) for h in halves)
+            close(theirs, ours, f"{mode} seed {seed}, two micro-batches")
+    # verl's seq-mean-token-sum-norm defaults L_max to the mask's width; ours takes --max-new-tokens.
+    close(
+        agg_loss(losses, mask, "seq-mean-token-sum-norm"),
+        aggregate_loss(losses, mask, "seq-mean-token-sum-norm", B, tokens, T),
+        "L_max = width",
+    )
+
+
+@check
+def vanilla_policy_loss_matches_clipped_surrogate():
+    """verl's compute_policy_loss_vanilla (clip low/high 0.2/0.28) against clipped_surrogate +
+    aggregate_loss, losses and gradients, at log-ratios 0.5·N(0, 1) clamped to [−1, 1] (ratios below dual-clip's c = 3)."""
+    from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
+
+    from algos.grpo import aggregate_loss, clipped_surrogate
+
+    for seed in SEEDS:
+        old, new, advantages, mask = logprob_batch(seed)
+        assert torch.exp(new - old).max() < 3, "this check stays below dual-clip's bound"
+        for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+            for low, high in ((0.2, 0.2), (0.2, 0.28)):
+                config = actor_config(low, high)
+                config.global_batch_info.update(loss_scale_factor=new.shape[-1])
+                a, b = new.clone().requires_grad_(), new.clone().requires_grad_()
+                theirs, metrics = compute_policy_loss_vanilla(
+                    old, a, advantages[:, None] * mask, mask, mode, config
+                )
+                per_token, clipped = clipped_surrogate(b, old, advantages, low, high)
+                ours = aggregate_loss(per_token, mask, mode, len(mask), int(mask.sum()), new.shape[-1])
+                close(theirs, ours, f"loss {mode} {low}/{high} seed {seed}")
+                theirs.backward(), ours.backward()
+                close(a.grad, b.grad, f"gradient {mode} {low}/{high} seed {seed}")
+                close(metrics["actor/pg_clipfrac"], (clipped * mask).sum() / mask.sum(), "clip fraction")
+
+
+@check
+def vanilla_policy_loss_dual_clip_is_the_difference():
+    """Difference on purpose: verl caps a negative-advantage token's loss at −A·c (dual-clip PPO, c =
+    clip_ratio_c = 3) and clamps the log-ratio to [−20, 20]; grpo.py does not. At large ratios verl's
+    loss is exactly ours with that cap, and with c = 1e9 exactly ours."""
+    from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
+
+    from algos.grpo import aggregate_loss, clipped_surrogate
+
+    for seed in SEEDS:
+        old, new, advantages, mask = logprob_batch(seed, spread=2.0)
+        assert (torch.exp(new - old) * mask > 3).any()
+        per_token, _ = clipped_surrogate(new, old, advantages, 0.2, 0.2)
+        capped = torch.where(
+            advantages[:, None] < 0, torch.minimum(per_token, -advantages[:, None] * 3.0), per_token
+        )
+        tokens = int(mask.sum())
+        theirs, _ = compute_policy_loss_vanilla(
+            old, new, advantages[:, None] * mask, mask, "token-mean", actor_config(0.2, 0.2)
+        )
+        close(
+            theirs, aggregate_loss(capped, mask, "token-mean", len(mask), tokens, 1), f"dual clip seed {seed}"
+        )
+        assert not torch.allclose(theirs, aggregate_loss(per_token, mask, "token-mean", len(mask), tokens, 1))
+        theirs, _ = compute_policy_loss_vanilla(
+            old, new, advantages[:, None] * mask, mask, "token-mean", actor_config(0.2, 0.2, clip_ratio_c=1e9)
+        )
+        close(
+            theirs,
+            aggregate_loss(per_token, mask, "token-mean", len(mask), tokens, 1),
+            f"c = 1e9 seed {seed}",
+        )
+
+
+def critic_batch(seed: int, B: int = 8, T: int = 11):
+    """Per-token rewards (KL-like noise plus a terminal score), values, old values, mask [B, T]."""
+    generator = torch.Generator().manual_seed(300 + seed)
+    mask = ragged_mask(generator, B, T)
+    last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)
+    rewards = (
+        0.05 * torch.randn(B, T, generator=generator) + last * (torch.rand(B, 1, generator=generator) < 0.5)
+    ) * mask
+    values = torch.randn(B, T, generator=generator)
+    old_values = values + 0.3 * torch.randn(B, T, generator=generator)
+    return rewards, values, old_values, mask
+
+
+@check
+def gae_matches_verl():
+    """verl's compute_gae_advantage_return is (whiten(advantages), returns) of ppo.py's gae_advantages,
+    whiten being ppo.py's (verl's masked_whiten: unbiased variance, ε = 1e-8 under the root)."""
+    from verl.trainer.ppo.core_algos import compute_gae_advantage_return
+
+    from algos.ppo import gae_advantages, whiten
+
+    for seed in SEEDS:
+        rewards, values, _, mask = critic_batch(seed)
+        for gamma, lam in ((1.0, 1.0), (1.0, 0.95), (0.99, 0.9)):
+            theirs_adv, theirs_ret = compute_gae_advantage_return(rewards, values, mask, gamma, lam)
+            advantages, returns = gae_advantages(rewards, values, mask, gamma, lam)
+            close(theirs_ret * mask, returns * mask, f"returns seed {seed} γ {gamma} λ {lam}")
+            close(
+                theirs_adv * mask,
+                whiten(advantages, mask) * mask,
+                f"advantages seed {seed} γ {gamma} λ {lam}",
+            )
+
+
+@check
+def value_loss_matches_verl():
+    """verl's compute_value_loss against agg of ppo.py's value_loss (the ½ inside), and its clip fraction."""
+    from verl.trainer.ppo.core_algos import compute_value_loss
+
+    from algos.ppo import aggregate_loss, value_loss
+
+    for seed in SEEDS:
+        _, returns, old_values, mask = critic_batch(seed)
+        values = old_values + 0.4 * torch.randn(mask.shape, generator=torch.Generator().manual_seed(seed))
+        B, T = mask.shape
+        for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+            for clip in (0.2, 0.5):
+                theirs, clipfrac = compute_value_loss(
+                    values, returns, old_values, mask, clip, mode, loss_scale_factor=T
+                )
+                per_token, clipped = value_loss(values, old_values, returns, clip)
+                close(
+                    theirs,
+                    aggregate_loss(per_token, mask, mode, B, int(mask.sum()), T),
+                    f"{mode} clip {clip}",
+                )
+                close(clipfrac, (clipped * mask).sum() / mask.sum(), "value clip fraction")
+
+
+@check
+def ppo_token_policy_loss_and_kl_reward_match_verl():
+    """ppo.py's ppo_policy_loss (per-token advantages) + aggregate_loss against verl's vanilla loss below
+    dual-clip's bound; kl_folded_rewards against verl's apply_kl_penalty (kl_penalty="kl", fixed β)."""
+    from verl import DataProto
+    from verl.trainer.ppo.core_algos import FixedKLController, compute_policy_loss_vanilla
+    from verl.trainer.ppo.ray_trainer import apply_kl_penalty
+
+    from algos.ppo import aggregate_loss, kl_folded_rewards, ppo_policy_loss
+
+    for seed in SEEDS:
+        old, new, _, mask = logprob_batch(seed)
+        advantages = torch.randn(mask.shape, generator=torch.Generator().manual_seed(seed)) * mask
+        B, T = mask.shape
+        for mode in ("token-mean", "seq-mean-token-mean"):
+            theirs, _ = compute_policy_loss_vanilla(old, new, advantages, mask, mode, actor_config(0.2, 0.28))
+            per_token, _ = ppo_policy_loss(new, old, advantages, 0.2, 0.28)
+            close(
+                theirs,
+                aggregate_loss(per_token, mask, mode, B, int(mask.sum()), T),
+                f"ppo loss {mode} seed {seed}",
+            )
+        scores = torch.rand(B)
+        ref = old + 0.2 * torch.randn(B, T, generator=torch.Generator().manual_seed(seed))
+        last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)
+        data = DataProto.from_dict(
+            tensors={
+                "response_mask": mask,
+                "token_level_scores": scores[:, None] * last,
+                "old_log_probs": old,
+                "ref_log_prob": ref,
+            }
+        )
+        data, _ = apply_kl_penalty(data, FixedKLController(0.05), kl_penalty="kl")
+        close(
+            data.batch["token_level_rewards"],
+            kl_folded_rewards(scores, old, ref, mask, 0.05),
+            f"KL reward seed {seed}",
+        )
+
+
+# ------------------------------------------------------------------------------------------------------
+# The plug-in (issue 16): verl's registries and entry points with our names
+# ------------------------------------------------------------------------------------------------------
+
+
+def file_advantages(name: str, rewards: torch.Tensor, lam: float = 0.1) -> torch.Tensor:
+    """The advantages [Q, G] that algos/X.py computes for the estimator ``name``."""
+    from algos.bnpo import decomposed_advantages
+    from algos.grpo import grpo_advantages
+    from algos.nsr import nsr_advantages
+
+    if name == "rlvr_grpo":
+        return grpo_advantages(rewards, "group")
+    if name == "rlvr_dr_grpo":
+        return grpo_advantages(rewards, "none")
+    if name in ("rlvr_psr", "rlvr_nsr", "rlvr_w_reinforce", "rlvr_reinforce"):
+        objective = name.removeprefix("rlvr_").replace("_", "-")
+        return nsr_advantages(rewards.flatten(), objective, lam)[0].view_as(rewards)
+    if name == "rlvr_bnpo":
+        return decomposed_advantages(rewards[None])[0]
+    if name == "rlvr_topr":
+        return torch.where(rewards > 0, 1.0, -1.0)
+    if name == "rlvr_nft":
+        from algos.nft import correct_rates
+
+        rate, keep = correct_rates(rewards)
+        return torch.where(keep[:, None], torch.where(rewards > 0, 1.0, -1.0) * rate[:, None], 0.0)
+    raise KeyError(name)
+
+
+@check
+def plugin_docstring_examples():
+    """The doctest examples of integrations/verl/__init__.py (they need verl, so test_doctests skips them)."""
+    import doctest
+
+    import integrations.verl as plugin
+
+    result = doctest.testmod(plugin)
+    assert result.attempted > 0 and result.failed == 0, result
+
+
+@check
+def registries_resolve_our_names():
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn
+
+    import integrations.verl as plugin
+
+    for name, fn in plugin.ADVANTAGE_ESTIMATORS.items():
+        assert get_adv_estimator_fn(name) is fn, name
+    for name, fn in plugin.POLICY_LOSSES.items():
+        assert get_policy_loss_fn(name) is fn, name
+    print(f"  {sorted(plugin.ADVANTAGE_ESTIMATORS)} / {sorted(plugin.POLICY_LOSSES)}")
+
+
+@check
+def trainer_compute_advantage_returns_the_files_advantages():
+    """verl.trainer.ppo.ray_trainer.compute_advantage, as the trainer calls it (DataProto with
+    token_level_rewards, response_mask and uid; algorithm config as a DictConfig), rows shuffled so that
+    groups are not contiguous, for every rlvr_* estimator; rlvr_grpo also equals verl's own grpo."""
+    from omegaconf import OmegaConf
+    from verl import DataProto
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    import integrations.verl as plugin
+
+    for seed in SEEDS:
+        rewards, token_rewards, mask, uids = outcome_batch(seed)
+        order = torch.randperm(len(uids), generator=torch.Generator().manual_seed(seed))
+        for name in plugin.ADVANTAGE_ESTIMATORS:
+            for lam in (0.1, 0.5):
+                config = OmegaConf.create(
+                    {"adv_estimator": name, "gamma": 1.0, "lam": 1.0, "rlvr": {"lam": lam}}
+                )
+                data = DataProto.from_dict(
+                    tensors={"token_level_rewards": token_rewards[order], "response_mask": mask[order]},
+                    non_tensors={"uid": uids[order.numpy()]},
+                )
+                out = compute_advantage(data, name, gamma=1.0, lam=1.0, num_repeat=6, config=config)
+                expected = (file_advantages(name, rewards, lam).flatten()[:, None] * mask)[order]
+                close(out.batch["advantages"], expected, f"{name} seed {seed} lam {lam}")
+        data = DataProto.from_dict(
+            tensors={"token_level_rewards": token_rewards[order], "response_mask": mask[order]},
+            non_tensors={"uid": uids[order.numpy()]},
+        )
+        verl_grpo = compute_advantage(data, "grpo", config=OmegaConf.create({})).batch["advantages"]
+        close(
+            verl_grpo, (file_advantages("rlvr_grpo", rewards).flatten()[:, None] * mask)[order], "verl's grpo"
+        )
+    try:
+        plugin.group_rows(np.array(["a", "a", "b"], dtype=object))
+    except ValueError as error:
+        assert "groups of equal size" in str(error)
+    else:
+        raise AssertionError("unequal groups accepted")
+
+
+def call_as_ppo_loss(
+    name, old, new, advantages_bt, mask, mode, config, dp_size=1, tokens=None, sequences=None
+):
+    """get_policy_loss_fn(name) called as verl/workers/utils/losses.py ppo_loss calls it."""
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    config.global_batch_info.update(
+        dp_size=dp_size,
+        batch_num_tokens=tokens,
+        global_batch_size=sequences,
+        loss_scale_factor=config.loss_scale_factor,
+    )
+    return get_policy_loss_fn(name)(
+        old_log_prob=old,
+        log_prob=new,
+        advantages=advantages_bt,
+        response_mask=mask.bool(),
+        loss_agg_mode=mode,
+        config=config,
+        rollout_is_weights=None,
+    )
+
+
+@check
+def policy_losses_through_get_policy_loss_fn():
+    """rlvr_clip / rlvr_dapo equal the files' clipped_surrogate + aggregate_loss and verl's vanilla loss
+    (below dual-clip's bound), whole batch and as two micro-batches with the global sizes; rlvr_topr
+    equals topr.py's topr_weights + topr_token_loss + aggregate_loss. Losses and gradients."""
+    import algos.dapo as dapo
+    import algos.grpo as grpo
+    import algos.ppo as ppo
+    import algos.topr as topr
+
+    for seed in SEEDS:
+        old, new, advantages, mask = logprob_batch(seed)
+        B, T = mask.shape
+        tokens = int(mask.sum())
+        for name, module, low, high in (
+            ("rlvr_clip", grpo, 0.2, 0.2),
+            ("rlvr_dapo", dapo, 0.2, 0.28),
+            ("rlvr_ppo", ppo, 0.2, 0.28),
+        ):
+            for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+                config = actor_config(low, high, loss_scale_factor=T)
+                a, b, c = (new.clone().requires_grad_() for _ in range(3))
+                theirs, _ = call_as_ppo_loss(name, old, a, advantages[:, None] * mask, mask, mode, config)
+                if module is ppo:
+                    per_token, _ = ppo.ppo_policy_loss(b, old, advantages[:, None] * mask, low, high)
+                else:
+                    per_token, _ = module.clipped_surrogate(b, old, advantages, low, high)
+                ours = module.aggregate_loss(per_token, mask, mode, B, tokens, T)
+                vanilla, _ = call_as_ppo_loss(
+                    "vanilla", old, c, advantages[:, None] * mask, mask, mode, config
+                )
+                close(theirs, ours, f"{name} {mode} seed {seed}")
+                close(theirs, vanilla, f"{name} vs vanilla {mode} seed {seed}")
+                (theirs + ours + vanilla).backward()
+                close(a.grad, b.grad, "gradient"), close(a.grad, c.grad, "gradient vs vanilla")
+                halves = [
+                    call_as_ppo_loss(
+                        name,
+                        old[h],
+                        new[h],
+                        (advantages[:, None] * mask)[h],
+                        mask[h],
+                        mode,
+                        actor_config(low, high, loss_scale_factor=T),
+                        tokens=tokens,
+                        sequences=B,
+                    )[0]
+                    for h in (slice(0, 5), slice(5, B))
+                ]
+                close(sum(halves), ours, f"{name} {mode} two micro-batches")
+        rewards = torch.where(advantages > 0, 1.0, -1.0)  # ±1
+        for baseline in (0.0, 0.3):
+            for mode in ("seq-mean-token-sum", "token-mean"):
+                a, b = new.clone().requires_grad_(), new.clone().requires_grad_()
+                theirs, _ = call_as_ppo_loss(
+                    "rlvr_topr",
+                    old,
+                    a,
+                    (rewards - baseline)[:, None] * mask,
+                    mask,
+                    mode,
+                    actor_config(0.2, 0.2),
+                )
+                weights = topr.topr_weights(
+                    topr.ratio_logprobs(b, mask, "seq"), topr.ratio_logprobs(old, mask, "seq"), rewards
+                )
+                ours = topr.aggregate_loss(
+                    topr.topr_token_loss(b, weights, rewards, baseline), mask, mode, B, tokens
+                )
+                close(theirs, ours, f"rlvr_topr {mode} c={baseline} seed {seed}")
+                theirs.backward(), ours.backward()
+                close(a.grad, b.grad, "rlvr_topr gradient")
+    # rlvr_nft: rows of two mixed groups (r̂ 0.25 and 0.5) and one all-correct group (dropped)
+    import algos.nft as nft
+
+    rewards = torch.tensor([[1.0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    rate, keep = nft.correct_rates(rewards)
+    signed = torch.where(keep[:, None], torch.where(rewards > 0, 1.0, -1.0) * rate[:, None], 0.0).flatten()
+    for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+        a, b = new.clone().requires_grad_(), new.clone().requires_grad_()
+        config = actor_config(0.2, 0.2, loss_scale_factor=T)
+        theirs, _ = call_as_ppo_loss("rlvr_nft", old, a, signed[:, None] * mask, mask, mode, config)
+        rows = keep.repeat_interleave(
+            4
+        )  # nft.py trains on the kept rows; the dropped rows count in verl's sizes
+        per_token, _ = nft.nft_loss(
+            b[rows], old[rows], rewards.flatten()[rows], rate.repeat_interleave(4)[rows]
+        )
+        ours = nft.aggregate_loss(per_token, mask[rows], mode, int((mask.sum(-1) > 0).sum()), tokens, T)
+        close(theirs, ours, f"rlvr_nft {mode}")
+        theirs.backward(), ours.backward()
+        close(a.grad, b.grad, f"rlvr_nft gradient {mode}")
+    token_advantages = torch.randn(B, T) * mask  # GAE-like: rlvr_ppo takes them, rlvr_clip refuses them
+    theirs, _ = call_as_ppo_loss(
+        "rlvr_ppo", old, new, token_advantages, mask, "token-mean", actor_config(0.2, 0.2)
+    )
+    per_token, _ = ppo.ppo_policy_loss(new, old, token_advantages, 0.2, 0.2)
+    close(
+        theirs,
+        ppo.aggregate_loss(per_token, mask, "token-mean", B, tokens, T),
+        "rlvr_ppo, per-token advantages",
+    )
+    try:
+        call_as_ppo_loss("rlvr_clip", old, new, token_advantages, mask, "token-mean", actor_config(0.2, 0.2))
+    except ValueError as error:
+        assert "one advantage per completion" in str(error)
+    else:
+        raise AssertionError("token-varying advantages accepted")
+
+
+def docs_recipes() -> dict[str, list[str]]:
+    """The launch commands of docs/verl.md: experiment name -> hydra overrides ($COMMON expanded)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "verl.md").read_text().replace("\\\n", " ")
+    text = text.replace("$HOME", "/data").replace("$PWD", "/repo")
+    common = shlex.split(re.search(r'^COMMON="([^"]*)"', text, re.M).group(1))
+    recipes = {}
+    for line in re.findall(r"^python -m verl\.trainer\.main_ppo (.*)$", text, re.M):
+        tokens = shlex.split(line.replace("$COMMON", " ".join(common)))
+        name = next(t.split("=", 1)[1] for t in tokens if t.startswith("trainer.experiment_name="))
+        recipes[name] = tokens
+    return recipes
+
+
+@check
+def docs_recipes_compose_with_verl_config():
+    """Every launch command in docs/verl.md composes with verl 0.9.1's own ppo_trainer config (an unknown
+    or misspelt key fails there) and its estimator and loss names resolve in verl's registries."""
+    from pathlib import Path
+
+    import verl
+    from hydra import compose, initialize_config_dir
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn
+
+    import integrations.verl  # registers the rlvr_* names
+
+    recipes = docs_recipes()
+    expected = {"grpo", "dr_grpo", "w_reinforce", "bnpo", "topr", "dapo", "nft", "ppo"}
+    assert set(recipes) == expected, sorted(recipes)
+    config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        try:
+            compose(config_name="ppo_trainer", overrides=["actor_rollout_ref.actor.clip_ratio_hihg=0.28"])
+        except Exception as error:  # noqa: BLE001 - hydra's own error type for an unknown key
+            assert "clip_ratio_hihg" in str(error), error
+        else:
+            raise AssertionError("a misspelt key composed")
+    for name, overrides in recipes.items():
+        with initialize_config_dir(config_dir=config_dir, version_base=None):
+            config = compose(config_name="ppo_trainer", overrides=overrides)
+        assert config.trainer.experiment_name == name
+        if name == "w_reinforce":  # the hydra-added key reaches the estimator through config.algorithm
+            assert integrations.verl.rlvr_param(config.algorithm, "lam", None) == 0.1
+        get_adv_estimator_fn(config.algorithm.adv_estimator)
+        get_policy_loss_fn(config.actor_rollout_ref.actor.policy_loss.loss_mode)
+        assert (
+            config.trainer.n_gpus_per_node == 8
+            and config.actor_rollout_ref.model.path == "Qwen/Qwen2.5-Math-1.5B"
+        )
+    print(f"  {len(recipes)} recipes: {', '.join(sorted(recipes))}")
+
+
+def main() -> int:
+    failures = 0
+    for function in CHECKS:
+        try:
+            function()
+            print(f"PASS {function.__name__}", flush=True)
+        except Exception as error:  # noqa: BLE001 - every failure is reported, then counted
+            failures += 1
+            traceback.print_exc()
+            print(f"FAIL {function.__name__}: {error}".splitlines()[0], flush=True)
+    return failures
+
+
+if __name__ == "__main__":
+    sys.exit(main())
