@@ -155,10 +155,17 @@ def batch_sizes(response_mask: torch.Tensor, config) -> tuple[int, int, int, int
 
 
 def clip_loss_from(
-    module, loss_name: str, modes=("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+    module,
+    loss_name: str,
+    modes=("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+    surrogate=None,
+    aggregate=None,
 ):
     """A verl policy loss from ``module.clipped_surrogate`` (ppo.py: ``ppo_policy_loss``) and
-    ``module.aggregate_loss`` (grpo.py's pair, copied byte for byte into every file that uses it)."""
+    ``module.aggregate_loss`` (grpo.py's pair, copied byte for byte into every file that uses it), or the
+    file's own ``surrogate`` / ``aggregate`` where it changes them under another name (bnpo.py)."""
+    surrogate = surrogate or getattr(module, "clipped_surrogate", None)
+    aggregate = aggregate or module.aggregate_loss
 
     def policy_loss(
         old_log_prob,
@@ -182,15 +189,11 @@ def clip_loss_from(
             )
         else:  # the group methods' loss takes one per completion
             advantages = sequence_values(advantages, mask, loss_name)  # [B]
-            per_token_loss, clipped = module.clipped_surrogate(
-                log_prob, old_log_prob, advantages, clip_low, clip_high
-            )
+            per_token_loss, clipped = surrogate(log_prob, old_log_prob, advantages, clip_low, clip_high)
         if rollout_is_weights is not None:
             per_token_loss = per_token_loss * rollout_is_weights
         dp_size, sequences, tokens, max_len = batch_sizes(mask, config)
-        loss = (
-            module.aggregate_loss(per_token_loss, mask, loss_agg_mode, sequences, tokens, max_len) * dp_size
-        )
+        loss = aggregate(per_token_loss, mask, loss_agg_mode, sequences, tokens, max_len) * dp_size
         tokens_here = mask.sum().clamp(min=1)
         metrics = {
             "actor/pg_clipfrac": ((clipped * mask).sum() / tokens_here).item(),
@@ -251,7 +254,7 @@ def topr_policy_loss(
     rollout_is_weights=None,
 ):
     """verl policy loss rlvr_topr: algos/topr.py topr_weights (sequence-level π/μ, μ = verl's old_log_prob)
-    and topr_token_loss, aggregated by topr.aggregate_loss; takes rlvr_topr's advantages R − c."""
+    and topr_token_loss, aggregated by topr.topr_aggregate_loss; takes rlvr_topr's advantages R − c."""
     modes = ("seq-mean-token-sum", "token-mean")
     if loss_agg_mode not in modes:
         raise ValueError(
@@ -270,7 +273,7 @@ def topr_policy_loss(
     if rollout_is_weights is not None:
         per_token_loss = per_token_loss * rollout_is_weights
     dp_size, sequences, tokens, _ = batch_sizes(mask, config)
-    loss = topr.aggregate_loss(per_token_loss, mask, loss_agg_mode, sequences, tokens) * dp_size
+    loss = topr.topr_aggregate_loss(per_token_loss, mask, loss_agg_mode, sequences, tokens) * dp_size
     negative = shifted_rewards < 0
     mean_negative_weight = weights[negative].mean().item() if negative.any() else 1.0
     return loss, {"actor/topr_negative_weight": mean_negative_weight}
@@ -343,6 +346,8 @@ POLICY_LOSSES = {
         bnpo,
         "rlvr_bnpo",
         ("seq-mean-token-sum", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+        surrogate=bnpo.dual_clipped_surrogate,
+        aggregate=bnpo.bnpo_aggregate_loss,
     ),
     "rlvr_topr": topr_policy_loss,
     "rlvr_nft": nft_policy_loss,
