@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["grpo", "nsr", "bnpo", "topr", "oreal", "expo", "dapo"]
+SCRIPTS = ["grpo", "nsr", "bnpo", "topr", "oreal", "expo", "dapo", "ppo", "reinforce_ada", "nft"]
 
 # Flags that contradict the method itself, checked by each script's own validate().
 CONTRADICTORY = {
@@ -22,6 +22,9 @@ CONTRADICTORY = {
     "nsr": ({"lam": -0.5}, "--lam must be >= 0"),  # no group baseline: one sample per prompt is allowed
     "topr": ({"baseline": 1.0}, "--baseline must be in (-1, 1)"),
     "dapo": ({"overlong_cache_len": 80}, "--overlong-cache-len must be in [0, --max-new-tokens 80)"),
+    "ppo": ({"group_size": 0}, "--group-size must be >= 1"),  # one sample per prompt: no group baseline
+    "reinforce_ada": ({"rounds": 0}, "--rounds must be >= 1"),
+    "nft": ({"group_size": 1}, "--group-size must be >= 2"),
 }
 
 
@@ -153,7 +156,8 @@ def test_unusable_gold_rows_are_skipped_counted_and_reported(script, monkeypatch
     monkeypatch.setattr(module, "load_examples", spy)
     monkeypatch.setattr(module, "load_policy", stop_at_model)
     with pytest.raises(Loaded):
-        module.main(module.Args(dataset=data, output_dir=str(tmp_path / "runs")))
+        no_sft = {"skip_warmup": True} if script == "ppo" else {}  # these rows have no worked solutions
+        module.main(module.Args(dataset=data, output_dir=str(tmp_path / "runs"), **no_sft))
     assert [(e.question, e.answer) for e in loaded["train"]] == [("1+1?", "2"), ("5+5?", "10")]
     out, err = capsys.readouterr()
     assert f"loaded 2 examples from {data} (skipped 3: 2 unusable gold, 1 empty answer)" in out

@@ -220,8 +220,14 @@ SCRIPT_FLAGS = {  # script -> (its flags, the training steps it logs)
     "oreal": (ON_POLICY + ["--num-steps=3", "--actor-freeze-steps=1"], 3),  # step 3 samples an updated actor
     "expo": (ON_POLICY + ["--num-steps=2"], 2),  # the explanations are sampled by vLLM too
     "topr": (OFF_POLICY, 4),
-    "dapo": (ON_POLICY + ["--num-steps=2", "--gen-prompts-per-round=4"], 2),  # rounds sample an updated policy
-    "ppo": (ON_POLICY + ["--num-steps=2", "--sft-epochs=0.02"], 2),  # the SFT stage's weights are pushed first
+    "dapo": (
+        ON_POLICY + ["--num-steps=2", "--gen-prompts-per-round=4"],
+        2,
+    ),  # rounds sample an updated policy
+    "ppo": (
+        ON_POLICY + ["--num-steps=2", "--sft-epochs=0.02"],
+        2,
+    ),  # the SFT stage's weights are pushed first
     "reinforce_ada": (["--prompts-per-step=4", "--group-size=4", "--num-steps=2"], 2),
     "nft": (ON_POLICY + ["--num-steps=2"], 2),
     "rlcr": (ON_POLICY + ["--num-steps=2"], 2),
