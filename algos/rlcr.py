@@ -290,11 +290,15 @@ def parse_confidence(text: str) -> float | None:
     0.6
     >>> [parse_confidence(t) for t in ["no tag", "<confidence>1.3</confidence>", "<confidence>0.5</confidence> x"]]
     [None, None, None]
+    >>> parse_confidence("\\\\boxed{10}\\n<confide>0.2\\n1</confidence>")  # a closing tag without its opening one
     """
     if not re.search(r"</confidence>\s*\Z", text):
         return None
+    tag = parse_tag(text, "confidence")
+    if tag is None:
+        return None
     try:
-        q = float(parse_tag(text, "confidence"))
+        q = float(tag)
     except ValueError:
         return None
     return q if 0.0 <= q <= 1.0 else None  # also rejects nan
