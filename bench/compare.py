@@ -107,8 +107,18 @@ METHODS: dict[str, dict] = {
     "oreal": {"script": "oreal", "flags": []},
     "expo": {"script": "expo", "flags": ["--explain", "all", "--explanation-tries", "4"]},
     # the baselines (issue 14); run them with --methods (dapo logs samples_generated: all its rounds count)
+    "dr_grpo": {"script": "dr_grpo", "flags": []},
+    "rloo": {"script": "rloo", "flags": []},
+    "reinforce_pp": {"script": "reinforce_pp", "flags": []},
     "dapo": {"script": "dapo", "flags": []},
     "ppo": {"script": "ppo", "flags": []},
+    # the further methods (issue 15)
+    "reinforce_ada": {"script": "reinforce_ada", "flags": []},
+    "nft": {"script": "nft", "flags": []},
+    "rft": {"script": "nft", "flags": ["--neg-weight", "0"]},  # NFT paper: positives only
+    "rlcr": {"script": "rlcr", "flags": []},
+    "rlvr": {"script": "rlcr", "flags": ["--brier-weight", "0"]},  # RLCR paper: its RLVR control
+    "prefix_rft": {"script": "prefix_rft", "flags": []},
     # variants for the papers' claims (docs/results.md); run them with --methods
     "psr": {"script": "nsr", "flags": ["--objective", "psr"]},  # NSR paper: positives only
     "nsr": {"script": "nsr", "flags": ["--objective", "nsr"]},  # NSR paper: negatives only

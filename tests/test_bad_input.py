@@ -11,7 +11,23 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["grpo", "nsr", "bnpo", "topr", "oreal", "expo", "dapo", "ppo", "reinforce_ada", "nft"]
+SCRIPTS = [
+    "grpo",
+    "nsr",
+    "bnpo",
+    "topr",
+    "oreal",
+    "expo",
+    "dapo",
+    "ppo",
+    "reinforce_ada",
+    "nft",
+    "dr_grpo",
+    "rloo",
+    "reinforce_pp",
+    "rlcr",
+    "prefix_rft",
+]
 
 # Flags that contradict the method itself, checked by each script's own validate().
 CONTRADICTORY = {
@@ -25,6 +41,11 @@ CONTRADICTORY = {
     "ppo": ({"group_size": 0}, "--group-size must be >= 1"),  # one sample per prompt: no group baseline
     "reinforce_ada": ({"rounds": 0}, "--rounds must be >= 1"),
     "nft": ({"group_size": 1}, "--group-size must be >= 2"),
+    "dr_grpo": ({"group_size": 1}, "--group-size must be >= 2"),
+    "rloo": ({"group_size": 1}, "--group-size must be >= 2"),
+    "reinforce_pp": ({"gamma": 1.5}, "--gamma must be in (0, 1]"),
+    "rlcr": ({"group_size": 1}, "--group-size must be >= 2"),
+    "prefix_rft": ({"group_size": 1}, "--group-size must be >= 2"),
 }
 
 
@@ -135,11 +156,13 @@ def test_unusable_gold_rows_are_skipped_counted_and_reported(script, monkeypatch
     data = _write(
         tmp_path / "golds.jsonl",
         [
-            json.dumps({"question": "1+1?", "answer": "2"}),
+            json.dumps(
+                {"question": "1+1?", "answer": "2", "solution": "\\boxed{2}"}
+            ),  # demonstrations: prefix_rft
             json.dumps({"question": "2+2?", "answer": "???"}),  # math-verify finds no expression
             json.dumps({"question": "3+3?"}),  # no answer field
             json.dumps({"question": "4+4?", "answer": r"\frac{1}{"}),  # unclosed LaTeX
-            json.dumps({"question": "5+5?", "answer": r"\boxed{10}"}),
+            json.dumps({"question": "5+5?", "answer": r"\boxed{10}", "solution": r"\boxed{10}"}),
         ],
     )
     loaded = {}

@@ -39,7 +39,7 @@ def test_bad_flags_fail_in_validate():
 @pytest.mark.slow
 def test_dr_grpo_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
     """30 steps of 8 prompts x 8 samples (seed 1, its defaults) raise held-out pass@1 (60 problems x 4 samples);
-    measured: MEASURED."""
+    measured: 0.338 -> 0.463 (+0.125)."""
     from algos.dr_grpo import Args, main
 
     out = main(

@@ -14,7 +14,23 @@ import common.checkpoint as checkpoint
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from common.tracking import read_jsonl
 
-SCRIPTS = ["grpo", "nsr", "bnpo", "topr", "oreal", "expo", "dapo", "ppo", "reinforce_ada", "nft"]
+SCRIPTS = [
+    "grpo",
+    "nsr",
+    "bnpo",
+    "topr",
+    "oreal",
+    "expo",
+    "dapo",
+    "ppo",
+    "reinforce_ada",
+    "nft",
+    "dr_grpo",
+    "rloo",
+    "reinforce_pp",
+    "rlcr",
+    "prefix_rft",
+]
 
 
 class PretrainedLinear(torch.nn.Linear):
@@ -140,7 +156,7 @@ def test_run_whose_save_fails_resumes_exactly(random_model_dir, tmp_path, monkey
 
 
 RESUME_SHAPES = {  # two optimizer steps each
-    **{algo: dict(num_steps=2, prompts_per_step=2, group_size=4) for algo in ["grpo", "nsr", "bnpo", "oreal", "expo", "dapo", "nft"]},
+    **{algo: dict(num_steps=2, prompts_per_step=2, group_size=4) for algo in ["grpo", "nsr", "bnpo", "oreal", "expo", "dapo", "nft", "dr_grpo", "rloo", "reinforce_pp", "rlcr", "prefix_rft"]},
     "reinforce_ada": dict(num_steps=2, prompts_per_step=2, group_size=4, round_repeat=4),
     "ppo": dict(num_steps=2, prompts_per_step=2, group_size=1, sft_epochs=0.001),
     "topr": dict(iterations=1, questions_per_iteration=2, samples_per_question=4, epochs=1, batch_size=4),
