@@ -55,7 +55,7 @@ cmd="${1:-demo}"
 if [[ "$cmd" == --* && "$cmd" != --help ]]; then set -- "$cmd" "$@"; cmd=demo; fi  # ./run.sh --num-steps 20
 case "$cmd" in
   demo)
-    echo "[run.sh] CPU demo: GRPO on the tiny built-in world (about 8 minutes on 2 cores the first time, 3-4 once the world is cached; logs in runs/)" >&2
+    echo "[run.sh] CPU demo: GRPO on the tiny built-in world (about 4 minutes on 2 idle cores, installing included; logs in runs/)" >&2
     exec "$PY" "$ROOT/algos/grpo.py" --exp-name demo "$@" ;;
   test|tests)
     # The verl environment for tests/test_verl.py (verl 0.9.1 pins transformers<5.11, so not .venv):

@@ -62,7 +62,7 @@ Deviations / choices:
   trains on the groups it has (logged in ``trained_groups``), and takes no optimizer step if it has none
   (counted in ``skipped_steps``; the lr schedule still advances). A run never stops for a hard batch.
 - Every sample generated in a step, all rounds, is counted in ``samples_generated`` (compare at equal
-  samples, not equal steps); ``reward_mean``, ``accuracy``, ``zero_std_frac`` and the length metrics are over
+  samples, not equal steps; ``--max-samples`` ends the run at the step that reaches a budget); ``reward_mean``, ``accuracy``, ``zero_std_frac`` and the length metrics are over
   all of them, ``kept_frac`` is the share of generated groups the filter kept.
 - The loss has no dual clip: verl's ``compute_policy_loss_vanilla`` also caps the loss of A < 0 tokens at
   −A·c (``clip_ratio_c`` 10 in the DAPO script), which binds only once ρ > 10.
@@ -184,6 +184,9 @@ class Args:
     """prompts per generation round with dynamic sampling (verl gen_batch_size; its DAPO script: 3 x 512)"""
     max_gen_rounds: int = 10
     """cap on generation rounds per step (verl max_num_gen_batches: 10); at the cap, train on what was kept"""
+    max_samples: int = 0
+    """stop after the step in which the samples generated (all rounds, all steps) reach this many (0: only
+    --num-steps stops): a budget in samples, as bench/compare.py gives every method"""
     # Modification 4 (vs GRPO): overlong reward shaping
     overlong_cache_len: int | None = None
     """L_cache: soft overlong punishment in the last L_cache tokens up to L_max; default L_max // 5 (paper: 4096 of 20480); 0: off"""
@@ -376,6 +379,8 @@ def validate(args: Args) -> None:
             f"--gen-prompts-per-round and --max-gen-rounds must be >= 1, got {args.gen_prompts_per_round} "
             f"and {args.max_gen_rounds}"
         )
+    if args.max_samples < 0:
+        raise SystemExit(f"--max-samples must be >= 0 (0: no sample budget), got {args.max_samples}")
     if args.overlong_cache_len is not None and not 0 <= args.overlong_cache_len < args.max_new_tokens:
         raise SystemExit(
             f"--overlong-cache-len must be in [0, --max-new-tokens {args.max_new_tokens}) (the penalty starts at "
@@ -450,6 +455,7 @@ def main(args: Args) -> dict:
     # cursor is (step - 1) * Q, grpo.py's batches
     R = args.gen_prompts_per_round if args.dynamic_sampling else Q
     extra.setdefault("prompt_cursor", 0)
+    extra.setdefault("samples_total", 0)  # every sample generated so far, all rounds (for --max-samples)
     rounds = []  # this step's generation rounds: (examples, prompts, rollout, results) each
 
     def sample_round() -> torch.Tensor:
@@ -472,6 +478,8 @@ def main(args: Args) -> dict:
     progress = Progress(args.num_steps - start_step, desc="train")
     with StopRequest() as stop:
         for step in range(start_step + 1, args.num_steps + 1):
+            if args.max_samples and extra["samples_total"] >= args.max_samples:
+                break  # the sample budget was spent before this step (a resumed, finished run)
             step_start = time.time()
             # Modification 3 (vs GRPO): dynamic sampling, rounds until Q groups of mixed accuracy are kept
             rounds.clear()
@@ -480,6 +488,9 @@ def main(args: Args) -> dict:
             )
             generated = concat_rollouts([r[2] for r in rounds], tokenizer.pad_token_id)  # every sample drawn
             generated_results = [res for r in rounds for res in r[3]]
+            extra["samples_total"] += len(generated_results)
+            # the last step: --num-steps, or the one that spent the sample budget (it may overshoot by its rounds)
+            last = step == args.num_steps or 0 < args.max_samples <= extra["samples_total"]
             correct = torch.tensor([float(r.correct) for r in generated_results]).view(-1, G)  # [R_all, G]
             train = torch.cat(train_masks)  # [R_all] the groups to train on: Q of them (fewer at the cap)
             batch = [e for r in rounds for e in r[0]]
@@ -587,7 +598,7 @@ def main(args: Args) -> dict:
                 .mean()
                 .item(),  # share in or past the cache zone
             }
-            if step == args.num_steps:  # the final evaluation, with the full n
+            if last:  # the final evaluation, with the full n
                 extra["final_eval"] = evaluate(args.eval_n, "eval final")
                 metrics.update({f"eval/pass@{k}": v for k, v in extra["final_eval"]["curve"].items()})
             elif args.eval_every and step % args.eval_every == 0:
@@ -604,7 +615,8 @@ def main(args: Args) -> dict:
 
             # TRY NOT TO MODIFY: checkpoint (periodically, at the end, and when asked to stop)
             extra["elapsed"] = elapsed_before + time.time() - session_start
-            if step % args.save_every == 0 or step == args.num_steps or stop.requested:
+            extra["steps_done"] = step
+            if step % args.save_every == 0 or last or stop.requested:
                 save_checkpoint(run_dir, step, model, optimizer, scheduler, extra, args.keep_last, tokenizer)
             if stop.requested:
                 progress.close()
@@ -612,13 +624,15 @@ def main(args: Args) -> dict:
                 tracker.close()
                 verifier.close()
                 raise SystemExit(130)
+            if last:
+                break
     progress.close()
 
     # TRY NOT TO MODIFY: before/after table, plots
     final_eval = extra.get("final_eval") or evaluate(args.eval_n, "eval final")
     total_time = elapsed_before + time.time() - session_start
     report_before_after(
-        tracker, args.exp_name, args.num_steps, extra["base_eval"], final_eval, eval_name,
+        tracker, args.exp_name, extra.get("steps_done", start_step), extra["base_eval"], final_eval, eval_name,
         extra["base_wall_time"], total_time,
     )  # fmt: skip
     tracker.close()

@@ -39,7 +39,8 @@ Deviations / choices:
 - ``reward_mean`` (and ``accuracy``) is the first round's mean reward: every prompt's first M samples, an
   unbiased on-policy success rate (the official ``critic/real_reward``); ``kept_reward_mean`` is that of
   the final groups (about 0.5 by design).
-- ``samples_generated`` counts every completion sampled in the step, all rounds (the sample budget).
+- ``samples_generated`` counts every completion sampled in the step, all rounds (the sample budget;
+  ``--max-samples`` ends the run at the step that reaches a budget).
 - One optimizer step per batch by default (the official script: 4 mini-batches of 128 prompts).
 """
 
@@ -117,6 +118,9 @@ class Args:
     """when a prompt leaves: balanced (≥ n/2 of each class) or positive (≥ 1 positive; official positive_focused)"""
     positive_threshold: float = 0.7
     """a completion is positive if its reward is above this (official 0.7)"""
+    max_samples: int = 0
+    """stop after the step in which the samples drawn (all rounds, all steps) reach this many (0: only
+    --num-steps stops): a budget in samples, as bench/compare.py gives every method"""
     max_new_tokens: int = 80
     """completion length limit (also L_max of seq-mean-token-sum-norm)"""
     temperature: float = 1.0
@@ -378,6 +382,8 @@ def validate(args: Args) -> None:
     # Modification 4 (vs GRPO): the sampling flags must give every prompt a full final group
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
+    if args.max_samples < 0:
+        raise SystemExit(f"--max-samples must be >= 0 (0: no sample budget), got {args.max_samples}")
     if args.round_repeat < args.group_size:
         raise SystemExit(
             f"--round-repeat ({args.round_repeat}) must be >= --group-size ({args.group_size}): one round must fill a group"
@@ -453,10 +459,13 @@ def main(args: Args) -> dict:
     elapsed_before = extra["elapsed"]
     session_start = time.time()
     Q, G = args.prompts_per_step, args.group_size
+    extra.setdefault("samples_total", 0)  # every sample drawn so far, all rounds (for --max-samples)
 
     progress = Progress(args.num_steps - start_step, desc="train")
     with StopRequest() as stop:
         for step in range(start_step + 1, args.num_steps + 1):
+            if args.max_samples and extra["samples_total"] >= args.max_samples:
+                break  # the sample budget was spent before this step (a resumed, finished run)
             step_start = time.time()
             # TRY NOT TO MODIFY: pick this step's prompts (a fresh permutation every epoch, so resume is exact)
             epoch, offset = divmod((step - 1) * Q, len(train_examples))
@@ -470,6 +479,9 @@ def main(args: Args) -> dict:
             rollout, rewards, results, pool = adaptive_rollout(
                 sampler, verifier, prompts, [e.answer for e in batch], args, tokenizer.pad_token_id
             )  # rewards [Q, G]
+            extra["samples_total"] += int(pool["seen"].sum())
+            # the last step: --num-steps, or the one that spent the sample budget (it may overshoot by its rounds)
+            last = step == args.num_steps or 0 < args.max_samples <= extra["samples_total"]
 
             # ALGO LOGIC: Modification 6 (vs GRPO): the pool-mean baseline over every sample drawn, no std
             positives, seen = pool["positives"][:, None], pool["seen"][:, None]  # [Q, 1] each
@@ -554,7 +566,7 @@ def main(args: Args) -> dict:
                 "samples_per_s": int(pool["seen"].sum()) / (time.time() - step_start),
                 **stats,
             }
-            if step == args.num_steps:  # the final evaluation, with the full n
+            if last:  # the final evaluation, with the full n
                 extra["final_eval"] = evaluate(args.eval_n, "eval final")
                 metrics.update({f"eval/pass@{k}": v for k, v in extra["final_eval"]["curve"].items()})
             elif args.eval_every and step % args.eval_every == 0:
@@ -571,7 +583,8 @@ def main(args: Args) -> dict:
 
             # TRY NOT TO MODIFY: checkpoint (periodically, at the end, and when asked to stop)
             extra["elapsed"] = elapsed_before + time.time() - session_start
-            if step % args.save_every == 0 or step == args.num_steps or stop.requested:
+            extra["steps_done"] = step
+            if step % args.save_every == 0 or last or stop.requested:
                 save_checkpoint(run_dir, step, model, optimizer, scheduler, extra, args.keep_last, tokenizer)
             if stop.requested:
                 progress.close()
@@ -579,13 +592,15 @@ def main(args: Args) -> dict:
                 tracker.close()
                 verifier.close()
                 raise SystemExit(130)
+            if last:
+                break
     progress.close()
 
     # TRY NOT TO MODIFY: before/after table, plots
     final_eval = extra.get("final_eval") or evaluate(args.eval_n, "eval final")
     total_time = elapsed_before + time.time() - session_start
     report_before_after(
-        tracker, args.exp_name, args.num_steps, extra["base_eval"], final_eval, eval_name,
+        tracker, args.exp_name, extra.get("steps_done", start_step), extra["base_eval"], final_eval, eval_name,
         extra["base_wall_time"], total_time,
     )  # fmt: skip
     tracker.close()

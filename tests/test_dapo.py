@@ -3,6 +3,7 @@ punishment, the ±1 reward, the group filter, the decoupled clip, overlong filte
 loop (a scripted sampler with fixed accuracy per prompt, in the pure function and in the real loop), bad
 flags, exact resume of the prompt stream, and (marked slow) a learning run on the tiny world."""
 
+import dataclasses
 import json
 import math
 import os
@@ -368,6 +369,7 @@ def test_without_dynamic_sampling_the_batches_are_grpos(random_model_dir, tmp_pa
         ({"gen_prompts_per_round": 0}, "--gen-prompts-per-round and --max-gen-rounds must be >= 1"),
         ({"group_size": 1}, "--group-size must be >= 2"),
         ({"updates_per_batch": 0}, "--updates-per-batch must be >= 1"),
+        ({"max_samples": -1}, "--max-samples must be >= 0"),
     ],
 )
 def test_bad_flags_fail_in_validate_with_one_line(flags, message, tmp_path):
@@ -444,6 +446,22 @@ def test_dapo_smoke_run_logs_the_dynamic_sampling_metrics(tiny_world_dir, tmp_pa
         assert row["gen_rounds"] >= 2 and row["samples_generated"] == row["gen_rounds"] * 3 * 4
         assert row["trained_groups"] <= 4 and 0 <= row["kept_frac"] <= 1
     assert 0.0 <= out["final"]["pass@1"] <= 1.0
+
+
+def test_max_samples_ends_the_run_at_the_step_that_reaches_the_budget(tiny_world_dir, tmp_path):
+    """--max-samples 20 with steps of at least 2 rounds x 3 prompts x 4 = 24 samples: step 1 spends the
+    budget, so the run ends there with its final evaluation and checkpoint; --resume of the finished run
+    draws nothing more."""
+    args = Args(num_steps=50, max_samples=20, eval_every=0, save_every=10, output_dir=str(tmp_path),
+                run_name="budget", **SMALL)  # fmt: skip
+    out = main(args)
+    rows = read_jsonl(tmp_path / "budget" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1]
+    assert rows[1]["samples_generated"] >= 24 and "eval/pass@1" in rows[1]
+    assert sorted(p.name for p in (tmp_path / "budget" / "checkpoints").iterdir()) == ["step-00000001"]
+    again = main(dataclasses.replace(args, resume=True))
+    assert [r["step"] for r in read_jsonl(tmp_path / "budget" / "metrics.jsonl")] == [0, 1]
+    assert again["final"]["pass@1"] == out["final"]["pass@1"]
 
 
 def test_interrupted_run_resumes_the_prompt_stream_exactly(tiny_world_dir, tmp_path):

@@ -2,6 +2,8 @@
 the multi-round sampler on a fake Bernoulli sampler (spec: more-methods.md section B1 (e)), and short
 end-to-end runs on the tiny world."""
 
+import dataclasses
+import itertools
 import json
 import math
 
@@ -190,6 +192,7 @@ def test_final_rows_keep_the_token_data_of_the_round_that_drew_them():
         ({"round_repeat": 2}, "--round-repeat (2) must be >= --group-size (4)"),
         ({"temperature": 0.0}, "--temperature 0"),
         ({"group_size": 1, "round_repeat": 8}, "--group-size must be >= 2"),
+        ({"max_samples": -5}, "--max-samples must be >= 0"),
     ],
 )
 def test_bad_flags_fail_with_one_line(flags, message):
@@ -234,6 +237,21 @@ def test_reinforce_ada_smoke_run(tiny_world_dir, tmp_path):
         assert row["samples_per_prompt_mean"] == pytest.approx(4 * row["rounds_mean"])
         assert 1 <= row["rounds_max"] <= 3 and row["logprob_mismatch"] < 1e-4
     assert 0.0 <= out["final"]["pass@1"] <= 1.0
+
+
+def test_max_samples_ends_the_run_at_the_step_that_reaches_the_budget(tiny_world_dir, tmp_path):
+    """Steps draw 12 to 36 samples (3 prompts, rounds of 4, at most 3 rounds): --max-samples 20 ends the run at
+    step 1 or 2, at the first step whose running total reaches 20, with the final evaluation there; --resume
+    of the finished run draws nothing more."""
+    args = Args(num_steps=50, max_samples=20, eval_every=0, save_every=10, output_dir=str(tmp_path),
+                run_name="budget", **SMALL)  # fmt: skip
+    main(args)
+    rows = read_jsonl(tmp_path / "budget" / "metrics.jsonl")
+    totals = list(itertools.accumulate(r["samples_generated"] for r in rows[1:]))
+    assert totals[-1] >= 20 and all(t < 20 for t in totals[:-1]) and len(rows) - 1 in (1, 2)
+    assert "eval/pass@1" in rows[-1]
+    main(dataclasses.replace(args, resume=True))
+    assert len(read_jsonl(tmp_path / "budget" / "metrics.jsonl")) == len(rows)
 
 
 @pytest.mark.slow
