@@ -33,6 +33,9 @@ Deviations / choices:
 - Whitening: unbiased masked variance and rsqrt(var + 1e-8), as verl's ``masked_whiten``; the masked mean
   here divides by the exact token count (verl adds 1e-8 to it, a ~1e-8 relative difference) and one valid
   token does not raise (verl raises): its variance divisor is clamped at 1.
+- Returns assume each completion mask is a prefix of its row (every batch here is); verl 0.9.1 carries a
+  return through a hole in the mask (multi-turn observation tokens), ``token_returns`` stops at it. On
+  prefix masks the two are equal (integrations/verl/checks.py).
 - The KL reward uses the trainer's log-probs of π_old (recomputed before the update, as verl's
   ``old_log_prob``), not the sampler's. An empty completion has no token to carry its reward (verl's
   index −1 would put it on the last padding position); with no token it has no gradient either way.

@@ -25,6 +25,7 @@ CHECKS = (
     "loss_aggregation_matches_verl_agg_loss",
     "vanilla_policy_loss_matches_clipped_surrogate",
     "vanilla_policy_loss_dual_clip_is_the_difference",
+    "rloo_and_reinforce_pp_advantages_match_verl",
     "gae_matches_verl",
     "value_loss_matches_verl",
     "ppo_token_policy_loss_and_kl_reward_match_verl",

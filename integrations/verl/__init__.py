@@ -18,6 +18,10 @@ driver and in every Ray worker; docs/verl.md has the launch recipes.)
       rlvr_bnpo          (R − p̂)/f(p̂; α, β), (α, β) fitted to the batch             algos/bnpo.py
       rlvr_topr          R − c with R = ±1 (for the rlvr_topr loss)                 algos/topr.py
       rlvr_nft           ±r̂, the group's correct rate signed by the row's answer    algos/nft.py
+      rlvr_rloo          r_i − mean of the group's other rewards (leave-one-out)    algos/rloo.py
+      rlvr_reinforce_pp  returns of verl's token_level_rewards (KL folded in by
+                         algorithm.use_kl_in_reward), whitened over the batch        algos/reinforce_pp.py
+      rlvr_reinforce_pp_baseline   r − group mean on every token, whitened over the batch   algos/reinforce_pp.py
     policy losses (actor_rollout_ref.actor.policy_loss.loss_mode)
       rlvr_clip          PPO clip (clip_ratio_low / clip_ratio_high) + aggregation  algos/grpo.py
       rlvr_dapo          the same with DAPO's file (clip-higher, token-mean)        algos/dapo.py
@@ -25,6 +29,7 @@ driver and in every Ray worker; docs/verl.md has the launch recipes.)
       rlvr_bnpo          PPO clip + BNPO's aggregation (seq-mean-token-sum default) algos/bnpo.py
       rlvr_topr          tapered REINFORCE −sg(α)(R − c) log π                      algos/topr.py
       rlvr_nft           NFT's likelihood loss (pairs with the rlvr_nft estimator)  algos/nft.py
+      rlvr_reinforce_pp  PPO clip with one advantage per token (REINFORCE++'s)      algos/reinforce_pp.py
 
 Method parameters without a verl key go under ``algorithm.rlvr`` (added with hydra's ``+``):
 ``+algorithm.rlvr.lam=0.1`` (W-REINFORCE's λ), ``+algorithm.rlvr.max_weight=1e6`` (BNPO),
@@ -40,6 +45,9 @@ difference exactly):
   negative-advantage token is capped at −A·clip_ratio_c, c = 3); ``rlvr_clip`` does neither, as
   ``algos/grpo.py``. Equal whenever every ratio is below c and |log-ratio| < 20.
 - seq-mean-token-mean: verl divides a sequence's token sum by (length + 1e-8), ours by max(length, 1).
+- REINFORCE++ returns: on a response mask with a hole (multi-turn observation tokens) verl carries the
+  return through the hole; reinforce_pp.py's ``token_returns`` assumes each mask is a prefix of its row,
+  so ``rlvr_reinforce_pp`` refuses a mask with a hole in one line. On prefix masks they are equal.
 """
 
 import importlib
@@ -75,6 +83,8 @@ bnpo = importlib.import_module("algos.bnpo")
 topr = importlib.import_module("algos.topr")
 ppo = importlib.import_module("algos.ppo")
 nft = importlib.import_module("algos.nft")
+rloo = importlib.import_module("algos.rloo")
+reinforce_pp = importlib.import_module("algos.reinforce_pp")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -154,16 +164,37 @@ def batch_sizes(response_mask: torch.Tensor, config) -> tuple[int, int, int, int
     return dp_size, sequences, tokens, int(scale or response_mask.shape[-1])
 
 
+def require_prefix_mask(response_mask: torch.Tensor, name: str) -> None:
+    """Refuse, in one line, a response mask that is not a prefix of each row (a hole: multi-turn
+    observation tokens), for the files whose per-token maths assumes prefixes.
+
+    >>> require_prefix_mask(torch.tensor([[1, 1, 0], [1, 0, 0]]), "x")
+    >>> require_prefix_mask(torch.tensor([[1, 0, 1]]), "x")
+    Traceback (most recent call last):
+    ...
+    ValueError: x needs each row's response mask to be a prefix (no holes: multi-turn observation tokens are not supported)
+    """
+    mask = response_mask.bool()
+    if (mask[:, 1:] & ~mask[:, :-1]).any():
+        raise ValueError(
+            f"{name} needs each row's response mask to be a prefix (no holes: multi-turn observation tokens "
+            "are not supported)"
+        )
+
+
 def clip_loss_from(
     module,
     loss_name: str,
     modes=("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     surrogate=None,
     aggregate=None,
+    per_token: bool = False,
 ):
     """A verl policy loss from ``module.clipped_surrogate`` (ppo.py: ``ppo_policy_loss``) and
     ``module.aggregate_loss`` (grpo.py's pair, copied byte for byte into every file that uses it), or the
-    file's own ``surrogate`` / ``aggregate`` where it changes them under another name (bnpo.py)."""
+    file's own ``surrogate`` / ``aggregate`` where it changes them under another name (bnpo.py).
+    ``per_token``: the file gives one advantage per token and calls its surrogate with each token as a
+    row of length 1 (reinforce_pp.py)."""
     surrogate = surrogate or getattr(module, "clipped_surrogate", None)
     aggregate = aggregate or module.aggregate_loss
 
@@ -187,6 +218,15 @@ def clip_loss_from(
             per_token_loss, clipped = ppo.ppo_policy_loss(
                 log_prob, old_log_prob, advantages, clip_low, clip_high
             )
+        elif per_token:  # as reinforce_pp.py: each token a row of length 1 with its own advantage
+            per_token_loss, clipped = surrogate(
+                log_prob.reshape(-1, 1),
+                old_log_prob.reshape(-1, 1),
+                advantages.reshape(-1),
+                clip_low,
+                clip_high,
+            )
+            per_token_loss, clipped = per_token_loss.view_as(log_prob), clipped.view_as(log_prob)
         else:  # the group methods' loss takes one per completion
             advantages = sequence_values(advantages, mask, loss_name)  # [B]
             per_token_loss, clipped = surrogate(log_prob, old_log_prob, advantages, clip_low, clip_high)
@@ -327,6 +367,42 @@ def nft_policy_loss(
     return loss, {"actor/nft_floored": ((floored * mask * kept).sum() / mask.sum().clamp(min=1)).item()}
 
 
+def rloo_estimator(rewards, config):
+    """algos/rloo.py rloo_advantages (each reward minus the mean of the group's other rewards)"""
+    return rloo.rloo_advantages(rewards)
+
+
+def reinforce_pp_estimator(token_level_rewards, response_mask, config=None, **kwargs):
+    """verl advantage estimator rlvr_reinforce_pp: algos/reinforce_pp.py reinforce_pp_advantages (returns
+    with γ = ``algorithm.gamma``, whitened over every valid token of the batch) and token_returns (the
+    returns), on verl's ``token_level_rewards``: the score on the last token, minus β·(log π_old − log
+    π_ref) on every token when ``algorithm.use_kl_in_reward=True algorithm.kl_penalty=kl`` (verl's
+    ``apply_kl_penalty``, equal to reinforce_pp.py's kl_folded_rewards: tested)."""
+    require_prefix_mask(response_mask, "rlvr_reinforce_pp")
+    gamma = float(config.get("gamma", 1.0)) if config is not None else 1.0
+    mask = response_mask.to(token_level_rewards.dtype)  # [B, T]
+    with torch.no_grad():
+        advantages = reinforce_pp.reinforce_pp_advantages(token_level_rewards, mask, gamma)  # [B, T]
+        returns = reinforce_pp.token_returns(token_level_rewards, mask, gamma)  # [B, T]
+    return advantages, returns
+
+
+def reinforce_pp_baseline_estimator(token_level_rewards, response_mask, index, config=None, **kwargs):
+    """verl advantage estimator rlvr_reinforce_pp_baseline: algos/reinforce_pp.py
+    reinforce_pp_baseline_advantages (the reward minus its group's mean on every valid token, whitened
+    over the batch); the sequence reward is the sum of ``token_level_rewards`` (its KL is a loss term:
+    ``actor_rollout_ref.actor.use_kl_loss``)."""
+    scores = token_level_rewards.sum(dim=-1)  # [B]
+    rows = group_rows(index)  # [Q, G]
+    order = rows.flatten()  # group-major row numbers, as reinforce_pp.py lays out its batch
+    mask = response_mask.to(scores.dtype)  # [B, T]
+    with torch.no_grad():
+        grouped = reinforce_pp.reinforce_pp_baseline_advantages(scores[rows], mask[order])  # [B, T]
+    advantages = torch.empty_like(grouped)
+    advantages[order] = grouped.to(advantages.dtype)
+    return advantages, advantages
+
+
 ADVANTAGE_ESTIMATORS = {
     "rlvr_grpo": outcome_estimator(grpo_estimator),
     "rlvr_dr_grpo": outcome_estimator(dr_grpo_estimator),
@@ -337,6 +413,9 @@ ADVANTAGE_ESTIMATORS = {
     "rlvr_bnpo": outcome_estimator(bnpo_estimator),
     "rlvr_topr": outcome_estimator(topr_estimator),
     "rlvr_nft": outcome_estimator(nft_estimator),
+    "rlvr_rloo": outcome_estimator(rloo_estimator),
+    "rlvr_reinforce_pp": reinforce_pp_estimator,
+    "rlvr_reinforce_pp_baseline": reinforce_pp_baseline_estimator,
 }
 POLICY_LOSSES = {
     "rlvr_clip": clip_loss_from(grpo, "rlvr_clip"),
@@ -351,6 +430,7 @@ POLICY_LOSSES = {
     ),
     "rlvr_topr": topr_policy_loss,
     "rlvr_nft": nft_policy_loss,
+    "rlvr_reinforce_pp": clip_loss_from(reinforce_pp, "rlvr_reinforce_pp", per_token=True),
 }
 
 for _name, _estimator in ADVANTAGE_ESTIMATORS.items():

@@ -248,6 +248,82 @@ def vanilla_policy_loss_dual_clip_is_the_difference():
         )
 
 
+@check
+def rloo_and_reinforce_pp_advantages_match_verl():
+    """RLOO: verl's compute_rloo_outcome_advantage and its vectorized twin against rloo.py's
+    rloo_advantages. REINFORCE++: compute_reinforce_plus_plus_outcome_advantage (γ 1 and 0.99) against
+    reinforce_pp.py's reinforce_pp_advantages and token_returns, on token rewards with the KL folded in,
+    the folding itself against verl's apply_kl_penalty. REINFORCE++-baseline:
+    compute_reinforce_plus_plus_baseline_outcome_advantage against reinforce_pp_baseline_advantages;
+    masked_whiten against verl's. Difference on purpose: on a mask with a hole verl carries the return
+    through it, token_returns stops there (shown exactly; the plug-in refuses such masks)."""
+    from omegaconf import OmegaConf
+    from verl import DataProto
+    from verl.trainer.ppo.core_algos import (
+        FixedKLController,
+        compute_reinforce_plus_plus_baseline_outcome_advantage,
+        compute_reinforce_plus_plus_outcome_advantage,
+        compute_rloo_outcome_advantage,
+        compute_rloo_vectorized_outcome_advantage,
+    )
+    from verl.trainer.ppo.ray_trainer import apply_kl_penalty
+    from verl.utils.torch_functional import masked_whiten as verl_masked_whiten
+
+    from algos.reinforce_pp import (
+        kl_folded_rewards,
+        masked_whiten,
+        reinforce_pp_advantages,
+        reinforce_pp_baseline_advantages,
+        token_returns,
+    )
+    from algos.rloo import rloo_advantages
+
+    for seed in SEEDS:
+        for binary in (True, False):
+            rewards, token_rewards, mask, uids = outcome_batch(seed, binary=binary)
+            ours = rloo_advantages(rewards).flatten()[:, None] * mask
+            for fn in (compute_rloo_outcome_advantage, compute_rloo_vectorized_outcome_advantage):
+                theirs, returns = fn(token_rewards.clone(), mask, uids)
+                close(theirs, ours, f"{fn.__name__} seed {seed} binary {binary}")
+            theirs, _ = compute_reinforce_plus_plus_baseline_outcome_advantage(
+                token_rewards.clone(), mask, uids
+            )
+            close(
+                theirs, reinforce_pp_baseline_advantages(rewards, mask), f"REINFORCE++-baseline seed {seed}"
+            )
+            values = torch.randn(mask.shape, generator=torch.Generator().manual_seed(seed))
+            close(verl_masked_whiten(values, mask) * mask, masked_whiten(values, mask), f"whiten seed {seed}")
+        # REINFORCE++ on KL-folded rewards, the folding as verl's apply_kl_penalty does it
+        old, _, _, _ = logprob_batch(seed, B=len(uids), T=mask.shape[1])
+        ref = old + 0.3 * torch.randn(old.shape, generator=torch.Generator().manual_seed(seed))
+        scores = token_rewards.sum(-1)
+        data = DataProto.from_dict(
+            tensors={
+                "response_mask": mask,
+                "token_level_scores": token_rewards,
+                "old_log_probs": old,
+                "ref_log_prob": ref,
+            }
+        )
+        data, _ = apply_kl_penalty(data, FixedKLController(0.05), kl_penalty="kl")
+        folded = kl_folded_rewards(scores, old - ref, mask, 0.05)
+        close(data.batch["token_level_rewards"], folded, f"KL-folded rewards seed {seed}")
+        for gamma in (1.0, 0.99):
+            config = OmegaConf.create({"gamma": gamma})
+            theirs, returns = compute_reinforce_plus_plus_outcome_advantage(
+                folded.clone(), mask, config=config
+            )
+            close(returns, token_returns(folded, mask, gamma), f"REINFORCE++ returns seed {seed} γ {gamma}")
+            close(theirs, reinforce_pp_advantages(folded, mask, gamma), f"REINFORCE++ seed {seed} γ {gamma}")
+    hole = torch.tensor([[1.0, 0.0, 1.0]])  # a response, an observation token, a response token
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    _, returns = compute_reinforce_plus_plus_outcome_advantage(
+        rewards, hole, config=OmegaConf.create({"gamma": 1.0})
+    )
+    close(returns, torch.tensor([[1.0, 0.0, 1.0]]), "verl carries the return through the hole")
+    close(token_returns(rewards, hole), torch.tensor([[0.0, 0.0, 1.0]]), "token_returns stops at the hole")
+
+
 def critic_batch(seed: int, B: int = 8, T: int = 11):
     """Per-token rewards (KL-like noise plus a terminal score), values, old values, mask [B, T]."""
     generator = torch.Generator().manual_seed(300 + seed)
@@ -370,6 +446,10 @@ def file_advantages(name: str, rewards: torch.Tensor, lam: float = 0.1) -> torch
         return decomposed_advantages(rewards[None])[0]
     if name == "rlvr_topr":
         return torch.where(rewards > 0, 1.0, -1.0)
+    if name == "rlvr_rloo":
+        from algos.rloo import rloo_advantages
+
+        return rloo_advantages(rewards)
     if name == "rlvr_nft":
         from algos.nft import correct_rates
 
@@ -416,7 +496,8 @@ def trainer_compute_advantage_returns_the_files_advantages():
     for seed in SEEDS:
         rewards, token_rewards, mask, uids = outcome_batch(seed)
         order = torch.randperm(len(uids), generator=torch.Generator().manual_seed(seed))
-        for name in plugin.ADVANTAGE_ESTIMATORS:
+        token_level = ("rlvr_reinforce_pp", "rlvr_reinforce_pp_baseline")  # [B, T] advantages, checked below
+        for name in [n for n in plugin.ADVANTAGE_ESTIMATORS if n not in token_level]:
             for lam in (0.1, 0.5):
                 config = OmegaConf.create(
                     {"adv_estimator": name, "gamma": 1.0, "lam": 1.0, "rlvr": {"lam": lam}}
@@ -436,6 +517,29 @@ def trainer_compute_advantage_returns_the_files_advantages():
         close(
             verl_grpo, (file_advantages("rlvr_grpo", rewards).flatten()[:, None] * mask)[order], "verl's grpo"
         )
+        # the token-level estimators, each against the file's function and verl's own estimator
+        from algos.reinforce_pp import reinforce_pp_advantages, reinforce_pp_baseline_advantages
+
+        for ours_name, verl_name, expected in (
+            ("rlvr_reinforce_pp", "reinforce_plus_plus", reinforce_pp_advantages(token_rewards, mask)[order]),
+            ("rlvr_reinforce_pp_baseline", "reinforce_plus_plus_baseline",
+             reinforce_pp_baseline_advantages(rewards, mask)[order]),
+            ("rlvr_rloo", "rloo", (file_advantages("rlvr_rloo", rewards).flatten()[:, None] * mask)[order]),
+        ):  # fmt: skip
+            config = OmegaConf.create({"adv_estimator": ours_name, "gamma": 1.0, "lam": 1.0})
+            for name in (ours_name, verl_name):
+                data = DataProto.from_dict(
+                    tensors={"token_level_rewards": token_rewards[order], "response_mask": mask[order]},
+                    non_tensors={"uid": uids[order.numpy()]},
+                )
+                out = compute_advantage(data, name, gamma=1.0, lam=1.0, num_repeat=6, config=config)
+                close(out.batch["advantages"], expected, f"{name} seed {seed}")
+    try:
+        plugin.reinforce_pp_estimator(torch.ones(1, 3), torch.tensor([[1.0, 0.0, 1.0]]))
+    except ValueError as error:
+        assert "prefix" in str(error) and "\n" not in str(error), error
+    else:
+        raise AssertionError("a mask with a hole accepted by rlvr_reinforce_pp")
     try:
         plugin.group_rows(np.array(["a", "a", "b"], dtype=object))
     except ValueError as error:
@@ -560,6 +664,23 @@ def policy_losses_through_get_policy_loss_fn():
         theirs.backward(), ours.backward()
         close(a.grad, b.grad, f"rlvr_nft gradient {mode}")
     token_advantages = torch.randn(B, T) * mask  # GAE-like: rlvr_ppo takes them, rlvr_clip refuses them
+    import algos.reinforce_pp as reinforce_pp
+
+    for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+        a, b = new.clone().requires_grad_(), new.clone().requires_grad_()
+        config = actor_config(0.2, 0.28, loss_scale_factor=T)
+        theirs, _ = call_as_ppo_loss("rlvr_reinforce_pp", old, a, token_advantages, mask, mode, config)
+        per_token, _ = reinforce_pp.clipped_surrogate(
+            b.reshape(-1, 1), old.reshape(-1, 1), token_advantages.reshape(-1), 0.2, 0.28
+        )
+        ours = reinforce_pp.aggregate_loss(per_token.view_as(b), mask, mode, B, tokens, T)
+        vanilla, _ = call_as_ppo_loss("vanilla", old, new, token_advantages, mask, mode, config)
+        (
+            close(theirs, ours, f"rlvr_reinforce_pp {mode}"),
+            close(theirs, vanilla, f"rlvr_reinforce_pp vs vanilla {mode}"),
+        )
+        theirs.backward(), ours.backward()
+        close(a.grad, b.grad, f"rlvr_reinforce_pp gradient {mode}")
     theirs, _ = call_as_ppo_loss(
         "rlvr_ppo", old, new, token_advantages, mask, "token-mean", actor_config(0.2, 0.2)
     )
@@ -607,7 +728,8 @@ def docs_recipes_compose_with_verl_config():
     import integrations.verl  # registers the rlvr_* names
 
     recipes = docs_recipes()
-    expected = {"grpo", "dr_grpo", "w_reinforce", "bnpo", "topr", "dapo", "nft", "ppo"}
+    expected = {"grpo", "dr_grpo", "w_reinforce", "bnpo", "topr", "dapo", "nft", "ppo", "rloo", "reinforce_pp",
+                "reinforce_pp_baseline"}  # fmt: skip
     assert set(recipes) == expected, sorted(recipes)
     config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
