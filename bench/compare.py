@@ -707,7 +707,9 @@ def aggregate(runs: list[dict], evals: dict[str, dict], n: int) -> dict[str, dic
                     when: [r.get("own_eval", {}).get(when, {}).get(key) for r in m["runs"]]
                     for when in ("start", "end")
                 }
-                for key in sorted({k for r in m["runs"] for k in r.get("own_eval", {}).get("end", {})})
+                for key in sorted(
+                    {k for r in m["runs"] for w in ("start", "end") for k in r.get("own_eval", {}).get(w, {})}
+                )
             },
             "curves": [r["curve"] for r in m["runs"]],
             "train_curves": [r["train_curve"] for r in m["runs"]],
@@ -837,7 +839,8 @@ def render_report(agg: dict, base: dict, args: Args, meta: dict, img_rel: str) -
     own = [(method, key, v) for method, m in agg.items() for key, v in m.get("own_eval", {}).items()]
     if own:
         lines += [
-            "The scripts' own held-out measures besides pass@k (RLCR's calibration), from each run's in-run "
+            "The scripts' own held-out measures besides pass@k (RLCR's calibration; PPO's pass@k after its SFT "
+            "warm-up stage, `warmup_pass@k`, logged at step 0), from each run's in-run "
             f"evaluation before training and at its last step ({args.train_eval_problems} problems × "
             f"{args.train_eval_n} samples, with the script's own prompt); mean ± std over seeds:",
             "",

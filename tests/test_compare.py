@@ -199,6 +199,7 @@ class FakeChildren:
     def __init__(self):
         self.calls = []
         self.samples_generated = None  # per step, for a script whose samples per step vary
+        self.own = None  # (step-0 record extras, last-record extras): a script's own held-out measures
 
     def __call__(self, argv, log_path, threads):
         self.calls.append(argv)
@@ -231,6 +232,9 @@ class FakeChildren:
                 for record in records[1:]:
                     record["samples_generated"] = self.samples_generated
         records[-1]["eval/pass@1"] = 0.3
+        if self.own:
+            records[0].update(self.own[0])
+            records[-1].update(self.own[1])
         (run_dir / "config.json").write_text(json.dumps(config))
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         ckpt = run_dir / "checkpoints" / f"step-{records[-1]['step']:08d}"
@@ -305,6 +309,27 @@ def test_a_method_with_varying_samples_per_step_counts_what_it_logged(fake_world
     run = summary["runs"][0]
     assert run["samples"] == 4 * 300 and run["curve"] == [[0, 0.25], [1200, 0.3]]
     assert "| dyn | `grpo.py` | 1,200 |" in Path(args.results_md).read_text()
+
+
+def test_a_scripts_own_held_out_measures_are_reported_before_and_after(fake_world, monkeypatch):
+    """RLCR logs its calibration as eval/brier, eval/ece ... at step 0 and at its last step, PPO its warm-up
+    pass@k at step 0 only: the report has a row per measure with both ends, mean ± std over seeds."""
+    args, children = fake_world
+    args.methods = ["grpo"]
+    children.own = ({"eval/brier": 0.30, "eval/warmup_pass@1": 0.6}, {"eval/brier": 0.20})
+    compare.main(args)
+    text = Path(args.results_md).read_text()
+    assert "| grpo | brier | 0.300 ± 0.000 | 0.200 ± 0.000 |" in text
+    assert "| grpo | warmup_pass@1 | 0.600 ± 0.000 | — |" in text
+
+
+def test_dapo_and_reinforce_ada_are_given_the_budget_in_samples(tmp_path):
+    """Their steps draw a varying number of samples (at least prompts x group): --max-samples stops them at
+    the budget, --num-steps stays as the cap."""
+    for spec in plan_runs(Args(methods=["dapo", "reinforce_ada", "grpo"], seeds=1, steps=30), tmp_path):
+        flags = dict(zip(spec.argv[::2], spec.argv[1::2]))
+        assert flags.get("--max-samples") == ("3840" if spec.method != "grpo" else None), spec.method
+        assert flags["--num-steps"] == "30"
 
 
 def test_report_only_and_dry_run_run_nothing(fake_world, capsys):
