@@ -37,7 +37,8 @@ Deviations / choices:
   whole response to the response length); L_max of the loss stays ``--max-new-tokens``.
 - No separate clip range for prefix tokens and no entropy bonus (``--updates-per-batch 1``: ratios are 1);
   the official minimum prefix length is not used. The prefix tokens' behaviour log-probs are 0 (given, not
-  sampled), so ``logprob_mismatch`` and ``--tis-cap`` do not apply to them (``--tis-cap`` is refused).
+  sampled), so ``--tis-cap`` does not apply to them (it is refused) and ``logprob_mismatch`` is the mean
+  over the sampled tokens only.
 - ``grpo_advantages`` is kept unchanged from grpo.py but unused by the loop: the tests check that a
   prefix length of 0 gives exactly its Dr. GRPO advantages.
 """
@@ -468,6 +469,8 @@ def main(args: Args) -> dict:
 
             # ALGO LOGIC: the policy update (PPO-clip surrogate + optional KL), in micro-batches
             mask = rollout.completion_mask  # [B, C]
+            sampled = mask * ~prefix_mask  # [B, C] the tokens the sampler drew (for logprob_mismatch)
+            num_sampled = max(1, int(sampled.sum()))
             B, C = mask.shape
             num_tokens = int(mask.sum())
             micro_batches = [slice(i, i + args.micro_batch_size) for i in range(0, B, args.micro_batch_size)]
@@ -530,7 +533,7 @@ def main(args: Args) -> dict:
                     if update == 0:
                         stats["entropy"] += float((entropy * mask[mb]).sum()) / num_tokens
                         gap = (logprobs.detach() - rollout.behavior_logprobs[mb]).abs()
-                        stats["logprob_mismatch"] += float((gap * mask[mb]).sum()) / num_tokens
+                        stats["logprob_mismatch"] += float((gap * sampled[mb]).sum()) / num_sampled
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

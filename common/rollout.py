@@ -170,11 +170,12 @@ class HFSampler:
             completion_ids[start : start + piece.shape[0], : piece.shape[1]] = piece
             if record:
                 behavior_logprobs[start : start + piece.shape[0], : piece.shape[1]] = logprob_pieces[i]
-        if prefix_ids is not None:
-            completion_ids, behavior_logprobs = prepend_prefix(
-                completion_ids, behavior_logprobs, row_prefixes, tok.pad_token_id
-            )
+        # the mask of the generated tokens, before any prefix goes in front (see prepend_prefix)
         completion_mask, truncated = completion_mask_from_ids(completion_ids, self.eos_ids)
+        if prefix_ids is not None:
+            completion_ids, behavior_logprobs, completion_mask = prepend_prefix(
+                completion_ids, behavior_logprobs, completion_mask, row_prefixes, tok.pad_token_id
+            )
         completion_ids = torch.where(completion_mask.bool(), completion_ids, tok.pad_token_id)
         rollout = Rollout(
             prompt_ids=prompt_enc["input_ids"],

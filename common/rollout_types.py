@@ -91,24 +91,42 @@ def completion_mask_from_ids(
 
 
 def prepend_prefix(
-    completion_ids: torch.Tensor, behavior_logprobs: torch.Tensor, prefixes: list[list[int]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    completion_ids: torch.Tensor,
+    behavior_logprobs: torch.Tensor,
+    completion_mask: torch.Tensor,
+    prefixes: list[list[int]],
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Put each row's given token prefix in front of its generated tokens ``[B, C]``, so the prefix is
     part of the completion (and trained); its behaviour log-probs are 0 (the tokens were given, not
-    sampled). Returns ``[B, max_prefix + C]``, right-padded with ``pad_id``.
+    sampled) and its mask 1. ``completion_mask`` is the generated tokens' own (``completion_mask_from_ids``
+    on them, BEFORE prepending: a row with a shorter prefix ends in padding, and a pad id that is also the
+    EOS id must not read as an EOS after a truncated continuation). Returns ids, log-probs and mask
+    ``[B, max_prefix + C]``, right-padded with ``pad_id`` / 0.
 
-    >>> prepend_prefix(torch.tensor([[7, 0], [8, 9]]), torch.tensor([[-1.0, -2.0], [-3.0, -4.0]]), [[5, 6], []], 0)
+    Row 1 was truncated (no EOS in its 2 generated tokens): its mask stops there, although its padding is
+    the EOS id 0.
+
+    >>> ids, lp, mask = prepend_prefix(torch.tensor([[7, 0], [8, 9]]), torch.tensor([[-1.0, -2.0], [-3.0, -4.0]]),
+    ...                                torch.tensor([[1.0, 1.0], [1.0, 1.0]]), [[5, 6], []], 0)
+    >>> ids, mask
     (tensor([[5, 6, 7, 0],
-            [8, 9, 0, 0]]), tensor([[ 0.,  0., -1., -2.],
-            [-3., -4.,  0.,  0.]]))
+            [8, 9, 0, 0]]), tensor([[1., 1., 1., 1.],
+            [1., 1., 0., 0.]]))
+    >>> lp
+    tensor([[ 0.,  0., -1., -2.],
+            [-3., -4.,  0.,  0.]])
     """
     B, C = completion_ids.shape
     width = C + max(len(x) for x in prefixes)
     ids = torch.full((B, width), pad_id, dtype=completion_ids.dtype, device=completion_ids.device)
     logprobs = torch.zeros((B, width), dtype=behavior_logprobs.dtype, device=behavior_logprobs.device)
+    mask = torch.zeros((B, width), dtype=completion_mask.dtype, device=completion_mask.device)
     for i, prefix in enumerate(prefixes):
         k = len(prefix)
         ids[i, :k] = torch.tensor(prefix, dtype=completion_ids.dtype)
         ids[i, k : k + C] = completion_ids[i]
         logprobs[i, k : k + C] = behavior_logprobs[i]
-    return ids, logprobs
+        mask[i, :k] = 1
+        mask[i, k : k + C] = completion_mask[i]
+    return ids, logprobs, mask

@@ -263,12 +263,13 @@ class VLLMSampler:
                 behavior_logprobs[i, : len(ids)] = torch.tensor(
                     [step[t].logprob for step, t in zip(c.logprobs, ids)]
                 )
+        # the mask of the generated tokens, before any prefix goes in front (see prepend_prefix)
+        completion_mask, truncated = completion_mask_from_ids(completion_ids, self.eos_ids)
         if prefix_ids is not None:
             row_prefixes = [list(x) for x in prefix_ids for _ in range(n)]
-            completion_ids, behavior_logprobs = prepend_prefix(
-                completion_ids, behavior_logprobs, row_prefixes, tok.pad_token_id
+            completion_ids, behavior_logprobs, completion_mask = prepend_prefix(
+                completion_ids, behavior_logprobs, completion_mask, row_prefixes, tok.pad_token_id
             )
-        completion_mask, truncated = completion_mask_from_ids(completion_ids, self.eos_ids)
         completion_ids = torch.where(completion_mask.bool(), completion_ids, tok.pad_token_id)
         rows = [p for p in prompts for _ in range(n)]  # [B]
         enc = tok(rows, return_tensors="pt", padding=True, add_special_tokens=False)  # left-padded

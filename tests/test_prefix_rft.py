@@ -229,6 +229,8 @@ def test_prefix_rft_smoke_run_logs_the_schedule_and_the_mask(tiny_world_dir, tmp
     assert 0.5 <= rows[0]["prefix_frac_mean"] <= 0.95  # l ~ U[0.95, 0.95] at step 1, floored
     for row in rows:
         assert 0.0 < row["prefix_kept_frac"] <= 0.2 + 1 / 20 and math.isfinite(row["loss"])
+        # over the sampled tokens only: the given prefix tokens' behaviour log-probs are 0, not sampled
+        assert row["logprob_mismatch"] < 1e-4, row["logprob_mismatch"]
     assert 0.0 <= out["final"]["pass@1"] <= 1.0
 
 

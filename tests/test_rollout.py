@@ -93,3 +93,35 @@ def test_recorded_logprobs_match_a_forward_pass_at_any_temperature_and_chunking(
     assert (lp[:, :-1][m[:, 1:]] - r.behavior_logprobs[:, 1:][m[:, 1:]]).abs().max() > 1e-2
     off = HFSampler(model, tok, compute_logprobs=False).generate(["Compute 3+4-1.\n"], n=2, max_new_tokens=20)
     assert (off.behavior_logprobs == 0).all()
+
+
+def test_a_truncated_continuation_after_a_shorter_prefix_gets_no_eos_from_the_padding(tiny_policy):
+    """Prefix-RFT's hybrids: rows with prefixes of 10, 0 and 5 tokens, continuations cut at 6 new tokens
+    (too few to finish). A row whose prefix is shorter than the longest ends in padding, and the tiny
+    tokenizer's pad id is its EOS id: the mask must stop after the 6 sampled tokens and the row count as
+    truncated (before the fix it gained an EOS with behaviour log-prob 0, 15 nats off the trainer's).
+    Behaviour log-probs equal the trainer's on every sampled token."""
+    model, tok = tiny_policy
+    assert tok.pad_token_id == tok.eos_token_id  # what makes the case
+    torch.manual_seed(0)
+    prompts = ["Compute 12+3-4.\n", "Compute (5+2)*3-1.\n", "Compute 40-9-9+2.\n"]
+    solution = tok("12+3-4\n15-4\n11\n\\boxed{11}", add_special_tokens=False)["input_ids"]
+    prefixes = [solution[:10], [], solution[:5]]
+    r = HFSampler(model, tok).generate(prompts, n=2, max_new_tokens=6, prefix_ids=prefixes)
+    assert r.completion_ids.shape[1] == 10 + 6
+    for row in range(6):
+        k = len(prefixes[row // 2])
+        assert r.completion_ids[row, :k].tolist() == prefixes[row // 2]
+        length = int(r.completion_mask[row].sum())
+        assert length <= k + 6 and (r.completion_mask[row, :length] == 1).all()
+        assert bool(r.truncated[row]) == (tok.eos_token_id not in r.completion_ids[row, k:length].tolist())
+        if r.truncated[row]:
+            assert length == k + 6, (row, length)
+    assert r.truncated[4] and r.truncated[5]  # 6 tokens cannot finish this working
+    ids = torch.cat([r.prompt_ids, r.completion_ids], 1)
+    attention = torch.cat([r.prompt_mask, r.completion_mask], 1)
+    logprobs = completion_logprobs(model, ids, attention, r.completion_ids.shape[1])[0]
+    sampled = r.completion_mask.clone()
+    for row in range(6):
+        sampled[row, : len(prefixes[row // 2])] = 0
+    assert ((logprobs - r.behavior_logprobs).abs() * sampled).max() < 1e-4
