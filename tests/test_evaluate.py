@@ -90,3 +90,14 @@ def test_save_pass_at_k_writes_json_and_png(tmp_path):
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     loaded = json.loads(json_path.read_text())
     assert {name: {int(k): v for k, v in curve.items()} for name, curve in loaded.items()} == curves
+
+
+def test_length_measurement_counts_every_sample_and_splits_right_from_wrong(tiny_world_dir):
+    """bench/lengths.py (Dr. GRPO's length claim): every sample is counted once, the two means are of
+    the right and of the wrong completions, and no length exceeds --max-new-tokens."""
+    from bench.lengths import measure
+
+    stats = measure(str(tiny_world_dir), "tiny", problems=6, n=4, max_new_tokens=40)
+    assert stats["samples"] == 24 and 0.0 <= stats["accuracy"] <= 1.0 and 0.0 <= stats["truncated"] <= 1.0
+    for key in ("len_right", "len_wrong"):
+        assert math.isnan(stats[key]) or 1 <= stats[key] <= 40, stats
