@@ -118,8 +118,14 @@ METHODS: dict[str, dict] = {
     "reinforce_ada": {"script": "reinforce_ada", "flags": []},
     "nft": {"script": "nft", "flags": []},
     "rft": {"script": "nft", "flags": ["--neg-weight", "0"]},  # NFT paper: positives only
-    "rlcr": {"script": "rlcr", "flags": []},
-    "rlvr": {"script": "rlcr", "flags": ["--brier-weight", "0"]},  # RLCR paper: its RLVR control
+    # min_new_tokens: its completions end in a <confidence> tag, about 30 tokens after the answer (at 80 new
+    # tokens a quarter to a third of its training samples were cut before the tag, which scores 0)
+    "rlcr": {"script": "rlcr", "flags": [], "min_new_tokens": 112},
+    "rlvr": {
+        "script": "rlcr",
+        "flags": ["--brier-weight", "0"],
+        "min_new_tokens": 112,
+    },  # RLCR paper: its RLVR control
     "prefix_rft": {"script": "prefix_rft", "flags": []},
     # variants for the papers' claims (docs/results.md); run them with --methods
     "psr": {"script": "nsr", "flags": ["--objective", "psr"]},  # NSR paper: positives only
@@ -276,11 +282,20 @@ def budget_flags(method: str, args: Args) -> tuple[list[str], int, int]:
     raise ValueError(f"unknown budget kind {kind!r} of method {method!r}")
 
 
-def shared_flags(args: Args) -> list[str]:
+def max_new_tokens(method: str, args: Args) -> int:
+    """``--max-new-tokens``, or more for a method whose output format needs more (``min_new_tokens``).
+
+    >>> max_new_tokens("grpo", Args()), max_new_tokens("rlcr", Args()), max_new_tokens("rlcr", Args(max_new_tokens=128))
+    (80, 112, 128)
+    """
+    return max(args.max_new_tokens, METHODS[method].get("min_new_tokens", 0))
+
+
+def shared_flags(args: Args, method: str) -> list[str]:
     """Flags every method gets: the dataset, completion length and the in-run evaluations (learning curves)."""
     model = ["--model-name-or-path", args.model] if args.model != "tiny" else []
     dataset = ["--dataset", args.dataset] if args.dataset != "tiny" else []
-    return [*model, *dataset, "--max-new-tokens", str(args.max_new_tokens), "--eval-problems",
+    return [*model, *dataset, "--max-new-tokens", str(max_new_tokens(method, args)), "--eval-problems",
             str(args.train_eval_problems), "--eval-n", str(args.train_eval_n)]  # fmt: skip
 
 
@@ -321,7 +336,7 @@ def plan_runs(args: Args, runs_dir: Path) -> list[RunSpec]:
             flags, samples, eval_every = budget_flags(method, args)
             run_dir = runs_dir / f"{method}__{seed}"
             argv = [
-                *METHODS[method]["flags"], *flags, *shared_flags(args), "--eval-every", str(eval_every),
+                *METHODS[method]["flags"], *flags, *shared_flags(args, method), "--eval-every", str(eval_every),
                 "--seed", str(seed), "--exp-name", method, "--output-dir", display_path(runs_dir),
                 "--run-name", run_dir.name,
             ]  # fmt: skip
@@ -573,9 +588,11 @@ def train(spec: RunSpec, args: Args, world: str) -> dict:
     return result
 
 
-def eval_config(args: Args, model: str, seed: int) -> dict:
+def eval_config(args: Args, model: str, seed: int, method: str | None = None) -> dict:
+    """The final evaluation of ``model`` (the base when ``method`` is None): its method's completion limit."""
+    limit = args.max_new_tokens if method is None else max_new_tokens(method, args)
     config = {"model": model, "n": args.eval_n, "problems": args.eval_problems,
-              "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "seed": seed}  # fmt: skip
+              "max_new_tokens": limit, "temperature": 1.0, "seed": seed}  # fmt: skip
     return config if args.dataset == "tiny" else {**config, "dataset": args.dataset}
 
 
@@ -749,6 +766,20 @@ def harness_command(args: Args) -> str:
     return shlex.join(parts)
 
 
+def longer_note(args: Args) -> str:
+    """The methods given more new tokens than ``--max-new-tokens``, as a note for the report.
+
+    >>> longer_note(Args(methods=["grpo", "rlcr"])), longer_note(Args(methods=["grpo"]))
+    (' (rlcr: 112, in training and evaluation, for the output format)', '')
+    """
+    longer = [
+        f"{m}: {max_new_tokens(m, args)}"
+        for m in args.methods
+        if max_new_tokens(m, args) > args.max_new_tokens
+    ]
+    return f" ({', '.join(longer)}, in training and evaluation, for the output format)" if longer else ""
+
+
 def render_report(agg: dict, base: dict, args: Args, meta: dict, img_rel: str) -> str:
     """The generated markdown section."""
     n = args.eval_n
@@ -767,7 +798,7 @@ def render_report(agg: dict, base: dict, args: Args, meta: dict, img_rel: str) -
         "of DAPO and Reinforce-Ada count, those two stopping at the step that reaches the budget; "
         "`bench/compare.py` says how). Held-out evaluation of the final policies and the base: "
         f"{args.eval_problems} problems ({args.eval_problems // num_tiers} per tier) × {n} samples, temperature 1.0, "
-        f"at most {args.max_new_tokens} new tokens; mean ± std over seeds (the base is evaluated once). "
+        f"at most {args.max_new_tokens} new tokens{longer_note(args)}; mean ± std over seeds (the base is evaluated once). "
         "Wall time, CPU time (user + system) and peak memory (ru_maxrss) are the training process's, in-run "
         "evaluations included; CPU time does not depend on what else the machine was running.",
         "",
@@ -1028,7 +1059,7 @@ def main(args: Args, train_fn: Callable = train, evaluate_fn: Callable = evaluat
     def eval_run(
         spec: RunSpec, result: dict
     ) -> dict:  # cached in the run's directory, which a redone run deletes
-        config = eval_config(args, result["checkpoint"], seed=spec.seed)
+        config = eval_config(args, result["checkpoint"], seed=spec.seed, method=spec.method)
         path = spec.run_dir / f"eval_n{args.eval_n}_p{args.eval_problems}.json"
         return evaluate_fn(config, path, spec.run_dir / "eval.log", args.threads, world)
 

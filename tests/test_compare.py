@@ -401,3 +401,17 @@ def test_tiny_real_run(tiny_world_dir, tmp_path):
     ev = json.loads((tmp_path / "out" / "runs" / "grpo__1" / "eval_n4_p3.json").read_text())
     assert ev["eval"]["n"] == 4 and ev["eval"]["num_problems"] == 3
     assert "| grpo |" in (tmp_path / "results.md").read_text()
+
+
+def test_a_method_whose_format_needs_more_tokens_gets_them_in_training_and_evaluation(tmp_path):
+    """RLCR's completions end in a confidence tag: it and its RLVR control train and are evaluated with 112
+    new tokens while the others keep --max-new-tokens; a larger --max-new-tokens applies to all."""
+    for limit, want in (
+        (80, {"grpo": "80", "rlcr": "112", "rlvr": "112"}),
+        (128, dict.fromkeys(("grpo", "rlcr", "rlvr"), "128")),
+    ):
+        args = Args(methods=["grpo", "rlcr", "rlvr"], seeds=1, max_new_tokens=limit)
+        for spec in plan_runs(args, tmp_path):
+            assert spec.argv[spec.argv.index("--max-new-tokens") + 1] == want[spec.method]
+            assert compare.eval_config(args, "x", 1, spec.method)["max_new_tokens"] == int(want[spec.method])
+        assert compare.eval_config(args, "tiny", 0)["max_new_tokens"] == limit  # the base
