@@ -137,6 +137,11 @@ METHODS: dict[str, dict] = {
     },
     # TOPR paper: SFT on the positives of the same generated data (fewer optimizer steps: no negatives)
     "topr-sft": {"script": "topr", "flags": ["--negatives", "drop"]},
+    # NFT paper, off the policy: two passes over each batch, so on the second the ratio is no longer 1 and
+    # NFT's likelihood loss no longer has Dr. GRPO's gradient (with one pass the two runs are the same run)
+    "dr_grpo-2x": {"script": "dr_grpo", "flags": ["--updates-per-batch", "2"]},
+    "nft-2x": {"script": "nft", "flags": ["--updates-per-batch", "2"]},
+    "rft-2x": {"script": "nft", "flags": ["--neg-weight", "0", "--updates-per-batch", "2"]},
 }
 DEFAULT_METHODS = ["grpo", "w-reinforce", "bnpo", "topr", "oreal", "expo"]
 
@@ -177,8 +182,9 @@ def explanation_samples_per_prompt(method: str) -> int:
 @dataclass
 class Args:
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    """methods to compare (METHODS in bench/compare.py): grpo w-reinforce bnpo topr oreal expo, and the
-    variants psr nsr reinforce topr-sft"""
+    """methods to compare (METHODS in bench/compare.py): grpo w-reinforce bnpo topr oreal expo, the
+    baselines dr_grpo rloo reinforce_pp dapo ppo, the further methods reinforce_ada nft rft rlcr rlvr
+    prefix_rft, and the variants psr nsr reinforce topr-sft dr_grpo-2x nft-2x rft-2x"""
     seeds: int = 3
     """seeds per method (1, 2, ..., N)"""
     out_dir: str = "runs/compare"
