@@ -3,7 +3,9 @@ its markers, resume/caching with fake run outputs, and one tiny real run of grpo
 
 import dataclasses
 import doctest
+import inspect
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -79,6 +81,12 @@ def test_method_settings_come_from_the_scripts_own_args(monkeypatch):
     script_args.cache_clear()
     assert script_args("grpo-lr").learning_rate == 3e-4 and budget_flags("grpo-lr", Args(steps=30))[1] == 3840
     script_args.cache_clear()
+
+
+def test_the_methods_help_names_every_method():
+    """--methods' help lists the names by hand (tyro reads it from the source): every METHODS key is in it."""
+    doc = re.search(r'methods: list\[str\].*?"""(.*?)"""', inspect.getsource(Args), re.S).group(1)
+    assert sorted(set(re.findall(r"[\w-]+", doc)) & set(METHODS)) == sorted(METHODS)
 
 
 def test_budget_rounding_stays_within_one_step():
