@@ -145,3 +145,15 @@ def completion_logprobs(
     logprobs = torch.cat(logprob_chunks)  # [B, C]
     entropy = torch.cat(entropy_chunks) if with_entropy else None  # [B, C]
     return logprobs, entropy
+
+
+@torch.no_grad()
+def rollout_logprobs(model, rollout, temperature: float = 1.0, micro_batch_size: int = 64) -> torch.Tensor:
+    """``[B, C]`` log-probs of a rollout's completion tokens under ``model`` (no gradient), in micro-batches:
+    π_old before an update, or a reference policy's π_ref (``rollout`` is a ``common.rollout_types.Rollout``)."""
+    C = rollout.completion_ids.shape[1]
+    input_ids, attention_mask = rollout.input_ids, rollout.attention_mask
+    return torch.cat([
+        completion_logprobs(model, input_ids[mb], attention_mask[mb], C, temperature)[0]
+        for mb in torch.arange(input_ids.shape[0]).split(micro_batch_size)
+    ])  # fmt: skip

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from common.data import check_dataset, check_template
 from common.model import check_model_path
+from common.rollout_correction import check_args as check_correction_args
 from common.tiny_task import WORLD_NAMES
 from common.tiny_world import ensure_world
 
@@ -56,10 +57,20 @@ def check_run_args(args) -> None:
         (args.warmup_steps < 0, f"--warmup-steps must be >= 0, got {args.warmup_steps}"),
         (args.learning_rate <= 0, f"--learning-rate must be > 0, got {args.learning_rate}"),
         (args.max_grad_norm <= 0, f"--max-grad-norm must be > 0, got {args.max_grad_norm}"),
+        (args.num_steps < 0, f"--num-steps must be >= 0, got {args.num_steps}"),
+        (args.prompts_per_step < 1, f"--prompts-per-step must be >= 1, got {args.prompts_per_step}"),
+        (args.micro_batch_size < 1, f"--micro-batch-size must be >= 1, got {args.micro_batch_size}"),
+        (args.updates_per_batch < 1, f"--updates-per-batch must be >= 1, got {args.updates_per_batch}"),
+        (
+            not 1 <= args.num_mini_batches <= args.prompts_per_step * max(args.group_size, 1),
+            f"--num-mini-batches must be in [1, --prompts-per-step x --group-size], got {args.num_mini_batches}",
+        ),
+        (args.max_samples < 0, f"--max-samples must be >= 0 (0: no budget), got {args.max_samples}"),
     ]
     for failed, message in problems:
         if failed:
             raise SystemExit(f"error: {message}")
+    check_correction_args(args)
     try:
         check_model_path(args.model_name_or_path)
         check_template(args.template)

@@ -24,6 +24,7 @@ __all__ = [
     "HFSampler",
     "Rollout",
     "SampledTokenLogprobs",
+    "sampling_scores",
     "Sampler",
     "completion_mask_from_ids",
     "concat_rollouts",
@@ -63,42 +64,71 @@ def concat_rollouts(rollouts: list[Rollout], pad_token_id: int) -> Rollout:
         torch.cat([r.truncated for r in rollouts]),
         [c for r in rollouts for c in r.completions],
         torch.cat(group_index),
+        None
+        if any(r.raw_logprobs is None for r in rollouts)
+        else torch.cat([right(r.raw_logprobs, 0.0) for r in rollouts]),
     )
 
 
+def sampling_scores(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """The scores a token is drawn from: ``logits / temperature`` with every token outside the top-p nucleus
+    set to −inf (the smallest set of most likely tokens whose probability reaches ``top_p``; the most likely
+    token is always kept). The same rule as transformers' ``TopPLogitsWarper`` and vLLM's top-p sampler:
+    sort ascending, drop the tokens whose cumulative probability is at most 1 − top_p. ``[b, V]`` -> ``[b, V]``.
+
+    Probabilities [0.5, 0.3, 0.2] with top-p 0.7: the two most likely make 0.8 >= 0.7, the third is dropped.
+
+    >>> sampling_scores(torch.log(torch.tensor([[0.5, 0.3, 0.2]])), 1.0, 0.7).softmax(-1)
+    tensor([[0.6250, 0.3750, 0.0000]])
+    """
+    scores = logits.float() / temperature
+    if top_p >= 1:
+        return scores
+    sorted_scores, order = scores.sort(dim=-1)  # ascending
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cumulative <= 1 - top_p
+    drop_sorted[..., -1] = False  # the most likely token always stays
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return scores.masked_fill(drop, float("-inf"))
+
+
 class SampledTokenLogprobs:
-    """A ``generate`` logits processor that records the log-probability of every sampled token, so the
-    behaviour log-probs come from the very scores ``generate`` sampled from, with no second forward pass.
+    """A ``generate`` logits processor that applies the temperature and top-p itself and records the
+    log-probability of every sampled token under the distribution it was drawn from (``behavior_logprobs``)
+    and under the temperature alone (``raw_logprobs``), with no second forward pass. ``generate`` is then
+    called with temperature 1 and no top-p/top-k, so it samples from exactly the scores returned here.
 
-    ``generate`` calls it at every step with the ids so far and the raw next-token logits (custom processors
-    run before its temperature and top-p warpers). At step t it keeps ``log_softmax(logits / T)``; at step
-    t + 1 the ids end with the token drawn at t, whose log-prob it then picks out (the full [b, V] matrix is
-    held for one step only). The last token is only known from the output: ``finish(sequences)``.
-    Like the training loss, these are log-probs under temperature T without top-p truncation.
+    At step t it keeps both ``[b, V]`` log-softmaxes; at step t + 1 the ids end with the token drawn at t,
+    whose log-probs it then picks out (the matrices are held for one step only). The last token is only
+    known from the output: ``finish(sequences)`` returns ``(behavior [b, C], raw [b, C])``.
 
-    >>> rec = SampledTokenLogprobs(temperature=1.0)
-    >>> logits = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    >>> rec = SampledTokenLogprobs(temperature=1.0, top_p=0.7)
+    >>> logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
     >>> _ = rec(torch.tensor([[7]]), logits)        # step 0: prompt [7]
     >>> _ = rec(torch.tensor([[7, 1]]), logits)     # step 1: token 1 was drawn at step 0
-    >>> rec.finish(torch.tensor([[7, 1, 0]])).exp() # token 0 drawn at step 1
-    tensor([[0.2500, 0.5000]])
+    >>> [x.exp() for x in rec.finish(torch.tensor([[7, 1, 0]]))]  # token 0 drawn at step 1
+    [tensor([[0.3750, 0.6250]]), tensor([[0.3000, 0.5000]])]
     """
 
-    def __init__(self, temperature: float):
-        self.temperature, self.pending, self.steps = temperature, None, []
+    def __init__(self, temperature: float, top_p: float = 1.0):
+        self.temperature, self.top_p, self.pending, self.steps = temperature, top_p, None, []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.pending is not None:
-            self.steps.append(self.pending.gather(-1, input_ids[:, -1:]).squeeze(-1))  # [b]
-        self.pending = torch.log_softmax(scores.float() / self.temperature, dim=-1)  # [b, V]
-        return scores
+            self.steps.append(
+                [lp.gather(-1, input_ids[:, -1:]).squeeze(-1) for lp in self.pending]
+            )  # [b] x 2
+        processed = sampling_scores(scores, self.temperature, self.top_p)  # [b, V]
+        raw = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        self.pending = (torch.log_softmax(processed, dim=-1), raw)
+        return processed
 
-    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
-        """[b, C] log-probs of the generated tokens (the last ``C`` columns of ``sequences``)."""
+    def finish(self, sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(behavior, raw)``, each [b, C]: the log-probs of the generated tokens (the last C columns)."""
         if self.pending is not None:
-            self.steps.append(self.pending.gather(-1, sequences[:, -1:]).squeeze(-1))
+            self.steps.append([lp.gather(-1, sequences[:, -1:]).squeeze(-1) for lp in self.pending])
             self.pending = None
-        return torch.stack(self.steps, dim=1)
+        return torch.stack([s[0] for s in self.steps], dim=1), torch.stack([s[1] for s in self.steps], dim=1)
 
 
 class HFSampler:
@@ -147,15 +177,15 @@ class HFSampler:
         for start in range(0, len(rows), self.batch_size):
             ids = enc["input_ids"][start : start + self.batch_size]
             mask = enc["attention_mask"][start : start + self.batch_size]
-            recorder = SampledTokenLogprobs(temperature) if record else None
-            out = model.generate(
+            recorder = SampledTokenLogprobs(temperature, top_p) if record else None
+            out = model.generate(  # when recording, the recorder applies the temperature and top-p itself
                 input_ids=ids,
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
                 do_sample=do_sample,
-                temperature=temperature if temperature > 0 else None,
-                top_p=top_p if temperature > 0 else None,
-                top_k=None,
+                temperature=(1.0 if record else temperature) if do_sample else None,
+                top_p=(1.0 if record else top_p) if do_sample else None,
+                top_k=0 if do_sample else None,
                 eos_token_id=self.eos_ids,
                 pad_token_id=tok.pad_token_id,
                 logits_processor=[recorder] if record else None,
@@ -166,13 +196,18 @@ class HFSampler:
         C = max(p.shape[1] for p in pieces)
         completion_ids = torch.full((len(rows), C), tok.pad_token_id, dtype=torch.long, device=device)
         behavior_logprobs = torch.zeros((len(rows), C), device=device)
+        raw_logprobs = torch.zeros((len(rows), C), device=device)
         for i, (start, piece) in enumerate(zip(range(0, len(rows), self.batch_size), pieces)):
             completion_ids[start : start + piece.shape[0], : piece.shape[1]] = piece
             if record:
-                behavior_logprobs[start : start + piece.shape[0], : piece.shape[1]] = logprob_pieces[i]
+                behavior_logprobs[start : start + piece.shape[0], : piece.shape[1]] = logprob_pieces[i][0]
+                raw_logprobs[start : start + piece.shape[0], : piece.shape[1]] = logprob_pieces[i][1]
         # the mask of the generated tokens, before any prefix goes in front (see prepend_prefix)
         completion_mask, truncated = completion_mask_from_ids(completion_ids, self.eos_ids)
         if prefix_ids is not None:
+            raw_logprobs = prepend_prefix(
+                completion_ids, raw_logprobs, completion_mask, row_prefixes, tok.pad_token_id
+            )[1]
             completion_ids, behavior_logprobs, completion_mask = prepend_prefix(
                 completion_ids, behavior_logprobs, completion_mask, row_prefixes, tok.pad_token_id
             )
@@ -186,6 +221,7 @@ class HFSampler:
             truncated=truncated,
             completions=tok.batch_decode(completion_ids, skip_special_tokens=True),
             group_index=torch.arange(len(prompts), device=device).repeat_interleave(n),
+            raw_logprobs=raw_logprobs * completion_mask,
         )
         model.train(was_training)
         return rollout

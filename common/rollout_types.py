@@ -1,9 +1,28 @@
 """The types every rollout backend shares: the ``Rollout`` batch, the ``Sampler`` interface and the
-completion mask (and ``prepend_prefix``, for rollouts that continue given tokens). ``common.rollout`` (``HFSampler``, ``make_sampler``) and ``common.vllm_rollout``
-(``VLLMSampler``) both build on them; this module imports nothing else of ``common``.
+completion mask (and ``prepend_prefix``, for rollouts that continue given tokens). ``common.rollout``
+(``HFSampler``, ``make_sampler``) and ``common.vllm_rollout`` (``VLLMSampler``) both build on them; this
+module imports nothing else of ``common``.
 
 Shapes: ``B = num_prompts * n`` rows, grouped by prompt (rows ``i*n .. i*n+n-1`` answer prompt ``i``),
 ``P`` prompt tokens (left-padded), ``C`` completion tokens (right-padded).
+
+The log-prob vocabulary, one meaning in every file (each ``[B, C]``, the log-probability of each sampled
+completion token):
+
+    behavior_logprobs  π_sampler: the distribution the sampler DREW the token from, temperature and top-p
+                       applied (the nucleus renormalised), on both backends; recorded while sampling.
+    raw_logprobs       the sampler's log-probs at the temperature WITHOUT top-p (equal to behavior_logprobs
+                       when top-p is 1; None where the backend cannot record both: vLLM with top-p < 1).
+    old_logprobs       π_old: the trainer's log-probs before the first optimizer step on this batch (at the
+                       temperature, never truncated: the trainer's policy is the full distribution).
+    logprobs           π_θ: the trainer's current log-probs, with gradient.
+    ref_logprobs       π_ref: a frozen reference policy's (a KL penalty).
+
+The PPO ratio is exp(logprobs − old_logprobs); the sampler/trainer correction weights
+(``common.rollout_correction``) are functions of exp(old_logprobs − behavior_logprobs). With top-p < 1 that
+ratio includes the nucleus mass (behavior = raw − log mass for a token inside the nucleus); the logged
+``logprob_mismatch`` (old against behavior) therefore includes it, ``logprob_mismatch_raw`` (old against raw)
+is the numerical train/inference gap alone, and ``nucleus_mass`` is the mean of exp(raw − behavior).
 """
 
 from __future__ import annotations
@@ -24,6 +43,7 @@ class Rollout:
     truncated: torch.Tensor  # [B] bool: no EOS within max_new_tokens
     completions: list[str]  # [B] decoded completions, special tokens removed
     group_index: torch.Tensor  # [B] index of the prompt each row answers
+    raw_logprobs: torch.Tensor | None = None  # [B, C] the sampler's log-probs without top-p (0 on padding)
 
     @property
     def input_ids(self) -> torch.Tensor:  # [B, P + C]
@@ -45,6 +65,7 @@ class Rollout:
             self.truncated[idx],
             [self.completions[i] for i in idx.tolist()],
             self.group_index[idx],
+            None if self.raw_logprobs is None else self.raw_logprobs[idx],
         )
 
 
@@ -130,3 +151,24 @@ def prepend_prefix(
         mask[i, :k] = 1
         mask[i, k : k + C] = completion_mask[i]
     return ids, logprobs, mask
+
+
+def sampler_gap(old_logprobs: torch.Tensor, rollout: Rollout, rows) -> dict[str, float]:
+    """Sums over the completion tokens of ``rollout``'s ``rows`` of the trainer/sampler gap: |old − behavior|
+    (``logprob_mismatch``), |old − raw| (``logprob_mismatch_raw``, when the sampler recorded raw log-probs) and
+    the nucleus mass exp(raw − behavior) (``nucleus_mass``). Divide by the token count for the means.
+    ``old_logprobs [b, C]`` are the trainer's log-probs of those rows.
+
+    >>> r = Rollout(torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1), torch.zeros(1, 2, dtype=torch.long),
+    ...             torch.tensor([[1.0, 0.0]]), torch.tensor([[-0.5, 0.0]]), torch.tensor([False]), ["x"],
+    ...             torch.tensor([0]), raw_logprobs=torch.tensor([[-0.6, 0.0]]))
+    >>> {k: round(v, 3) for k, v in sampler_gap(torch.tensor([[-0.7, -9.0]]), r, slice(0, 1)).items()}
+    {'logprob_mismatch': 0.2, 'logprob_mismatch_raw': 0.1, 'nucleus_mass': 0.905}
+    """
+    mask = rollout.completion_mask[rows]
+    out = {"logprob_mismatch": float(((old_logprobs - rollout.behavior_logprobs[rows]).abs() * mask).sum())}
+    if rollout.raw_logprobs is not None:
+        raw = rollout.raw_logprobs[rows]
+        out["logprob_mismatch_raw"] = float(((old_logprobs - raw).abs() * mask).sum())
+        out["nucleus_mass"] = float((torch.exp(raw - rollout.behavior_logprobs[rows]) * mask).sum())
+    return out

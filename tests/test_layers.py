@@ -10,6 +10,8 @@ COMMON = Path(__file__).resolve().parent.parent / "common"
 # checkpoint; tiny_world (the builder) measures a policy with them, and preflight, which every script
 # calls, is the one place that makes a world on first use (tiny_world.ensure_world).
 LAYERS = [
+    "registry",
+    "rollout_correction",
     "hub",
     "verify",
     "tiny_task",
@@ -23,6 +25,7 @@ LAYERS = [
     "checkpoint",
     "tiny_world",
     "preflight",
+    "run",
 ]
 HELPERS = ["data", "verify", "rollout", "vllm_rollout", "model", "evaluate", "tracking", "checkpoint",
            "preflight", "tiny_task"]  # fmt: skip
