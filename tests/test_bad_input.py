@@ -10,43 +10,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = [
-    "grpo",
-    "nsr",
-    "bnpo",
-    "topr",
-    "oreal",
-    "expo",
-    "dapo",
-    "ppo",
-    "reinforce_ada",
-    "nft",
-    "dr_grpo",
-    "rloo",
-    "reinforce_pp",
-    "rlcr",
-    "prefix_rft",
-]
+import common.run
+from common.registry import methods
 
-# Flags that contradict the method itself, checked by each script's own validate().
-CONTRADICTORY = {
-    "grpo": ({"group_size": 1}, "--group-size must be >= 2"),
-    "bnpo": ({"group_size": 1}, "--group-size must be >= 2"),
-    "oreal": ({"group_size": 1}, "--group-size must be >= 2"),
-    "expo": ({"group_size": 1}, "--group-size must be >= 2"),
-    "nsr": ({"lam": -0.5}, "--lam must be >= 0"),  # no group baseline: one sample per prompt is allowed
-    "topr": ({"baseline": 1.0}, "--baseline must be in (-1, 1)"),
-    "dapo": ({"overlong_cache_len": 80}, "--overlong-cache-len must be in [0, --max-new-tokens 80)"),
-    "ppo": ({"group_size": 0}, "--group-size must be >= 1"),  # one sample per prompt: no group baseline
-    "reinforce_ada": ({"rounds": 0}, "--rounds must be >= 1"),
-    "nft": ({"group_size": 1}, "--group-size must be >= 2"),
-    "dr_grpo": ({"group_size": 1}, "--group-size must be >= 2"),
-    "rloo": ({"group_size": 1}, "--group-size must be >= 2"),
-    "reinforce_pp": ({"gamma": 1.5}, "--gamma must be in (0, 1]"),
-    "rlcr": ({"group_size": 1}, "--group-size must be >= 2"),
-    "prefix_rft": ({"group_size": 1}, "--group-size must be >= 2"),
-}
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = methods()
+SCRIPTS = list(METHODS)
 
 
 class Loaded(Exception):
@@ -63,7 +32,7 @@ def guarded(monkeypatch):
         def fail(*args, **kwargs):
             raise Loaded(name)
 
-        monkeypatch.setattr(module, "load_examples", fail)
+        monkeypatch.setattr(common.run, "load_examples", fail)  # the data: common/run.py's Run
         monkeypatch.setattr(module, "load_policy", fail)
         return module
 
@@ -118,7 +87,11 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[str, dict, str]]:
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bad_input_fails_before_anything_is_loaded(script, guarded, tmp_path):
     module = guarded(script)
-    cases = _bad_inputs(tmp_path) + [("contradictory",) + CONTRADICTORY[script]]
+    contradiction = METHODS[script].info.contradiction
+    assert contradiction is not None, (
+        f"algos/{script}.py: METHOD.contradiction names no flags that contradict it"
+    )
+    cases = _bad_inputs(tmp_path) + [("contradictory",) + contradiction]
     for case, flags, expected in cases:
         args = module.Args(**{"output_dir": str(tmp_path / "runs"), "run_name": case, **flags})
         with pytest.raises(SystemExit) as exited:
@@ -170,17 +143,16 @@ def test_unusable_gold_rows_are_skipped_counted_and_reported(script, monkeypatch
     def stop_at_model(*args, **kwargs):
         raise Loaded
 
-    real_load_examples = module.load_examples
+    real_load_examples = common.run.load_examples
 
     def spy(dataset, split, *args, **kwargs):
         loaded[split] = real_load_examples(dataset, split, *args, **kwargs)
         return loaded[split]
 
-    monkeypatch.setattr(module, "load_examples", spy)
+    monkeypatch.setattr(common.run, "load_examples", spy)
     monkeypatch.setattr(module, "load_policy", stop_at_model)
     with pytest.raises(Loaded):
-        no_sft = {"skip_warmup": True} if script == "ppo" else {}  # these rows have no worked solutions
-        module.main(module.Args(dataset=data, output_dir=str(tmp_path / "runs"), **no_sft))
+        module.main(module.Args(dataset=data, output_dir=str(tmp_path / "runs")))
     assert [(e.question, e.answer) for e in loaded["train"]] == [("1+1?", "2"), ("5+5?", "10")]
     out, err = capsys.readouterr()
     assert f"loaded 2 examples from {data} (skipped 3: 2 unusable gold, 1 empty answer)" in out
