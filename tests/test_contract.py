@@ -41,9 +41,11 @@ def exempt_lines(path: Path) -> set[int]:
     for i, node in enumerate(tree.body):
         if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             out.update(span(node))  # the module docstring
-        elif isinstance(node, ast.Import | ast.ImportFrom):
-            out.update(span(node))
-        elif isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "METHOD" for t in node.targets):
+        elif (
+            isinstance(node, ast.Import | ast.ImportFrom)
+            or isinstance(node, ast.Assign)
+            and any(getattr(t, "id", "") == "METHOD" for t in node.targets)
+        ):
             out.update(span(node))
         elif isinstance(node, ast.ClassDef) and node.name == "Args":
             for field in node.body:

@@ -9,13 +9,13 @@ import os
 
 import pytest
 import torch
+from smoke import smoke_args
 
 import common.checkpoint as checkpoint
 import common.run
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from common.registry import methods
 from common.tracking import read_jsonl
-from smoke import smoke_args
 
 SCRIPTS = list(methods())
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from smoke import smoke_args
 
 import common.run
 from algos import bnpo, dapo, expo, grpo, nsr, oreal, topr
 from common.registry import methods
-from smoke import smoke_args
 
 PROPERTY = settings(max_examples=60, deadline=None)
 
