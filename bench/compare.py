@@ -22,12 +22,11 @@ with ``--eval-n`` (64) samples per held-out problem in a subprocess of its own. 
 * ``OUT/summary.json``: every number of the report, per run and aggregated (the hook for analysis).
 
 Same budget: every method generates ``--steps`` x ``--prompts-per-step`` x ``--group-size`` training
-samples (``budget_flags`` says how each script is told; ExPO's self-explanations and TOPR's datasets
-count). Each method otherwise runs with its script's own defaults (learning rate, loss, clipping: what the
+samples (``budget_flags`` says how each script is told; ExPO's self-explanations count). Each method otherwise runs with its script's own defaults (learning rate, loss, clipping: what the
 script documents as its tiny-world setting), plus the shared ``--max-new-tokens`` and in-run evaluation
-flags. ``METHODS`` lists every method: its script and the flags that select it; adding a method is one
-entry there. What the budget arithmetic needs of a method (TOPR's samples per question, epochs and batch
-size, ExPO's explanation tries) is read from its script's own ``Args`` with those flags applied
+flags. ``METHODS`` holds every configuration, read from the registry (``common/registry.py``): a method file
+joins the comparison by existing. What the budget arithmetic needs of a method (ExPO's explanation
+tries) is read from its script's own ``Args`` with those flags applied
 (``script_args``), never copied here. A script that generates a varying number of samples per step logs
 it as ``samples_generated`` (every completion sampled in that step, all rounds); the samples of the
 report and the x-axis of the learning curves then count those (``samples_seen``). Such a script takes
@@ -73,6 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.checkpoint import latest_checkpoint
+from common.registry import configurations, methods
 from common.tiny_task import TIER_STEPS, WORLD_NAMES
 from common.tracking import markdown_table, read_jsonl
 
@@ -89,61 +89,18 @@ def markers(name: str = "compare") -> tuple[str, str]:
 
 BEGIN_MARKER, END_MARKER = markers()
 
-# Every method of the comparison: name -> the script in algos/ and the flags that select the method. Anything
-# not listed is the script's own default (read from its Args: `script_args`), except the budget flags
-# (`budget_flags`) and the shared flags (`shared_flags`). How a script counts the samples it generates, and
-# so how the budget reaches it, follows from its Args (`budget_kind`):
-#   "steps"     prompts_per_step x group_size per step (OREAL's K is --group-size; its first
-#               --actor-freeze-steps steps train only the token reward model, their samples count too),
-#               plus explanation_tries hinted explanations per prompt when the script explains every prompt
-#               (ExPO with --explain all): fewer optimizer steps, the same samples.
-#   "datasets"  TOPR samples --iterations datasets of --questions-per-iteration x --samples-per-question
-#               completions once each and trains --epochs over each in mini-batches of --batch-size; its
-#               optimizer steps are mini-batches, not rollouts.
+# Every configuration of the comparison, from the registry (common/registry.py): each algos/*.py under its
+# own name with its defaults, and the named variants its METHOD block declares (e.g. NSR's objectives).
+# Anything not listed is the script's own default (read from its Args: `script_args`), except the budget
+# flags (`budget_flags`) and the shared flags (`shared_flags`). Every script counts its samples the same
+# way: prompts_per_step x group_size per step, plus explanation_tries hinted explanations per prompt when
+# the script explains every prompt (ExPO with --explain all): fewer optimizer steps, the same samples; a
+# script whose samples per step vary (DAPO, Reinforce-Ada) is given the budget as --max-samples.
 METHODS: dict[str, dict] = {
-    # the default set: each script with its defaults
-    "grpo": {"script": "grpo", "flags": []},
-    "w-reinforce": {"script": "nsr", "flags": ["--objective", "w-reinforce", "--lam", "0.1"]},
-    "bnpo": {"script": "bnpo", "flags": []},
-    "topr": {"script": "topr", "flags": []},
-    "oreal": {"script": "oreal", "flags": []},
-    "expo": {"script": "expo", "flags": ["--explain", "all", "--explanation-tries", "4"]},
-    # the baselines (issue 14); run them with --methods (dapo logs samples_generated: all its rounds count)
-    "dr_grpo": {"script": "dr_grpo", "flags": []},
-    "rloo": {"script": "rloo", "flags": []},
-    "reinforce_pp": {"script": "reinforce_pp", "flags": []},
-    "dapo": {"script": "dapo", "flags": []},
-    "ppo": {"script": "ppo", "flags": []},
-    # the further methods (issue 15)
-    "reinforce_ada": {"script": "reinforce_ada", "flags": []},
-    "nft": {"script": "nft", "flags": []},
-    "rft": {"script": "nft", "flags": ["--neg-weight", "0"]},  # NFT paper: positives only
-    # min_new_tokens: its completions end in a <confidence> tag, about 30 tokens after the answer (at 80 new
-    # tokens a quarter to a third of its training samples were cut before the tag, which scores 0)
-    "rlcr": {"script": "rlcr", "flags": [], "min_new_tokens": 112},
-    "rlvr": {
-        "script": "rlcr",
-        "flags": ["--brier-weight", "0"],
-        "min_new_tokens": 112,
-    },  # RLCR paper: its RLVR control
-    "prefix_rft": {"script": "prefix_rft", "flags": []},
-    # variants for the papers' claims (docs/results.md); run them with --methods
-    "psr": {"script": "nsr", "flags": ["--objective", "psr"]},  # NSR paper: positives only
-    "nsr": {"script": "nsr", "flags": ["--objective", "nsr"]},  # NSR paper: negatives only
-    # BNPO's REINFORCE (α = β = 1): a per-prompt mean baseline, no std, summed over tokens = Dr. GRPO
-    "reinforce": {
-        "script": "grpo",
-        "flags": ["--scale-rewards", "none", "--loss-agg", "seq-mean-token-sum-norm"],
-    },
-    # TOPR paper: SFT on the positives of the same generated data (fewer optimizer steps: no negatives)
-    "topr-sft": {"script": "topr", "flags": ["--negatives", "drop"]},
-    # NFT paper, off the policy: two passes over each batch, so on the second the ratio is no longer 1 and
-    # NFT's likelihood loss no longer has Dr. GRPO's gradient (with one pass the two runs are the same run)
-    "dr_grpo-2x": {"script": "dr_grpo", "flags": ["--updates-per-batch", "2"]},
-    "nft-2x": {"script": "nft", "flags": ["--updates-per-batch", "2"]},
-    "rft-2x": {"script": "nft", "flags": ["--neg-weight", "0", "--updates-per-batch", "2"]},
+    name: {"script": key, "flags": flags, "min_new_tokens": methods()[key].info.min_new_tokens}
+    for name, (key, flags) in configurations().items()
 }
-DEFAULT_METHODS = ["grpo", "w-reinforce", "bnpo", "topr", "oreal", "expo"]
+DEFAULT_METHODS = [key for key, method in methods().items() if method.info.compare_default]
 
 
 @functools.cache
@@ -151,22 +108,13 @@ def script_args(method: str):
     """The ``Args`` of ``method``'s script as that script would parse the method's flags: its own defaults
     with ``METHODS[method]["flags"]`` applied (the budget flags and shared flags do not change these).
 
-    >>> script_args("expo").explanation_tries, script_args("topr").samples_per_question
-    (4, 16)
+    >>> script_args("expo").explanation_tries
+    4
     """
     import tyro
 
     module = importlib.import_module(f"algos.{METHODS[method]['script']}")
     return tyro.cli(module.Args, args=METHODS[method]["flags"])
-
-
-def budget_kind(method: str) -> str:
-    """ "datasets" for a script that samples datasets of questions x samples per question (TOPR), else "steps".
-
-    >>> budget_kind("topr-sft"), budget_kind("expo")
-    ('datasets', 'steps')
-    """
-    return "datasets" if hasattr(script_args(method), "questions_per_iteration") else "steps"
 
 
 def explanation_samples_per_prompt(method: str) -> int:
@@ -182,9 +130,10 @@ def explanation_samples_per_prompt(method: str) -> int:
 @dataclass
 class Args:
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    """methods to compare (METHODS in bench/compare.py): grpo w-reinforce bnpo topr oreal expo, the
-    baselines dr_grpo rloo reinforce_pp dapo ppo, the further methods reinforce_ada nft rft rlcr rlvr
-    prefix_rft, and the variants psr nsr reinforce topr-sft dr_grpo-2x nft-2x rft-2x"""
+    """configurations to compare: a file of algos/ by its name, or a variant its METHOD block names (--list
+    prints them all); default: the files whose METHOD sets compare_default"""
+    list: bool = False
+    """print every configuration (name, script, flags) and exit"""
     seeds: int = 3
     """seeds per method (1, 2, ..., N)"""
     out_dir: str = "runs/compare"
@@ -210,8 +159,6 @@ class Args:
     """prompts per step of the step-based methods"""
     group_size: int = 8
     """completions per prompt of the step-based methods"""
-    topr_iterations: int = 4
-    """TOPR datasets (each of budget / (iterations x 16) questions x 16 samples)"""
     max_new_tokens: int = 80
     """completion length limit of every method, in training and evaluation"""
 
@@ -255,37 +202,19 @@ def budget_samples(args: Args) -> int:
 
 def budget_flags(method: str, args: Args) -> tuple[list[str], int, int]:
     """The flags that give ``method`` the common budget, its generated training samples, and the
-    ``--eval-every`` that spreads ``curve_points`` in-run evaluations over it (TOPR: one at the end of
-    each dataset, where it counts optimizer steps; for topr-sft, whose dataset holds only the positives,
-    about one per dataset, assuming a quarter of the samples are correct).
+    ``--eval-every`` that spreads ``curve_points`` in-run evaluations over it.
 
     >>> budget_flags("expo", Args(steps=30))[1:]  # 20 steps x 16 x (8 + 4) = 30 x 16 x 8
     (3840, 4)
-    >>> budget_flags("dapo", Args(steps=30))[0][-2:]  # its rounds vary: it stops at the budget
+    >>> budget_flags("grpo", Args(steps=30))[0][-2:]  # a script whose steps vary stops at the budget
     ['--max-samples', '3840']
-    >>> budget_flags("topr", Args(steps=30))[:2]  # 4 datasets x 60 questions x 16
-    (['--iterations', '4', '--questions-per-iteration', '60', '--samples-per-question', '16'], 3840)
     """
-    kind = budget_kind(method)
     Q, G, S = args.prompts_per_step, args.group_size, budget_samples(args)
-    if kind == "steps":
-        per_step = Q * (G + explanation_samples_per_prompt(method))
-        steps = max(1, round(S / per_step))
-        flags = ["--num-steps", str(steps), "--prompts-per-step", str(Q), "--group-size", str(G)]
-        if hasattr(script_args(method), "max_samples"):  # samples per step vary (DAPO, Reinforce-Ada)
-            flags += ["--max-samples", str(S)]  # it stops at the budget (its steps draw at least Q x G)
-        return flags, steps * per_step, max(1, steps // args.curve_points)
-    if kind == "datasets":
-        cfg = script_args(method)
-        n, iterations = cfg.samples_per_question, args.topr_iterations
-        questions = max(1, round(S / (iterations * n)))
-        flags = ["--iterations", str(iterations), "--questions-per-iteration", str(questions),
-                 "--samples-per-question", str(n)]  # fmt: skip
-        steps_per_dataset = cfg.epochs * -(-questions * n // cfg.batch_size)
-        if cfg.negatives == "drop":  # positives only: about base pass@1 (~1/4) of the data
-            steps_per_dataset = max(1, steps_per_dataset // 4)
-        return flags, iterations * questions * n, steps_per_dataset  # evaluate once per dataset
-    raise ValueError(f"unknown budget kind {kind!r} of method {method!r}")
+    per_step = Q * (G + explanation_samples_per_prompt(method))
+    steps = max(1, round(S / per_step))
+    flags = ["--num-steps", str(steps), "--prompts-per-step", str(Q), "--group-size", str(G)]
+    flags += ["--max-samples", str(S)]  # a step whose samples vary (DAPO, Reinforce-Ada) stops at the budget
+    return flags, steps * per_step, max(1, steps // args.curve_points)
 
 
 def max_new_tokens(method: str, args: Args) -> int:
@@ -800,7 +729,7 @@ def render_report(agg: dict, base: dict, args: Args, meta: dict, img_rel: str) -
         f"Generated by `{harness_command(args)}` ({meta['date']}, {meta['world']}, commit {meta['commit']}; "
         f"{meta['jobs']} runs at a time, {meta['threads']} torch thread each). Every method generated "
         f"{budget_samples(args):,} training samples ({args.steps} steps of {args.prompts_per_step} prompts × "
-        f"{args.group_size} for the step-based methods; ExPO's explanations, TOPR's datasets and every round "
+        f"{args.group_size}; ExPO's explanations and every round "
         "of DAPO and Reinforce-Ada count, those two stopping at the step that reaches the budget; "
         "`bench/compare.py` says how). Held-out evaluation of the final policies and the base: "
         f"{args.eval_problems} problems ({args.eval_problems // num_tiers} per tier) × {n} samples, temperature 1.0, "
@@ -1021,6 +950,11 @@ def write_report(args: Args, runs: list[dict], evals: dict[str, dict], base: dic
 
 def main(args: Args, train_fn: Callable = train, evaluate_fn: Callable = evaluate) -> dict | None:
     """Plan, run what is missing (``train_fn``/``evaluate_fn`` are replaceable for tests), report."""
+    if args.list:
+        for name, method in METHODS.items():
+            default = " (default set)" if name in DEFAULT_METHODS else ""
+            print(f"{name:16s} algos/{method['script']}.py {' '.join(method['flags'])}{default}".rstrip())
+        return None
     if args.seeds < 1 or args.steps < 1 or args.jobs < 1 or args.eval_n < 1 or args.eval_problems < 1:
         raise SystemExit("--seeds, --steps, --jobs, --eval-n and --eval-problems must be >= 1")
     if args.model not in WORLD_NAMES:
