@@ -202,3 +202,33 @@ def test_jsonl_without_eval_dataset_says_it_is_evaluated_on_its_training_rows(sc
     assert f"note: --dataset {train} has no held-out split" in note and "--eval-dataset" in note, note
     module.validate(module.Args(dataset=train, eval_dataset=held_out, output_dir=str(tmp_path)))
     assert "note:" not in capsys.readouterr().err
+
+
+def test_prompts_longer_than_the_context_are_skipped_with_one_line(random_model_dir, tmp_path, capsys):
+    """A prompt plus --max-new-tokens beyond the model's context (256 positions here; the tokenizer is
+    character-level) is skipped before training, with one line that counts the rows and names the longest
+    and the limit; the run goes on with the rest. When no row fits, the run stops with that line."""
+    from algos.grpo import main
+    from smoke import smoke_args
+
+    long_question = "Compute " + "+".join(["1"] * 150) + "."  # 308 characters, past 256 on its own
+    data = _write(
+        tmp_path / "mixed.jsonl",
+        [
+            json.dumps({"question": q, "answer": a})
+            for q, a in [("1+1?", "2"), (long_question, "150"), ("2+2?", "4")]
+        ],
+    )
+    args = smoke_args("grpo", "--num-steps=1", model_name_or_path=str(random_model_dir), dataset=data,
+                      eval_dataset=data, output_dir=str(tmp_path / "runs"))  # fmt: skip
+    main(args)
+    err = capsys.readouterr().err
+    assert (
+        f"note: 1 of 3 training prompts plus --max-new-tokens 8 exceed the model's context of 256 tokens (the longest, {data}:2,"
+        in err
+    ), err
+    assert "1 of 2 held-out prompts" in err  # --eval-problems 2: the first two rows
+    only_long = _write(tmp_path / "long.jsonl", [json.dumps({"question": long_question, "answer": "150"})])
+    args.dataset = args.eval_dataset = only_long
+    with pytest.raises(SystemExit, match="none is left: lower --max-new-tokens"):
+        main(args)
