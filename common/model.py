@@ -47,11 +47,11 @@ def resolve_model_path(name: str) -> str:
     return str(path)
 
 
-def check_model_path(name: str) -> None:
+def check_model_path(name: str, flag: str = "--model-name-or-path") -> None:
     """Fail fast on a model that cannot load: a local-looking path that is not a model directory.
 
     ``"tiny"`` and plausible hub ids (``org/name``, ``gpt2``) pass; whether a hub id exists is only known when it
-    is downloaded. Raises FileNotFoundError naming the flag and the path.
+    is downloaded. Raises FileNotFoundError naming ``flag`` and the path.
 
     >>> check_model_path("./no/such/model")
     Traceback (most recent call last):
@@ -64,9 +64,9 @@ def check_model_path(name: str) -> None:
     if not looks_local:
         return
     if not path.exists():
-        raise FileNotFoundError(f"--model-name-or-path {name!r}: no such directory")
+        raise FileNotFoundError(f"{flag} {name!r}: no such directory")
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"--model-name-or-path {name!r}: not a model directory (no config.json)")
+        raise FileNotFoundError(f"{flag} {name!r}: not a model directory (no config.json)")
 
 
 def load_policy(name: str, dtype: str = "float32", device: str = "cpu", gradient_checkpointing: bool = False):
