@@ -211,7 +211,6 @@ class FakeChildren:
                 out_path, {"config": config, "eval": fake_eval(p1, config["n"]), "wall_s": 1.0}
             )
             return 0, 1.0, 1.0, 300.0
-        script = Path(argv[1]).stem
         flags = dict(zip(argv[2::2], argv[3::2]))  # every flag the harness passes has a value
         run_dir = compare.ROOT / flags["--output-dir"] / flags["--run-name"]
         run_dir.mkdir(parents=True, exist_ok=True)
