@@ -4,7 +4,7 @@
 #                            train it with algos/grpo.py, evaluate again, print a before/after table
 #   ./run.sh ALGO [flags]    python algos/ALGO.py [flags]   (e.g. ./run.sh grpo --help)
 #   ./run.sh test [args]     the test suite (pytest args pass through, e.g. ./run.sh test -m "not slow");
-#                            first makes .venv-verl (requirements-verl.txt) for the verl tests
+#                            first makes .venv-verl and .venv-trl (requirements-verl.txt, -trl.txt) for the oracles
 #   ./run.sh compare [flags] every method side by side on the tiny world (bench/compare.py; --help)
 #
 # On first use it creates .venv/ next to this file and installs requirements.txt into it, plus
@@ -73,6 +73,23 @@ case "$cmd" in
         echo "$VERL_WANT" > "$VERL_STAMP"
       fi
       export RLVR_VERL_PYTHON="$VERL_VENV/bin/python"
+    fi
+    # The TRL environment for tests/test_trl.py (TRL's off-policy sequence masking as an oracle; also the TRL
+    # side of bench/trl_bench.py): .venv-trl from requirements-trl.txt, remade when that file changes;
+    # RLVR_TRL_PYTHON=/path/to/python uses another, RLVR_SKIP_TRL=1 makes none (those tests then skip, and
+    # fail under CI=true).
+    if [[ -z "${RLVR_TRL_PYTHON:-}" && "${RLVR_SKIP_TRL:-0}" != 1 ]]; then
+      TRL_VENV="$ROOT/.venv-trl"
+      TRL_STAMP="$TRL_VENV/.requirements.sha256"
+      TRL_WANT="$(sha256sum < "$ROOT/requirements-trl.txt" | cut -d' ' -f1)"
+      if [[ ! -x "$TRL_VENV/bin/python" || ! -f "$TRL_STAMP" || "$(cat "$TRL_STAMP")" != "$TRL_WANT" ]]; then
+        echo "[run.sh] installing requirements-trl.txt into $TRL_VENV (for the TRL tests; about a minute)..." >&2
+        [[ -x "$TRL_VENV/bin/python" ]] || python3 -m venv "$TRL_VENV"
+        "$TRL_VENV/bin/python" -m pip install --quiet --upgrade pip
+        "$TRL_VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements-trl.txt"
+        echo "$TRL_WANT" > "$TRL_STAMP"
+      fi
+      export RLVR_TRL_PYTHON="$TRL_VENV/bin/python"
     fi
     exec "$PY" -m pytest "$ROOT/tests" "$@" ;;
   compare)

@@ -2,8 +2,9 @@
 
 Each check prints ``PASS name`` or ``FAIL name: why``; the exit status is the number of failures. Two kinds:
 - parity: random rewards, ragged masks and log-probs (several seeds) fed to verl's own functions
-  (``verl.trainer.ppo.core_algos``) and to the pure functions of ``algos/*.py``, which must agree to
-  float32 rounding; where verl differs on purpose the check states the difference and tests it exactly;
+  (``verl.trainer.ppo.core_algos``, ``verl.trainer.ppo.rollout_corr_helper``) and to the pure functions of
+  ``algos/*.py`` and ``common/rollout_correction.py``, which must agree to float32 rounding; where verl
+  differs on purpose the check states the difference and tests it exactly;
 - plug-in: verl's registries resolve the ``rlvr_*`` names, and verl's own entry points, called as its
   trainer calls them (``compute_advantage`` on a ``DataProto`` built on the CPU; the loss fetched with
   ``get_policy_loss_fn`` and called with an ``ActorConfig`` and the global batch info its ``ppo_loss``
