@@ -32,9 +32,8 @@ from π_θ / π_sampler inside the loss instead).
     dataclass's own default is "sequence"). TRL: on whenever vLLM samples, "sequence_mask", C_max = 3.0,
     C_min None (one-sided). A mask keeps the ratio itself as the weight, so token-mis with a lower bound is
     IcePop's formula; icepop is the two-sided mode by definition (lo defaults to 1/C, never none), the
-    *-mis modes are one-sided unless lo is given, as in TRL and in the "When Speed Kills Stability" notes
-    (Liu et al., 2025) that verl's helper follows. TIS has no lower bound here (TRL's *_truncate clamps
-    from below at clip_min when it is set).
+    *-mis modes are one-sided unless lo is given, as TRL's are by default. TIS has no lower bound here
+    (TRL's *_truncate clamps from below at clip_min when it is set).
 
 --rollout-rs (τ = ``--rollout-rs-threshold``; each rejects whole sequences, weight 0 on all their tokens):
 
@@ -43,16 +42,18 @@ from π_θ / π_sampler inside the loss instead).
     geo-mean   exp(mean_t log ρ_t) outside [1/τ, τ]                          rollout_rs="seq_mean_k1", τ          none
     k3         mean_t(ρ_t − 1 − log ρ_t) > τ                                 rollout_rs="seq_mean_k3", τ          none
 
-    OPSM is DeepSeek-V3.2's off-policy sequence masking (arXiv 2512.02556, Eq. 9): a sequence with a
-    negative advantage whose tokens drifted from the sampler teaches the least reliable lesson. Ā_i is the
-    sequence's advantage (per-token advantages [B, C]: their mean over its real tokens). Defaults there:
+    OPSM is DeepSeek-V3.2's off-policy sequence masking (arXiv 2512.02556, Eq. 9): negative-advantage
+    sequences that drifted far from the sampler are the ones that destabilise training, so they are
+    dropped. Ā_i is the sequence's advantage; with per-token advantages [B, C], their mean over its real
+    tokens (TRL compares each token's own advantage, and then masks tokens, not sequences). Defaults there:
     the paper gives no δ; TRL's docs use 0.5 as an example; Trinity-RFT reports 0.05-0.2 as a reasonable
     range. verl's presets: Geo-RS "0.999_1.001" (τ = 1.001), K3-RS 0.01. verl's rejection options
     token_k1-3, seq_sum_k1-3 and seq_max_k2-3 and its IS batch normalisation are not offered here.
 
 This project's defaults (the flag defaults below): both modes "none", as in verl's trainer config and the
 ``--tis-cap 0`` these flags replace (the tiny world's HF sampler is the trainer itself). C = 2.0 (verl's);
-lo none for *-mis (TRL's) and 1/C = 0.5 for icepop (verl's IcePop preset); δ = 0.1 (inside Trinity-RFT's
+lo none for *-mis (TRL's) and 1/C = 0.5 for icepop (the lower bound of verl's IcePop preset; its upper bound
+is 5, so ``--rollout-is icepop --rollout-is-threshold 5`` is that preset); δ = 0.1 (inside Trinity-RFT's
 range), geo-mean τ = 1.001 and k3 τ = 0.01 (verl's presets): ``RS_DEFAULT_THRESHOLDS``.
 
 Conventions:
