@@ -4,7 +4,7 @@
 #                            algos/grpo.py, evaluate again, print a before/after table
 #   ./run.sh ALGO [flags]    python algos/ALGO.py [flags]   (e.g. ./run.sh grpo --help)
 #   ./run.sh test [args]     the test suite (pytest args pass through, e.g. ./run.sh test -m "not slow");
-#                            first makes .venv-verl (requirements-verl.txt) for the verl tests
+#                            first makes .venv-verl and .venv-trl (requirements-verl.txt, -trl.txt) for the oracles
 #   ./run.sh compare [flags] every method side by side on the tiny world (bench/compare.py; --help)
 #   ./run.sh eval [flags]    held-out pass@k and pass^k of a model or checkpoint (bench/eval.py; --help)
 #
@@ -89,7 +89,16 @@ case "$cmd" in
       install "$ROOT/.venv-verl" verl "$ROOT/requirements-verl.txt"
       export RLVR_VERL_PYTHON="$ROOT/.venv-verl/bin/python"
     fi
-    exec "$PY" -m pytest "$ROOT/tests" "$@" ;;
+    # The TRL environment for tests/test_trl.py (TRL's losses and masks as oracles; also the TRL side of
+    # bench/trl_bench.py): .venv-trl from requirements-trl.txt, remade when that file changes;
+    # RLVR_TRL_PYTHON=/path/to/python uses another, RLVR_SKIP_TRL=1 makes none (those tests then skip, and
+    # fail under CI=true).
+    if [[ -z "${RLVR_TRL_PYTHON:-}" && "${RLVR_SKIP_TRL:-0}" != 1 ]]; then
+      install "$ROOT/.venv-trl" trl "$ROOT/requirements-trl.txt"
+      export RLVR_TRL_PYTHON="$ROOT/.venv-trl/bin/python"
+    fi
+    # pytest's own testpaths (pyproject.toml: tests/) unless paths are given: ./run.sh test tests/test_grpo.py
+    cd "$ROOT" && exec "$PY" -m pytest "$@" ;;
   compare)
     cd "$ROOT" && exec "$PY" -m bench.compare "$@" ;;
   eval)

@@ -1,11 +1,10 @@
 """Speed and memory: algos/grpo.py against TRL's GRPOTrainer, same model, prompts and settings, alternating.
 
-TRL lives in an environment of its own, never in .venv (install once; about 1.5 GB, the CPU torch wheel
-is the one on disk):
+TRL lives in an environment of its own, never in .venv (about 1.5 GB, the CPU torch wheel is the one on
+disk): ``./run.sh test`` makes it from requirements-trl.txt, or by hand:
 
     python3.11 -m venv .venv-trl
-    .venv-trl/bin/pip install torch==2.13.0 transformers==5.19.0 trl==1.16.0 accelerate==1.15.0 \\
-        "math-verify[antlr4_13_2]==0.9.0"
+    .venv-trl/bin/pip install -r requirements-trl.txt
 
 Run it from the repository root with the main environment; it starts each side as a subprocess, ours
 with this interpreter and TRL's with ``--trl-python``:

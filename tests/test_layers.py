@@ -18,6 +18,7 @@ LAYERS = [
     "data",
     "model",
     "rollout_types",
+    "rollout_correction",
     "vllm_rollout",
     "rollout",
     "tracking",

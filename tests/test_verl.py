@@ -3,8 +3,8 @@
 verl 0.9.1 pins transformers<5.11, so it lives in its own environment, ``.venv-verl`` (made by
 ``./run.sh test`` from requirements-verl.txt; ``RLVR_VERL_PYTHON`` names another interpreter). The
 checks (parity of verl's GRPO advantages, loss aggregation and PPO policy loss with ours; verl's
-registries and ``compute_advantage`` / ``get_policy_loss_fn`` with the ``rlvr_*`` plug-ins; lazy loading;
-the version guard) run once in a subprocess; each test here asserts one of them passed and shows the
+registries and ``compute_advantage`` / ``get_policy_loss_fn`` with the ``rlvr_*`` plug-ins; verl's
+rollout-correction helper and presets against common/rollout_correction.py; lazy loading; the version guard) run once in a subprocess; each test here asserts one of them passed and shows the
 subprocess's output when it did not. Without a verl environment the tests skip, except under CI
 (``CI=true``), where they fail.
 """
@@ -29,6 +29,9 @@ CHECKS = (
     "gae_matches_verl",
     "value_loss_matches_verl",
     "ppo_token_policy_loss_and_kl_reward_match_verl",
+    "rollout_is_weights_match_verl",
+    "rollout_rejection_matches_verl",
+    "verl_presets_are_modes_of_the_menu",
     "plugin_docstring_examples",
     "registries_resolve_our_names",
     "trainer_compute_advantage_returns_the_files_advantages",

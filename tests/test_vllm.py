@@ -287,6 +287,8 @@ def test_token_tis_runs_with_vllm_rollouts(tiny_world_dir, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [r for r in read_jsonl(tmp_path / "tis" / "metrics.jsonl") if "loss" in r]
     assert len(rows) == 2 and all(r["logprob_mismatch"] < 1e-4 for r in rows)
+    assert all(r["correction/is_truncated_token_frac"] == 0 for r in rows)
+    assert all(abs(r["correction/weight_mean"] - 1) < 1e-4 for r in rows)
 
 
 @pytest.mark.slow

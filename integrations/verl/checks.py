@@ -2,8 +2,9 @@
 
 Each check prints ``PASS name`` or ``FAIL name: why``; the exit status is the number of failures. Two kinds:
 - parity: random rewards, ragged masks and log-probs (several seeds) fed to verl's own functions
-  (``verl.trainer.ppo.core_algos``) and to the pure functions of ``algos/*.py``, which must agree to
-  float32 rounding; where verl differs on purpose the check states the difference and tests it exactly;
+  (``verl.trainer.ppo.core_algos``, ``verl.trainer.ppo.rollout_corr_helper``) and to the pure functions of
+  ``algos/*.py`` and ``common/rollout_correction.py``, which must agree to float32 rounding; where verl
+  differs on purpose the check states the difference and tests it exactly;
 - plug-in: verl's registries resolve the ``rlvr_*`` names, and verl's own entry points, called as its
   trainer calls them (``compute_advantage`` on a ``DataProto`` built on the CPU; the loss fetched with
   ``get_policy_loss_fn`` and called with an ``ActorConfig`` and the global batch info its ``ppo_loss``
@@ -13,6 +14,7 @@ This module is not under tests/ because it imports verl, which the main environm
 """
 
 import importlib
+import math
 import sys
 import traceback
 
@@ -422,6 +424,190 @@ def ppo_token_policy_loss_and_kl_reward_match_verl():
             kl_folded_rewards(scores, old, ref, mask, 0.05),
             f"KL reward seed {seed}",
         )
+
+
+# ------------------------------------------------------------------------------------------------------
+# The rollout-correction menu (issue 24): verl's rollout_corr_helper against common/rollout_correction.py
+# ------------------------------------------------------------------------------------------------------
+
+
+def correction_batch(seed: int, spread: float, B: int = 12, T: int = 10):
+    """Sampler and trainer log-probs [B, T] whose log-ratios are spread·N(0, 1), a ragged mask, finite
+    garbage on the padding of both (verl multiplies by the mask; the module never reads it), advantages [B]."""
+    generator = torch.Generator().manual_seed(400 + seed)
+    mask = ragged_mask(generator, B, T)
+    behavior = -3 * torch.rand(B, T, generator=generator)
+    old = behavior + spread * torch.randn(B, T, generator=generator)
+    padding = mask == 0
+    old = torch.where(padding, 30 * torch.randn(B, T, generator=generator), old)
+    behavior = torch.where(padding, 30 * torch.randn(B, T, generator=generator), behavior)
+    return old, behavior, mask, torch.randn(B, generator=generator)
+
+
+def correction_args(**fields):
+    from types import SimpleNamespace
+
+    defaults = dict(rollout_is="none", rollout_is_threshold=2.0, rollout_is_threshold_low=None, rollout_rs="none",
+                    rollout_rs_threshold=None)  # fmt: skip
+    return SimpleNamespace(**{**defaults, **fields})
+
+
+@check
+def rollout_is_weights_match_verl():
+    """verl's compute_rollout_correction_weights (rollout_is "token"/"sequence"; a threshold C is TIS, "lo_C"
+    IcePop's mask) against rollout_correction's weights, times the mask, in every --rollout-is mode, with
+    the shares verl logs (ratio_fraction_high = truncated, oob_ratio = masked, mean). A one-sided *-mis
+    is verl's mask with lo = 1e-30: verl clamps log-ratios at −20, so no ratio falls below it."""
+    from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_weights
+
+    from common.rollout_correction import rollout_correction
+
+    cases = []  # (our mode, C, lo, verl's level, verl's threshold)
+    for cap in (1.5, 2.0, 3.0):
+        cases += [("token-tis", cap, None, "token", cap), ("seq-tis", cap, None, "sequence", cap)]
+        cases += [
+            ("token-mis", cap, None, "token", f"1e-30_{cap}"),
+            ("seq-mis", cap, None, "sequence", f"1e-30_{cap}"),
+        ]
+        cases += [
+            ("token-mis", cap, 0.8, "token", f"0.8_{cap}"),
+            ("seq-mis", cap, 0.5, "sequence", f"0.5_{cap}"),
+        ]
+        cases += [("icepop", cap, None, "token", f"{1 / cap}_{cap}")]
+    cases += [("icepop", 5.0, 0.5, "token", "0.5_5.0")]  # verl's decoupled_token_icepop preset
+    touched = {mode: 0.0 for mode, *_ in cases}
+    for seed in SEEDS:
+        for spread in (0.6, 0.2):
+            old, behavior, mask, advantages = correction_batch(seed, spread)
+            for mode, cap, low, level, threshold in cases:
+                args = correction_args(
+                    rollout_is=mode, rollout_is_threshold=cap, rollout_is_threshold_low=low
+                )
+                ours, stats = rollout_correction(old, behavior, mask, advantages, args)
+                theirs, metrics = compute_rollout_correction_weights(old - behavior, mask, level, threshold)
+                what = f"{mode} C={cap} lo={low} seed {seed} spread {spread}"
+                close(ours * mask, theirs, what)
+                close(stats["correction/weight_mean"], metrics["rollout_is_mean"], f"mean weight, {what}")
+                if mode == "token-tis":
+                    close(
+                        stats["correction/is_truncated_token_frac"],
+                        metrics["rollout_is_ratio_fraction_high"],
+                        what,
+                    )
+                if mode == "seq-tis":
+                    close(
+                        stats["correction/is_truncated_seq_frac"],
+                        metrics["rollout_is_ratio_fraction_high"],
+                        what,
+                    )
+                if mode in ("token-mis", "icepop"):
+                    close(stats["correction/is_masked_token_frac"], metrics["rollout_is_oob_ratio"], what)
+                touched[mode] += (
+                    stats["correction/is_truncated_token_frac"] + stats["correction/is_masked_token_frac"]
+                )
+    assert all(touched.values()), f"a mode never truncated or masked a token: {touched}"
+
+
+@check
+def rollout_rejection_matches_verl():
+    """verl's compute_rollout_rejection_mask against --rollout-rs: geo-mean τ is verl's "seq_mean_k1" with
+    the threshold τ (verl takes 1/τ as the lower bound), k3 τ is "seq_mean_k3"; the rejected tokens and
+    sequences, and the shares verl logs. verl 0.9.1 has no OPSM (it never sees advantages): see
+    tests/test_trl.py for its oracle. verl's token_k*, seq_sum_k* and seq_max_k* are not in the menu."""
+    from verl.trainer.ppo.rollout_corr_helper import (
+        SUPPORTED_ROLLOUT_RS_OPTIONS,
+        compute_rollout_rejection_mask,
+    )
+
+    from common.rollout_correction import rollout_correction
+
+    assert not any("opsm" in option for option in SUPPORTED_ROLLOUT_RS_OPTIONS), SUPPORTED_ROLLOUT_RS_OPTIONS
+    cases = [("geo-mean", tau, "seq_mean_k1") for tau in (1.001, 1.05, 1.2, 1.5)]
+    cases += [("k3", tau, "seq_mean_k3") for tau in (0.001, 0.01, 0.1, 0.3)]
+    outcomes = {case: set() for case in cases}
+    for seed in SEEDS:
+        for spread in (0.6, 0.05, 0.002):
+            old, behavior, mask, advantages = correction_batch(seed, spread)
+            for mode, tau, option in cases:
+                args = correction_args(rollout_rs=mode, rollout_rs_threshold=tau)
+                ours, stats = rollout_correction(old, behavior, mask, advantages, args)
+                kept, metrics = compute_rollout_rejection_mask(old - behavior, mask, option, tau)
+                what = f"{mode} τ={tau} seed {seed} spread {spread}"
+                assert torch.equal(ours * mask, kept), what
+                close(stats["correction/rs_rejected_token_frac"], metrics["rollout_rs_masked_fraction"], what)
+                close(
+                    stats["correction/rs_rejected_seq_frac"], metrics["rollout_rs_seq_masked_fraction"], what
+                )
+                outcomes[mode, tau, option] |= {bool(x) for x in (kept.sum(-1) > 0)}
+    assert all(seen == {True, False} for seen in outcomes.values()), outcomes
+
+
+@check
+def verl_presets_are_modes_of_the_menu():
+    """verl's named RolloutCorrectionConfig presets, through compute_rollout_correction_and_add_to_batch as its
+    trainer calls it, against the menu: the IS weight times the rejection-modified response mask equals
+    our weight times the mask. Differences on purpose, stated exactly: (1) verl removes a rejected token from
+    the response mask, so token-mean divides by the kept tokens; ours keeps it in the normaliser, so our loss
+    is verl's times kept/all; (2) the Geo-RS preset "0.999_1.001" bounds exp(mean(−log ρ)), so it keeps
+    mean log ρ up to −log 0.999 = 0.0010005 where ours (τ = 1.001) stops at log 1.001 = 0.0009995."""
+    from verl import DataProto
+    from verl.trainer.config.algorithm import RolloutCorrectionConfig
+    from verl.trainer.ppo.core_algos import agg_loss
+    from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
+
+    from common.rollout_correction import rollout_correction, sequence_mean
+
+    presets = {
+        "decoupled_token_is": dict(rollout_is="token-tis"),
+        "decoupled_seq_is": dict(rollout_is="seq-tis"),
+        "decoupled_seq_is_rs": dict(rollout_is="seq-mis", rollout_is_threshold_low=0.5),  # Seq-MIS
+        "decoupled_token_icepop": dict(
+            rollout_is="icepop", rollout_is_threshold=5.0, rollout_is_threshold_low=0.5
+        ),
+        "decoupled_geo_rs": dict(rollout_rs="geo-mean"),
+        "decoupled_k3_rs": dict(rollout_rs="k3"),
+        "decoupled_geo_rs_token_tis": dict(rollout_is="token-tis", rollout_rs="geo-mean"),
+        "decoupled_k3_rs_seq_tis": dict(rollout_is="seq-tis", rollout_rs="k3"),
+    }
+    defaults = RolloutCorrectionConfig()
+    assert (defaults.rollout_is, defaults.rollout_is_threshold, defaults.rollout_rs) == (
+        "sequence",
+        2.0,
+        None,
+    )
+    window_rows = 0
+    for seed in SEEDS:
+        for spread in (0.6, 0.02, 0.002):
+            old, behavior, mask, advantages = correction_batch(seed, spread)
+            in_window = (sequence_mean(old - behavior, mask) > math.log(1.001)) & (
+                sequence_mean(old - behavior, mask) <= -math.log(0.999)
+            )
+            window_rows += int(in_window.sum())
+            for name, fields in presets.items():
+                batch = DataProto.from_dict(
+                    tensors={
+                        "old_log_probs": old,
+                        "rollout_log_probs": behavior,
+                        "response_mask": mask.clone(),
+                    }
+                )
+                batch, _ = compute_rollout_correction_and_add_to_batch(
+                    batch, getattr(RolloutCorrectionConfig, name)()
+                )
+                kept = batch.batch["response_mask"]
+                theirs = kept * batch.batch.get("rollout_is_weights", 1.0)
+                ours, _ = rollout_correction(old, behavior, mask, advantages, correction_args(**fields))
+                rows = ~in_window if "geo" in name else torch.ones(len(mask), dtype=torch.bool)
+                close((ours * mask)[rows], theirs[rows], f"{name} seed {seed} spread {spread}")
+                if "rs" in name and kept.sum() > 0:  # (1): the normaliser
+                    losses = torch.randn(mask.shape, generator=torch.Generator().manual_seed(seed))
+                    ours_loss = (losses * ours * mask).sum() / mask.sum()
+                    close(
+                        ours_loss,
+                        agg_loss(losses * theirs, kept, "token-mean") * kept.sum() / mask.sum(),
+                        name,
+                    )
+    print(f"  {len(presets)} presets; rows in the Geo-RS preset's 1e-6 window: {window_rows}")
 
 
 # ------------------------------------------------------------------------------------------------------
