@@ -27,8 +27,9 @@ split, GSM8K's test split with its reference solutions, and GSM8K completions of
   gsm8k-model           a model's GSM8K solution against the gold, labelled with its `is_correct`
 
 A rewrite is kept only where it changes the gold's text. Wrong answers are deduplicated by value: one whose
-text or value equals the gold's (`same_value`) is dropped, so none is secretly right, and each wrong answer
-appears once per gold. The golds are passed as the project's loaders pass them (MATH-500's `answer` field,
+text or value equals the gold's (`same_value`) is dropped, so none is secretly right. A (gold, completion)
+pair that comes up twice (MATH-500 repeats some golds; a model may write the same solution as another)
+is one case, of the kind it first came up in. The golds are passed as the project's loaders pass them (MATH-500's `answer` field,
 GSM8K's number after "####"). Plain math-verify is `plain_math_verify`, pinned by the issue.
 
     PYTHONPATH=. .venv/bin/python bench/verify_real.py                   # the per-kind table
@@ -127,9 +128,9 @@ def remove_spaces(gold: str) -> str:
             continue
         if gold[i] == " ":
             before = "".join(out)
-            if re.search(r"\\[a-zA-Z]+$", before) and re.match(r" +[a-zA-Z]", gold[i:]):
-                out.append(" ")
-            elif (len(before) - len(before.rstrip("\\"))) % 2:  # "\ " is a control space; "\\\\ " a row break
+            command_before_letter = re.search(r"\\[a-zA-Z]+$", before) and re.match(r" +[a-zA-Z]", gold[i:])
+            control_space = (len(before) - len(before.rstrip("\\"))) % 2  # "\ ", not a row break "\\\\ "
+            if command_before_letter or control_space:
                 out.append(" ")
             i += 1
             continue
@@ -228,7 +229,7 @@ def text_forms(gold: str) -> list[str]:
     if not re.search(r"\\text\{", gold):
         return []
     return [remove_text(gold)] + [
-        re.sub(r"\\text(?=\{)", lambda _: command, gold) for command in ("\\textbf", "\\mbox")
+        re.sub(r"\\text(?=\{)", command.replace("\\", "\\\\"), gold) for command in ("\\textbf", "\\mbox")
     ]
 
 
@@ -412,10 +413,10 @@ def build_cases() -> list[Case]:
     logging.getLogger("latex2sympy2_extended").setLevel(logging.CRITICAL)
     math500 = read_jsonl_gz("math500_test.jsonl.gz")
     golds = [row["answer"] for row in math500]
-    cases: list[Case] = []
+    cases: dict[tuple[str, str], Case] = {}  # (gold, completion) -> the case; a repeated pair counts once
 
     def add(kind: str, completion: str, gold: str, expected: bool, source: str) -> None:
-        cases.append(Case(kind, completion, gold, expected, source))
+        cases.setdefault((gold, completion), Case(kind, completion, gold, expected, source))
 
     for i, gold in enumerate(golds):
         source = f"math500:{i}"
@@ -465,23 +466,25 @@ def build_cases() -> list[Case]:
                 sample["is_correct"],
                 f"gsm8k:{i}:{model}",
             )
-    return cases
+    return list(cases.values())
 
 
 def ci_subset(cases: list[Case], per_kind: int = CI_CASES_PER_KIND) -> list[Case]:
     """A fixed, stratified subset: per kind, `per_kind` cases (all of a smaller kind), half right and half
-    wrong where the kind has both, chosen by a hash of each case, so the choice never moves."""
+    wrong where the kind has both (more of one label where the other has too few), each chosen by a hash
+    of the case, so the choice never moves."""
 
     def key(case: Case) -> str:
         return hashlib.sha256(f"{case.source}\n{case.completion}".encode()).hexdigest()
 
-    groups = defaultdict(list)  # (kind, expected) -> cases
+    by_kind = defaultdict(lambda: {True: [], False: []})
     for case in cases:
-        groups[case.kind, case.expected].append(case)
+        by_kind[case.kind][case.expected].append(case)
     subset = []
-    for (kind, expected), members in groups.items():
-        both_labels = (kind, not expected) in groups
-        subset += sorted(members, key=key)[: (per_kind + 1) // 2 if both_labels else per_kind]
+    for labels in by_kind.values():
+        right, wrong = sorted(labels[True], key=key), sorted(labels[False], key=key)
+        take_right = min(len(right), max(per_kind // 2, per_kind - len(wrong)))
+        subset += right[:take_right] + wrong[: per_kind - take_right]
     return subset
 
 
