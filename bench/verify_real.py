@@ -29,8 +29,9 @@ split, GSM8K's test split with its reference solutions, and GSM8K completions of
 A rewrite is kept only where it changes the gold's text. Wrong answers are deduplicated by value: one whose
 text or value equals the gold's (`same_value`) is dropped, so none is secretly right. A (gold, completion)
 pair that comes up twice (MATH-500 repeats some golds; a model may write the same solution as another)
-is one case, of the kind it first came up in. The golds are passed as the project's loaders pass them (MATH-500's `answer` field,
-GSM8K's number after "####"). Plain math-verify is `plain_math_verify`, pinned by the issue.
+is one case, of the kind it first came up in. The golds are passed as the project's loaders pass them
+(MATH-500's `answer` field, GSM8K's number after "####"). Plain math-verify is `plain_math_verify`, as the
+issue pins it.
 
     PYTHONPATH=. .venv/bin/python bench/verify_real.py                   # the per-kind table
     PYTHONPATH=. .venv/bin/python bench/verify_real.py --show 20         # and 20 disagreements per kind

@@ -12,6 +12,7 @@ from common.verify import Verifier, extract_answer
 COLUMN = r"\begin{pmatrix} -2 \\ -14 \\ -7 \end{pmatrix}"  # M500
 FRACTIONS = r"\begin{pmatrix} 16/49 \\ 48/49 \\ 24/49 \end{pmatrix}"  # M500
 SQUARE = r"\begin{pmatrix} -1 & 0 \\ 0 & -1 \end{pmatrix}"  # M500
+SYMBOLIC = r"\begin{pmatrix} \sqrt{2}/2 \\ 1 \end{pmatrix}"
 
 MATRICES = [  # entry by entry, in order; the row break "\\" survives the cleanup of "\ "
     (rf"\boxed{{{COLUMN}}}", COLUMN, True),
@@ -19,9 +20,13 @@ MATRICES = [  # entry by entry, in order; the row break "\\" survives the cleanu
     (r"\boxed{\begin{bmatrix} -2 \\ -14 \\ -7 \end{bmatrix}}", COLUMN, True),  # brackets
     (r"\boxed{\left(\begin{array}{c} -2 \\ -14 \\ -7 \end{array}\right)}", COLUMN, True),  # an array
     (r"\boxed{\mathbf{v} = \begin{pmatrix} -2 \\ -14 \\ -7 \end{pmatrix}}", COLUMN, True),  # named
-    (r"\boxed{\begin{pmatrix} \frac{16}{49} \\ \dfrac{48}{49} \\ \frac{24}{49} \end{pmatrix}}", FRACTIONS, True),
+    (
+        r"\boxed{\begin{pmatrix} \frac{16}{49} \\ \dfrac{48}{49} \\ \frac{24}{49} \end{pmatrix}}",
+        FRACTIONS,
+        True,
+    ),
     (r"\boxed{\begin{pmatrix}-1&0\\0&-1\end{pmatrix}}", SQUARE, True),
-    (r"\boxed{\begin{pmatrix} \frac{\sqrt{2}}{2} \\ 1 \end{pmatrix}}", r"\begin{pmatrix} \sqrt{2}/2 \\ 1 \end{pmatrix}", True),
+    (r"\boxed{\begin{pmatrix} \frac{\sqrt{2}}{2} \\ 1 \end{pmatrix}}", SYMBOLIC, True),  # per entry
     (r"\boxed{\begin{pmatrix} -7 \\ -14 \\ -2 \end{pmatrix}}", COLUMN, False),  # reordered
     (r"\boxed{\begin{pmatrix} -2 & -14 & -7 \end{pmatrix}}", COLUMN, False),  # a row, not a column
     (r"\boxed{\begin{pmatrix} -2 \\ -14 \end{pmatrix}}", COLUMN, False),  # an entry short
@@ -29,8 +34,8 @@ MATRICES = [  # entry by entry, in order; the row break "\\" survives the cleanu
     (r"\boxed{\begin{pmatrix} 48/49 \\ 16/49 \\ 24/49 \end{pmatrix}}", FRACTIONS, False),  # reordered
     (r"\boxed{\begin{pmatrix} 0 & -1 \\ -1 & 0 \end{pmatrix}}", SQUARE, False),  # reordered
     (r"\boxed{-23}", COLUMN, False),  # the entries combined
-    (r"\boxed{\begin{pmatrix} \frac{\sqrt{3}}{2} \\ 1 \end{pmatrix}}", r"\begin{pmatrix} \sqrt{2}/2 \\ 1 \end{pmatrix}", False),
-]  # fmt: skip
+    (r"\boxed{\begin{pmatrix} \frac{\sqrt{3}}{2} \\ 1 \end{pmatrix}}", SYMBOLIC, False),
+]
 
 BASES = [  # a number in a base: the digits and the base are the answer
     (r"\boxed{52_{8}}", "52_8", True),  # M500
