@@ -3,17 +3,25 @@ this one, in the same run.
 
 The old implementation is read with ``git show main:common/verify.py`` into a temporary module, so both
 run in one process on the same inputs, and the timed repetitions alternate (old, new, old, new) so a
-change in a shared machine's load hits both alike. The workload is what a training step grades: short
-worked solutions ending in a box, a GSM8K "####" line or a bare number, against number golds, about a
-third of them wrong; every item takes the in-process path (a plain-number gold never starts a
-math-verify worker), which is where nearly all completions of GSM8K and MATH go. Reported: completions
-per second for each (best of ``--repeats``), and new / old. ``--agreement`` also scores the graded
+change in a shared machine's load hits both alike. Two workloads:
+
+  synthetic   what a training step grades: short worked solutions ending in a box, a GSM8K "####" line or
+              a bare number, against number golds, about a third of them wrong; every item takes the
+              in-process path (a plain-number gold never starts a math-verify worker), which is where
+              nearly all completions of GSM8K and MATH go
+  real        every graded case of ``bench/verify_real.py``: MATH-500 golds against rewrites and wrong
+              answers (symbolic golds go to the math-verify worker), GSM8K references and the completions
+              of four models
+
+Each timed pass uses a verifier whose worker has already started (its start-up is not timed). Reported:
+completions per second for each (best of ``--repeats``), and new / old. ``--agreement`` also scores the graded
 style cases of ``tests/test_verify_styles.py`` with both, and with plain math-verify
 (``verify(parse(gold), parse(completion))``) for reference, and prints, per kind, how many agree with the
 expected label.
 
     PYTHONPATH=. .venv/bin/python bench/verify_bench.py
     PYTHONPATH=. .venv/bin/python bench/verify_bench.py --agreement
+    PYTHONPATH=. .venv/bin/python bench/verify_bench.py --record-unchanged   # tests/test_verify_real.py's record
 
 This is a benchmark, not a test: numbers depend on the machine and its load. It is not run by CI.
 """
@@ -45,6 +53,8 @@ class Args:
     """also score the graded cases of tests/test_verify_styles.py with both implementations"""
     seed: int = 0
     """workload seed"""
+    workloads: tuple[str, ...] = ("synthetic", "real")
+    """which workloads to time: synthetic, real (see the module docstring)"""
     record_unchanged: bool = False
     """only write UNCHANGED_PATH: the tiny world's golds and sampled demo completions, scored by --base"""
 
@@ -102,8 +112,9 @@ def load_base_verifier(revision: str, directory: str):
 
 
 def throughput(module, completions: list[str], golds: list[str]) -> float:
-    """Completions graded per second by `module.Verifier` (one worker), one pass."""
+    """Completions graded per second by `module.Verifier` (one worker, started before the clock), one pass."""
     with module.Verifier(num_workers=1) as verifier:
+        verifier.verify_batch(["\\boxed{\\sqrt{8}}"], ["2\\sqrt{2}"])  # starts and warms the worker
         start = time.perf_counter()
         verifier.verify_batch(completions, golds)
         return len(completions) / (time.perf_counter() - start)
@@ -242,18 +253,27 @@ def main(args: Args) -> None:
         with tempfile.TemporaryDirectory() as directory:
             record_unchanged(load_base_verifier(args.base, directory), args.base)
         return
-    completions, golds = make_workload(args.num_completions, args.seed)
+    sys.path.insert(0, str(ROOT / "bench"))
+    from verify_real import build_cases
+
+    real = build_cases()
+    workloads = {
+        "synthetic": make_workload(args.num_completions, args.seed),
+        "real": ([case.completion for case in real], [case.gold for case in real]),
+    }
     with tempfile.TemporaryDirectory() as directory:
         old = load_base_verifier(args.base, directory)
-        rates = {"old": [], "new": []}
-        for _ in range(args.repeats):
-            rates["old"].append(throughput(old, completions, golds))
-            rates["new"].append(throughput(new, completions, golds))
-        best_old, best_new = max(rates["old"]), max(rates["new"])
-        print(f"workload: {args.num_completions} completions, best of {args.repeats}, one process")
-        print(f"before ({args.base}): {best_old:,.0f} completions/s")
-        print(f"after (this tree):   {best_new:,.0f} completions/s")
-        print(f"after / before: {best_new / best_old:.2f}")
+        for name in args.workloads:
+            completions, golds = workloads[name]
+            rates = {"old": [], "new": []}
+            for _ in range(args.repeats):
+                rates["old"].append(throughput(old, completions, golds))
+                rates["new"].append(throughput(new, completions, golds))
+            best_old, best_new = max(rates["old"]), max(rates["new"])
+            print(f"workload {name}: {len(completions)} completions, best of {args.repeats}, one process")
+            print(f"  before ({args.base}): {best_old:,.0f} completions/s")
+            print(f"  after (this tree):   {best_new:,.0f} completions/s")
+            print(f"  after / before: {best_new / best_old:.2f}")
         if not args.agreement:
             return
         columns = {
