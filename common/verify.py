@@ -133,8 +133,10 @@ _MATH_SPAN = re.compile(
 )
 
 
-# "The final answer is $x$." / "Answer: 12": in text without a box, the span or number right after it.
-_FINAL_ANSWER = re.compile(r"\banswer\s*(?:is|:)[ \t]*(?:\*\*)?[ \t]*", re.IGNORECASE)
+# "The final answer is $x$." / "Answer: 12": in text without a box, the span or number right after it
+# (a number may follow a money sign: "The answer is \$1,200.").
+_FINAL_ANSWER = re.compile(r"\banswer\s*(?:is\s*:?|:)[ \t]*(?:\*\*)?[ \t]*", re.IGNORECASE)
+_MONEY_SIGN = re.compile(r"\\?\$?")
 
 
 def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
@@ -310,7 +312,8 @@ def extract_answer(text: str, fallback: bool = True) -> str | None:
     if not fallback:
         return None
     if (final := _last_match(_FINAL_ANSWER, text)) is not None:
-        stated = _MATH_SPAN.match(text, final.end()) or _NUMBER.match(text, final.end())
+        money = _MONEY_SIGN.match(text, final.end()).end()
+        stated = _MATH_SPAN.match(text, final.end()) or _NUMBER.match(text, money)
         if stated is not None and stated.re is _NUMBER:
             return stated.group().replace(",", "")
         if stated is not None and not _is_blank(content := next(g for g in stated.groups() if g is not None)):
