@@ -36,6 +36,7 @@ issue pins it.
     PYTHONPATH=. .venv/bin/python bench/verify_real.py                   # the per-kind table
     PYTHONPATH=. .venv/bin/python bench/verify_real.py --show 20         # and 20 disagreements per kind
     PYTHONPATH=. .venv/bin/python bench/verify_real.py --subset          # only the CI subset
+    PYTHONPATH=. .venv/bin/python bench/verify_real.py --rules           # the deliberate rules' cases
 
 This is a benchmark, not a test (tests/test_verify_real.py runs the fixed CI subset).
 """
@@ -76,6 +77,44 @@ class Args:
     """print up to this many cases per kind where a verifier disagrees with the label"""
     subset: bool = False
     """score only the fixed CI subset (`ci_subset`), as tests/test_verify_real.py does"""
+    rules: bool = False
+    """instead, print the deliberate rules' cases (`DELIBERATE`), scored here and by plain math-verify"""
+
+
+# The rules this project keeps on purpose, each with a case that shows the reward hack it prevents:
+# (rule, completion, gold, the right score). docs/verifier.md prints them with `--rules`.
+DELIBERATE = [
+    ("the last box counts", r"\boxed{6} or maybe \boxed{7}", "6", 0),
+    ("an empty last box is no answer", r"the answer is 6, so \boxed{}", "6", 0),
+    ("a number is answered by a number", r"Compute 3+5-4+2. So \boxed{3+5-4+2}", "6", 0),
+    ("a number is answered by a number", r"\boxed{\sqrt{36}}", "6", 0),
+    ("no float tolerance for exact golds", r"\boxed{0.3333333}", r"\frac{1}{3}", 0),
+    ("no float tolerance for exact golds", r"\boxed{\frac{1}{101!}}", r"\frac{1}{100!}", 0),
+    ("an equality chain must be true", r"\boxed{x = 5+5+1 = 7 = 11}", "11", 0),
+    ("a hedge is no answer", r"\boxed{6 \text{ (or 7)}}", "6", 0),
+    ("only ASCII digits are digits", "\\boxed{\uff16}", "6", 0),
+    ("a percent sign is dropped, never divided by 100", r"\boxed{0.18}", r"18\%", 0),
+    ("words and times are decided by their text", r"\boxed{lyEven}", "Evelyn", 0),
+    ("words and times are decided by their text", r"\boxed{1:00}", "12:00", 0),
+    ("a sequence with an ellipsis is ordered", r"\boxed{2, 4, \ldots, 2n}", r"1, 2, \ldots, n", 0),
+    ("the gold goes first to math-verify", r"\boxed{x^2-3x+2<0}", "(1,2)", 0),
+    (
+        "a matrix or vector is ordered",
+        r"\boxed{\begin{pmatrix} -7 \\ -14 \\ -2 \end{pmatrix}}",
+        r"\begin{pmatrix} -2 \\ -14 \\ -7 \end{pmatrix}",
+        0,
+    ),
+    ("a number in a base keeps its base", r"\boxed{52_9}", "52_8", 0),
+    ("a box in a box is read whole", r"\boxed{\boxed{7} \text{ or } 8}", "7", 0),
+    (
+        "closed forms to 40 digits, no tolerance",
+        r"\boxed{\frac{\sqrt{3}}{10^{30}}}",
+        r"\frac{\sqrt{2}}{10^{30}}",
+        0,
+    ),
+    ("a comma without \\! is a list separator", r"\boxed{1, 234}", "1234", 0),
+    ("no decimal comma", r"\boxed{3,5}", "3.5", 0),
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -549,7 +588,28 @@ def table(cases: list[Case], ours: list[bool], baseline: list[bool]) -> str:
     return "\n".join(lines)
 
 
+def rules_table() -> str:
+    """The deliberate rules' cases in markdown: the right score, this verifier's and plain math-verify's."""
+    from common.verify import Verifier
+
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    with Verifier(timeout=TIMEOUT, num_workers=1) as verifier:
+        scores = verifier.verify_batch([case[1] for case in DELIBERATE], [case[2] for case in DELIBERATE])
+    lines = [
+        "| rule | completion | gold | right score | here | plain math-verify |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (rule, completion, gold, right), score in zip(DELIBERATE, scores):
+        cells = [rule, f"`{completion}`", f"`{gold}`", right, int(score.correct)]
+        cells.append(int(plain_math_verify(completion, gold)))
+        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines)
+
+
 def main(args: Args) -> None:
+    if args.rules:
+        print(rules_table())
+        return
     start = time.perf_counter()
     cases = build_cases()
     if args.subset:

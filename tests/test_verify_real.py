@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from verify_bench import UNCHANGED_PATH, tiny_cases  # noqa: E402
-from verify_real import build_cases, ci_subset, errors_by_kind, plain_math_verify  # noqa: E402
+from verify_real import DELIBERATE, build_cases, ci_subset, errors_by_kind, plain_math_verify  # noqa: E402
 
 # The whole set as built from the shipped data: a change to the data or to a rewrite shows up here.
 CASES_PER_KIND = {
@@ -79,6 +79,12 @@ def test_the_ci_subset_scores_its_labels_and_beats_plain_math_verify(verifier, s
     for kind in NO_FALSE_POSITIVES:
         assert ours_errors[kind][1] == 0
     assert baseline_errors["nested-box"][1] > 0 and baseline_errors["base"][1] > 0  # what the rules prevent
+
+
+@pytest.mark.parametrize(("rule", "completion", "gold", "score"), DELIBERATE)
+def test_each_deliberate_rule_holds_on_its_case(verifier, rule, completion, gold, score):
+    """The cases docs/verifier.md shows for the rules kept on purpose score what the docs say."""
+    assert verifier.verify_batch([completion], [gold])[0].correct == bool(score), rule
 
 
 def test_plain_math_verify_is_the_pinned_baseline():
