@@ -5,13 +5,17 @@ Extraction (`extract_answer`), first rule that applies wins:
      counting, so `\boxed{\frac{1}{2}}` works. Once the text has a box, the box decides: an empty or
      blank last box (only whitespace, braces, `$`, LaTeX spacing such as `\quad` or an empty `\text{}`)
      or an unclosed (truncated) one is "not parsed", and we do not fall back to an earlier box or to a
-     number elsewhere in the text. Several boxes with different answers: only the last one counts.
+     number elsewhere in the text. Several boxes with different answers: only the last one counts. A box
+     inside a box is read with the box around it: `\boxed{\boxed{7}}` is 7, but `\boxed{\boxed{7} \text{ or }
+     8}` is the hedge "7 \text{ or } 8", not 7.
   2. GSM8K style: the rest of the line after the last `####` that is followed by a number or math
      (a markdown heading such as "#### Step 2" is not an answer).
-  3. only if `fallback=True`: the last complete math span (`$...$`, `$$...$$`, `\(...\)`, `\[...\]`)
-     as one answer, unless a plain number follows it ("$\frac{5}{6}$." is 5/6, not 6; "$14{,}916$" is
-     14916; "we get $3+4$, which is 7" is 7); else the last plain number ("1,234" -> "1234", "-3", "0.5",
-     "3/4"). A lone "$" is money, not math.
+  3. only if `fallback=True`: the math span or number right after the last "answer is" or "answer:"
+     ("The final answer is $10,455$.", "Answer: \$32"); else the last complete math span (`$...$`,
+     `$$...$$`, `\(...\)`, `\[...\]`) as one answer, unless a plain number follows it ("$\frac{5}{6}$." is
+     5/6, not 6; "$14{,}916$" is 14916; "we get $3+4$, which is 7" is 7); else the last plain number
+     ("1,234" -> "1234", "-3", "0.5", "3/4"). A lone "$" is money, not math; "\$" is a dollar sign, also
+     inside a span (`$\$32,\!348$` is 32348, not 348).
 
 Gold (`normalize_gold`): the box or "####" answer of a gold that has one; a gold with several boxes is
 all of them, joined by ", " (`$\boxed{2}$ and $\boxed{3}$` is "2, 3", answered by `\boxed{2, 3}`); an
@@ -20,10 +24,20 @@ unclosed gold box runs to the end of the gold.
 Cleanup (`_clean`, both sides): unicode minus -> "-"; "$", "\$" removed; "%", "\%" and a final "percent",
 "percentage" or "pct" removed, so "18 percent" equals "18" but NOT "0.18" (no percent leniency, a known
 false-positive source); `\dfrac`, `\tfrac`, `\cfrac` -> `\frac`; `\left`, `\right` removed; `\text{13}`
--> "13"; thousands separators in every LaTeX form: "12,345", "12,\!345", "12{,}345", "12\,345",
-"12 345" -> "12345". There is no decimal comma: "3,5" is a pair, never 3.5.
+-> "13"; thousands separators in every LaTeX form: "12,345", "12,\!345", "12,\! 345" (a space after it),
+"12{,}345", "12\,345", "12 345" -> "12345". There is no decimal comma: "3,5" is a pair, never 3.5, and a
+comma with a space but no `\!` separates items ("1, 234" is a pair). A control space `\ ` is a space; a
+row break `\\` stays a row break, also with a space after it.
 
 Equivalence (`verify`), first rule that applies wins; only the last is not decided in this process:
+  * a gold that is a number in a base from 2 to 36 (`52_8`, `4210_{5}`: digits 0-9 and A-Z valid in the
+    base, at least one of them 0-9 or two letters, so never `x_1` or `a_{10}`) is answered by the same
+    number in the same base (`52_{8}`) or by its digits alone (`52`: the question names the base); never
+    in another base (`52_9`) or in decimal (`42`).
+  * a gold that is a matrix or vector (`pmatrix`, `bmatrix`, `matrix`, an `array` in parentheses) is
+    answered by a matrix of the same shape, equal entry by entry and in order, each pair of entries
+    compared as a gold and an answer by these rules (`16/49` equals `\frac{16}{49}`; a reordered vector
+    is wrong); an entry that needs math-verify is compared in the worker, one entry at a time.
   * a plain-number gold (integer, decimal, `a/b`, `\frac{a}{b}`, `\frac34`, `\frac3{4}`) is answered only
     by a plain number, compared exactly as `fractions.Fraction` (no float tolerance: "0.333" is not 1/3).
     Around the number we accept a sign, "x =" before, and after it a degree sign, a unit in `\text{}`,
@@ -55,15 +69,23 @@ Equivalence (`verify`), first rule that applies wins; only the last is not decid
   * any other gold goes to math-verify: `parse("\boxed{" + gold + "}")`, the same for the prediction, and
     `math_verify.verify(gold, prediction)` with the GOLD FIRST. math-verify is asymmetric on purpose,
     so that restating the question (e.g. the inequality to solve) is not rewarded; swapped arguments
-    are a known bug in other repos (open-r1 #557). When math-verify says equal and both sides are exact
-    finite numbers (no float, no symbol: radicals, pi, powers, factorials), they must also be equal by
-    sympy's exact test, or agree to 40 significant digits where it cannot tell (`_exactly_equal`), so
-    `\frac{\sqrt{3}}{10^{30}}` is not `\frac{\sqrt{2}}{10^{30}}`.
+    are a known bug in other repos (open-r1 #557). Before math-verify compares them, two closed-form
+    numbers (no symbol, no float: radicals, pi, e, trigonometric values; at most 200 nodes each) are
+    compared numerically at 50 digits and are equal when they agree to 40 significant digits
+    (`_closed_forms_equal`): fast where sympy's simplification is slow (a nested radical), and without
+    a float tolerance, so `\frac{\sqrt{3}}{10^{30}}` is not `\frac{\sqrt{2}}{10^{30}}`. This runs in the
+    worker, under its time-out: a pathological expression still costs at most one time-out. When
+    math-verify says equal and both sides are exact finite numbers (no float, no symbol: radicals, pi,
+    powers, factorials), they must also be equal by sympy's exact test, or agree to 40 significant
+    digits where it cannot tell (`_exactly_equal`).
   * no substring or partial credit anywhere: "12" vs "2" is wrong, `\boxed{7+1}` vs "7" is wrong.
 
 Known limits: the last side of an equation counts, so restating an equation that ends in the gold
 (`x^2-4=0` for the gold 0) is rewarded, as in math-verify; one-letter plain-word units ("5 m") are not
-units (`5 \text{ m}` is); tuples and sets of tiny exact numbers keep math-verify's tolerance.
+units (`5 \text{ m}` is); tuples and sets of tiny exact numbers keep math-verify's tolerance; a closed
+form that differs from the gold only past its 40th significant digit (`\pi + 10^{-50}` for `\pi`) is
+taken as equal; a vector written as a tuple (`(-2, -14, -7)`) does not answer a `pmatrix` gold, as in
+math-verify; a mixed number with a slash (`137 1/2`) is not read as one (`137 \frac{1}{2}` is).
 
 Timeout design. math-verify's own timeout uses `signal.alarm`, which raises outside the main
 thread (Math-Verify #50, #55) and cannot stop C code. So we call math-verify with its timeouts off
