@@ -2,8 +2,9 @@
 this one, in the same run.
 
 The old implementation is read with ``git show main:common/verify.py`` into a temporary module, so both
-run in one process on the same inputs, and the timed repetitions alternate (old, new, old, new) so a
-change in a shared machine's load hits both alike. Two workloads:
+run in one process on the same inputs. Each workload is cut into chunks; each chunk is graded several
+times by each, the two taking turns, and counts with its fastest time for each, so a change in a shared
+machine's load hits both alike. Two workloads:
 
   synthetic   what a training step grades: short worked solutions ending in a box, a GSM8K "####" line or
               a bare number, against number golds, about a third of them wrong; every item takes the
@@ -13,8 +14,8 @@ change in a shared machine's load hits both alike. Two workloads:
               answers (symbolic golds go to the math-verify worker), GSM8K references and the completions
               of four models
 
-Each timed pass uses a verifier whose worker has already started (its start-up is not timed). Reported:
-completions per second for each (best of ``--repeats``), and new / old. ``--agreement`` also scores the graded
+Both verifiers' workers start before the clock (their start-up is not timed). Reported: completions per
+second for each, and new / old. ``--agreement`` also scores the graded
 style cases of ``tests/test_verify_styles.py`` with both, and with plain math-verify
 (``verify(parse(gold), parse(completion))``) for reference, and prints, per kind, how many agree with the
 expected label.
@@ -27,6 +28,7 @@ This is a benchmark, not a test: numbers depend on the machine and its load. It 
 """
 
 import importlib.util
+import math
 import random
 import re
 import subprocess
@@ -46,7 +48,9 @@ class Args:
     num_completions: int = 20_000
     """completions per timed repetition"""
     repeats: int = 5
-    """timed repetitions per implementation; the best is reported"""
+    """timed repetitions of each chunk per implementation; each chunk counts with its best"""
+    chunk: int = 1000
+    """completions per timed chunk (the implementations take turns chunk by chunk)"""
     base: str = "main"
     """git revision whose common/verify.py is the "before" implementation"""
     agreement: bool = False
@@ -111,13 +115,31 @@ def load_base_verifier(revision: str, directory: str):
     return module
 
 
-def throughput(module, completions: list[str], golds: list[str]) -> float:
-    """Completions graded per second by `module.Verifier` (one worker, started before the clock), one pass."""
-    with module.Verifier(num_workers=1) as verifier:
-        verifier.verify_batch(["\\boxed{\\sqrt{8}}"], ["2\\sqrt{2}"])  # starts and warms the worker
-        start = time.perf_counter()
-        verifier.verify_batch(completions, golds)
-        return len(completions) / (time.perf_counter() - start)
+def paired_rates(
+    old, new, completions: list[str], golds: list[str], repeats: int, chunk: int
+) -> tuple[float, float]:
+    """Completions graded per second by `old.Verifier` and `new.Verifier` (one worker each, started before
+    the clock). The workload is cut into chunks of `chunk` completions; each chunk is graded `repeats`
+    times by each implementation, the two taking turns (which goes first alternates), and a chunk counts
+    with its fastest time for each. A change in a shared machine's load then hits both alike, even when
+    it changes within one pass."""
+    best = {"old": [], "new": []}
+    with old.Verifier(num_workers=1) as old_verifier, new.Verifier(num_workers=1) as new_verifier:
+        verifiers = {"old": old_verifier, "new": new_verifier}
+        for verifier in verifiers.values():  # start and warm each worker
+            verifier.verify_batch(["\\boxed{\\sqrt{8}}"], ["2\\sqrt{2}"])
+        for index, start in enumerate(range(0, len(completions), chunk)):
+            pieces = completions[start : start + chunk], golds[start : start + chunk]
+            times = {"old": math.inf, "new": math.inf}
+            for repeat in range(repeats):
+                order = ("old", "new") if (index + repeat) % 2 == 0 else ("new", "old")
+                for name in order:
+                    clock = time.perf_counter()
+                    verifiers[name].verify_batch(*pieces)
+                    times[name] = min(times[name], time.perf_counter() - clock)
+            for name in times:
+                best[name].append(times[name])
+    return len(completions) / sum(best["old"]), len(completions) / sum(best["new"])
 
 
 def agreement(module) -> dict[str, tuple[int, int]]:
@@ -265,12 +287,11 @@ def main(args: Args) -> None:
         old = load_base_verifier(args.base, directory)
         for name in args.workloads:
             completions, golds = workloads[name]
-            rates = {"old": [], "new": []}
-            for _ in range(args.repeats):
-                rates["old"].append(throughput(old, completions, golds))
-                rates["new"].append(throughput(new, completions, golds))
-            best_old, best_new = max(rates["old"]), max(rates["new"])
-            print(f"workload {name}: {len(completions)} completions, best of {args.repeats}, one process")
+            best_old, best_new = paired_rates(old, new, completions, golds, args.repeats, args.chunk)
+            print(
+                f"workload {name}: {len(completions)} completions in chunks of {args.chunk}, each chunk's best"
+                f" of {args.repeats}, one process"
+            )
             print(f"  before ({args.base}): {best_old:,.0f} completions/s")
             print(f"  after (this tree):   {best_new:,.0f} completions/s")
             print(f"  after / before: {best_new / best_old:.2f}")
