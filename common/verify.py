@@ -372,7 +372,7 @@ _PERCENT_WORD = re.compile(r"\s*(?:" + _TEXT_COMMANDS + r"\{\s*)?(?:percent(?:ag
 _THOUSANDS = re.compile(r"-?[0-9]{1,3}(?:(?:,[0-9]{3})+|(?: [0-9]{3})+)(?:\.[0-9]+)?")  # 12,345 / 12 345
 _TRAILING_UNIT = re.compile(r"\s*" + _TEXT_COMMANDS + r"\{([^{}0-9]*)\}(?:\^\{?[23]\}?)?$")  # \text{ cm}^2
 _SPACED_SEPARATOR = re.compile(r"(?<=[0-9]),\\!\s*(?=[0-9]{3}(?![0-9]))")  # "11,\! 111" -> "11,111"
-_CONTROL_SPACE = re.compile(r"\\[\\ ]")  # read in pairs, left to right: "\\\\" (row break) or "\\ " (space)
+_CONTROL_SPACE = re.compile(r"\\[\\ ]")  # a backslash pair, left to right: a row break or a control space
 _UNIT_WORDS = re.compile(r"\s+([a-zA-Z]{2,}(?:\s+[a-zA-Z]{2,})*)\.?(?:\^\{?[23]\}?)?$")  # 5 meters
 # Words that turn "6 <words>" into a hedge or a range, never a unit: "6 or more", "6 at least".
 _HEDGE_WORDS = frozenset(
@@ -413,10 +413,10 @@ def _clean(answer: str) -> str:
     answer = answer.replace("\\%", "").replace("%", "")
     answer = answer.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     answer = answer.replace("{,}", ",")
-    if "\\!" in answer:  # "11,\\! 111": a separator with a space after it is still a separator
+    if "\\!" in answer:  # a separator with a space after it ("11,\! 111") is still a separator
         answer = _SPACED_SEPARATOR.sub(",", answer).replace("\\!", "")
     answer = answer.replace("\\,", "")
-    if "\\ " in answer:  # a control space "\\ " is a space; a row break "\\\\" followed by one is not
+    if "\\ " in answer:  # a control space is a space; a row break followed by a space stays a row break
         answer = _CONTROL_SPACE.sub(lambda match: match.group() if match.group() == "\\\\" else " ", answer)
     answer = answer.replace("~", " ").strip()
     if "\\left" in answer or "\\right" in answer:
