@@ -861,20 +861,26 @@ def normalize_gold(gold: str) -> str | None:
     return gold or None
 
 
-_IN_BASE = re.compile(r"([0-9A-Z]+)_(?:\{\s*\(?([0-9]{1,2})\)?\s*\}|([0-9]))")
+_IN_BASE = re.compile(r"\(?([0-9A-Z]+)\)?_(?:\{\s*\(?([0-9]{1,2})\)?\s*\}|([0-9]))")
+_TEXT_DIGITS = re.compile(r"\\(?:text|textrm|mathrm)\{\s*([0-9A-Z]+)\s*\}")  # \text{52}_8, 52_{\text{8}}
 _VARIABLE_PREFIX = re.compile(r"^[a-zA-Z]\s*=\s*")
 
 
 def _in_base(answer: str) -> tuple[int, int] | None:
-    r"""(value, base) of a number written in a base from 2 to 36 (`52_8`, `4210_{5}`, `A2_{11}`), None for
-    anything else. Its digits are 0-9 and A-Z, each valid in the base, with at least one 0-9 digit or two
-    letters, so a variable with an index (`x_1`, `a_{10}`, `A_{10}`) is never a number in a base.
+    r"""(value, base) of a number written in a base from 2 to 36 (`52_8`, `4210_{5}`, `A2_{11}`, `(52)_8`,
+    `52_{\text{8}}`), None for anything else. Its digits are 0-9 and A-Z, each valid in the base, with at
+    least one 0-9 digit or two letters, so a variable with an index (`x_1`, `a_{10}`, `A_{10}`) is never a
+    number in a base.
 
     >>> _in_base("52_8"), _in_base("4210_{5}"), _in_base("A2_{11}"), _in_base("x = 101_2")
     ((42, 8), (555, 5), (112, 11), (5, 2))
+    >>> _in_base("(52)_8"), _in_base("52_{\\text{8}}"), _in_base("\\text{52}_{(8)}")
+    ((42, 8), (42, 8), (42, 8))
     >>> _in_base("x_1"), _in_base("a_{10}"), _in_base("A_{10}"), _in_base("59_8"), _in_base("10_1")
     (None, None, None, None, None)
     """
+    if "\\" in answer:
+        answer = _TEXT_DIGITS.sub(r"\1", answer)
     match = _IN_BASE.fullmatch(_VARIABLE_PREFIX.sub("", answer.strip()))
     if match is None:
         return None

@@ -44,6 +44,8 @@ BASES = [  # a number in a base: the digits and the base are the answer
     (r"\boxed{x = 101_2}", "101_2", True),
     (r"\boxed{A2_{11}}", "A2_{11}", True),
     (r"\boxed{a_{10}}", "a_{10}", True),  # an indexed variable, not a number in a base
+    (r"\boxed{(52)_8}", "52_8", True),
+    (r"\boxed{52_{\text{8}}}", "52_8", True),
     (r"\boxed{52_9}", "52_8", False),  # another base
     (r"\boxed{42}", "52_8", False),  # the value in decimal: not what was asked
     (r"\boxed{53_8}", "52_8", False),
@@ -51,6 +53,7 @@ BASES = [  # a number in a base: the digits and the base are the answer
     (r"\boxed{2517_8}", "2516_8", False),  # M500 gold
     (r"\boxed{x_2}", "x_1", False),  # an indexed variable, compared as one (math-verify)
     (r"\boxed{a_{11}}", "a_{10}", False),
+    (r"\boxed{(52)_9}", "52_8", False),
 ]
 
 SEPARATORS = [  # thousands separators with a space after them
