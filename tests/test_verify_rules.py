@@ -74,6 +74,7 @@ FREE_TEXT = [  # no box: money inside a math span, and the stated final answer
     ("Each ticket costs $5, and $2 + 3 = 5$.\nThe final answer is $10,455$.", "10455", True),
     ("She had $3 and $7 left. The final answer is $10,\\!455$.", "10455", True),
     ("Answer: 12", "12", True),
+    ("It costs $3. The final answer is $10,\\!455$.", "10455", True),  # a lone "$" before it
     (r"The answer is $\frac{1}{2}$. Check: 1 + 1 = 2.", r"\frac{1}{2}", True),
     (r"It costs $\$5$ in all.", "5", True),
     (r"The final answer is $\$32,\!348$.", "348", False),
@@ -81,6 +82,7 @@ FREE_TEXT = [  # no box: money inside a math span, and the stated final answer
     ("She had $3 and $7 left. The final answer is $10,\\!455$.", "255", False),
     (r"The answer is $\frac{1}{2}$. Check: 1 + 1 = 2.", "2", False),
     ("Answer: 12", "2", False),
+    ("It costs $3. The final answer is $10,\\!455$.", "455", False),
 ]
 
 NESTED_BOXES = [  # a box inside a box is read with the box around it
