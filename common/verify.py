@@ -5,13 +5,17 @@ Extraction (`extract_answer`), first rule that applies wins:
      counting, so `\boxed{\frac{1}{2}}` works. Once the text has a box, the box decides: an empty or
      blank last box (only whitespace, braces, `$`, LaTeX spacing such as `\quad` or an empty `\text{}`)
      or an unclosed (truncated) one is "not parsed", and we do not fall back to an earlier box or to a
-     number elsewhere in the text. Several boxes with different answers: only the last one counts.
+     number elsewhere in the text. Several boxes with different answers: only the last one counts. A box
+     inside a box is read with the box around it: `\boxed{\boxed{7}}` is 7, but `\boxed{\boxed{7} \text{ or }
+     8}` is the hedge "7 \text{ or } 8", not 7.
   2. GSM8K style: the rest of the line after the last `####` that is followed by a number or math
      (a markdown heading such as "#### Step 2" is not an answer).
-  3. only if `fallback=True`: the last complete math span (`$...$`, `$$...$$`, `\(...\)`, `\[...\]`)
-     as one answer, unless a plain number follows it ("$\frac{5}{6}$." is 5/6, not 6; "$14{,}916$" is
-     14916; "we get $3+4$, which is 7" is 7); else the last plain number ("1,234" -> "1234", "-3", "0.5",
-     "3/4"). A lone "$" is money, not math.
+  3. only if `fallback=True`: the math span or number right after the last "answer is" or "answer:"
+     ("The final answer is $10,455$.", "Answer: \$32"); else the last complete math span (`$...$`,
+     `$$...$$`, `\(...\)`, `\[...\]`) as one answer, unless a plain number follows it ("$\frac{5}{6}$." is
+     5/6, not 6; "$14{,}916$" is 14916; "we get $3+4$, which is 7" is 7); else the last plain number
+     ("1,234" -> "1234", "-3", "0.5", "3/4"). A lone "$" is money, not math; "\$" is a dollar sign, also
+     inside a span (`$\$32,\!348$` is 32348, not 348).
 
 Gold (`normalize_gold`): the box or "####" answer of a gold that has one; a gold with several boxes is
 all of them, joined by ", " (`$\boxed{2}$ and $\boxed{3}$` is "2, 3", answered by `\boxed{2, 3}`); an
@@ -20,10 +24,20 @@ unclosed gold box runs to the end of the gold.
 Cleanup (`_clean`, both sides): unicode minus -> "-"; "$", "\$" removed; "%", "\%" and a final "percent",
 "percentage" or "pct" removed, so "18 percent" equals "18" but NOT "0.18" (no percent leniency, a known
 false-positive source); `\dfrac`, `\tfrac`, `\cfrac` -> `\frac`; `\left`, `\right` removed; `\text{13}`
--> "13"; thousands separators in every LaTeX form: "12,345", "12,\!345", "12{,}345", "12\,345",
-"12 345" -> "12345". There is no decimal comma: "3,5" is a pair, never 3.5.
+-> "13"; thousands separators in every LaTeX form: "12,345", "12,\!345", "12,\! 345" (a space after it),
+"12{,}345", "12\,345", "12 345" -> "12345". There is no decimal comma: "3,5" is a pair, never 3.5, and a
+comma with a space but no `\!` separates items ("1, 234" is a pair). A control space `\ ` is a space; a
+row break `\\` stays a row break, also with a space after it.
 
 Equivalence (`verify`), first rule that applies wins; only the last is not decided in this process:
+  * a gold that is a number in a base from 2 to 36 (`52_8`, `4210_{5}`: digits 0-9 and A-Z valid in the
+    base, at least one of them 0-9 or two letters, so never `x_1` or `a_{10}`) is answered by the same
+    number in the same base (`52_{8}`) or by its digits alone (`52`: the question names the base); never
+    in another base (`52_9`) or in decimal (`42`).
+  * a gold that is a matrix or vector (`pmatrix`, `bmatrix`, `matrix`, an `array` in parentheses) is
+    answered by a matrix of the same shape, equal entry by entry and in order, each pair of entries
+    compared as a gold and an answer by these rules (`16/49` equals `\frac{16}{49}`; a reordered vector
+    is wrong); an entry that needs math-verify is compared in the worker, one entry at a time.
   * a plain-number gold (integer, decimal, `a/b`, `\frac{a}{b}`, `\frac34`, `\frac3{4}`) is answered only
     by a plain number, compared exactly as `fractions.Fraction` (no float tolerance: "0.333" is not 1/3).
     Around the number we accept a sign, "x =" before, and after it a degree sign, a unit in `\text{}`,
@@ -55,15 +69,23 @@ Equivalence (`verify`), first rule that applies wins; only the last is not decid
   * any other gold goes to math-verify: `parse("\boxed{" + gold + "}")`, the same for the prediction, and
     `math_verify.verify(gold, prediction)` with the GOLD FIRST. math-verify is asymmetric on purpose,
     so that restating the question (e.g. the inequality to solve) is not rewarded; swapped arguments
-    are a known bug in other repos (open-r1 #557). When math-verify says equal and both sides are exact
-    finite numbers (no float, no symbol: radicals, pi, powers, factorials), they must also be equal by
-    sympy's exact test, or agree to 40 significant digits where it cannot tell (`_exactly_equal`), so
-    `\frac{\sqrt{3}}{10^{30}}` is not `\frac{\sqrt{2}}{10^{30}}`.
+    are a known bug in other repos (open-r1 #557). Before math-verify compares them, two closed-form
+    numbers (no symbol, no float: radicals, pi, e, trigonometric values; at most 200 nodes each) are
+    compared numerically at 50 digits and are equal when they agree to 40 significant digits
+    (`_closed_forms_equal`): fast where sympy's simplification is slow (a nested radical), and without
+    a float tolerance, so `\frac{\sqrt{3}}{10^{30}}` is not `\frac{\sqrt{2}}{10^{30}}`. This runs in the
+    worker, under its time-out: a pathological expression still costs at most one time-out. When
+    math-verify says equal and both sides are exact finite numbers (no float, no symbol: radicals, pi,
+    powers, factorials), they must also be equal by sympy's exact test, or agree to 40 significant
+    digits where it cannot tell (`_exactly_equal`).
   * no substring or partial credit anywhere: "12" vs "2" is wrong, `\boxed{7+1}` vs "7" is wrong.
 
 Known limits: the last side of an equation counts, so restating an equation that ends in the gold
 (`x^2-4=0` for the gold 0) is rewarded, as in math-verify; one-letter plain-word units ("5 m") are not
-units (`5 \text{ m}` is); tuples and sets of tiny exact numbers keep math-verify's tolerance.
+units (`5 \text{ m}` is); tuples and sets of tiny exact numbers keep math-verify's tolerance; a closed
+form that differs from the gold only past its 40th significant digit (`\pi + 10^{-50}` for `\pi`) is
+taken as equal; a vector written as a tuple (`(-2, -14, -7)`) does not answer a `pmatrix` gold, as in
+math-verify; a mixed number with a slash (`137 1/2`) is not read as one (`137 \frac{1}{2}` is).
 
 Timeout design. math-verify's own timeout uses `signal.alarm`, which raises outside the main
 thread (Math-Verify #50, #55) and cannot stop C code. So we call math-verify with its timeouts off
@@ -123,13 +145,20 @@ class VerifyResult:
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")  # not \boxedfoo, a different command
 _GSM8K = re.compile(r"####[ \t]*([-$\\.(0-9][^\n]*)")  # starts like a number or LaTeX, not a word
 _NUMBER = re.compile(r"(?<![\w.])-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?(?:/[0-9]+)?")
-# A complete math span: $$...$$ and \[...\] may cross lines, $...$ and \(...\) may not; "\$" is a dollar.
+# A complete math span: $$...$$ and \[...\] may cross lines, $...$ and \(...\) may not; "\$" is a dollar,
+# also inside a span ("$\$32$").
 # Spans are at most 1,000 characters, so a text full of unclosed openers is still scanned in linear time.
 _MATH_SPAN = re.compile(
-    r"(?<!\\)\$\$(.{1,1000}?)(?<!\\)\$\$|\\\[(.{1,1000}?)\\\]|(?<!\\)\$([^$\n]{1,1000}?)(?<!\\)\$"
+    r"(?<!\\)\$\$(.{1,1000}?)(?<!\\)\$\$|\\\[(.{1,1000}?)\\\]|(?<!\\)\$((?:\\\$|[^$\n]){1,1000}?)(?<!\\)\$"
     r"|\\\(([^\n]{1,1000}?)\\\)",
     re.DOTALL,
 )
+
+
+# "The final answer is $x$." / "Answer: 12": in text without a box, the span or number right after it
+# (a number may follow a money sign: "The answer is \$1,200.").
+_FINAL_ANSWER = re.compile(r"\banswer\s*(?:is\s*:?|:)[ \t]*(?:\*\*)?[ \t]*", re.IGNORECASE)
+_MONEY_SIGN = re.compile(r"\\?\$?")
 
 
 def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
@@ -186,14 +215,75 @@ def _box_content(text: str, match: re.Match) -> str | None:
     return re.match(r"[^\s$]*", rest).group().rstrip(".,;")  # "\boxed 5": one token, up to space or "$"
 
 
+def _outermost_box(text: str, inner: re.Match) -> re.Match:
+    r"""The outermost box whose braces hold the box `inner` opens (`inner` itself if none does): one
+    pass over the text before it, counting braces.
+
+    >>> text = "\\boxed{\\boxed{7} \\text{ or } 8}"
+    >>> _outermost_box(text, _last_match(_BOX, text)).start()
+    0
+    """
+    open_boxes: list[re.Match | None] = []  # one entry per open brace: the box it opens, or None
+    i = 0
+    while i < inner.start():
+        char = text[i]
+        if char == "\\":
+            box = _BOX.match(text, i)
+            if box is not None:
+                rest = text[box.end() : inner.start()]
+                if rest.lstrip().startswith("{"):  # this box's brace opens after optional spaces
+                    brace = box.end() + len(rest) - len(rest.lstrip())
+                    open_boxes.append(box)
+                    i = brace + 1
+                    continue
+            i += 2  # an escaped character (\{, \}) or a command's first letter
+            continue
+        if char == "{":
+            open_boxes.append(None)
+        elif char == "}" and open_boxes:
+            open_boxes.pop()
+        i += 1
+    return next((box for box in open_boxes if box is not None), inner)
+
+
+def _unbox(content: str) -> str:
+    r"""A box's content with every box inside it replaced by that box's content.
+
+    >>> _unbox("\\boxed{7}"), _unbox("\\boxed{7} \\text{ or } 8")
+    ('7', '7 \\text{ or } 8')
+    """
+    for _ in range(8):  # a bound: a pathological answer nests deeper
+        inner = _BOX.search(content)
+        if inner is None:
+            break
+        inner_content = _box_content(content, inner)
+        if inner_content is None:
+            break
+        rest = content[inner.end() :]
+        start = inner.end() + len(rest) - len(rest.lstrip())  # where "{" or the brace-less token opens
+        end = start + len(inner_content) + (2 if content.startswith("{", start) else 0)
+        content = content[: inner.start()] + inner_content + content[end:]
+    return content
+
+
 def _last_box(text: str) -> tuple[bool, str | None]:
-    """(text has a box, content of its last box or None if that box is blank or unclosed)."""
+    r"""(text has a box, content of its last box or None if that box is blank or unclosed).
+
+    A box inside a box is read with the box around it: `\boxed{\boxed{7}}` is 7, and
+    `\boxed{\boxed{7} \text{ or } 8}` is "7 \text{ or } 8", a hedge, not 7.
+    """
     last = _last_match(_BOX, text)
     if last is None:
         return False, None
+    if last.start() > 0 and _BOX.search(text, 0, last.start()):  # more than one box: is it inside one?
+        last = _outermost_box(text, last)
     content = _box_content(text, last)
     if content is None or _is_blank(content):
         return True, None
+    if _BOX.search(content):
+        content = _unbox(content)
+        if _is_blank(content):
+            return True, None
     return True, content.strip()
 
 
@@ -232,6 +322,8 @@ def extract_answer(text: str, fallback: bool = True) -> str | None:
     '\\frac{5}{6}'
     >>> extract_answer("We get $3+4$, which is 7.")  # a plain number after the last span wins
     '7'
+    >>> extract_answer("It costs $5 and $2+3=5$.\nThe final answer is $\\$32,\\!348$.")  # the stated answer
+    '\\$32,\\!348'
     """
     text = text.replace("\u2212", "-")  # unicode minus
     has_box, boxed = _last_box(text)
@@ -241,6 +333,13 @@ def extract_answer(text: str, fallback: bool = True) -> str | None:
         return gsm8k.group(1).strip().rstrip(".") or None  # "#### ." is no answer
     if not fallback:
         return None
+    if (final := _last_match(_FINAL_ANSWER, text)) is not None:
+        money = _MONEY_SIGN.match(text, final.end()).end()
+        stated = _MATH_SPAN.match(text, final.end()) or _NUMBER.match(text, money)
+        if stated is not None and stated.re is _NUMBER:
+            return stated.group().replace(",", "")
+        if stated is not None and not _is_blank(content := next(g for g in stated.groups() if g is not None)):
+            return content.strip()
     span = _last_math_span(text)
     number = _last_match(_NUMBER, text)
     if span is not None and (number is None or number.start() < span[0]):
@@ -272,6 +371,8 @@ _LEFT_RIGHT = re.compile(r"\\(?:left|right)(?![a-zA-Z])\s*")  # \left( -> (, nev
 _PERCENT_WORD = re.compile(r"\s*(?:" + _TEXT_COMMANDS + r"\{\s*)?(?:percent(?:age)?|pct)\.?\s*\}?$")
 _THOUSANDS = re.compile(r"-?[0-9]{1,3}(?:(?:,[0-9]{3})+|(?: [0-9]{3})+)(?:\.[0-9]+)?")  # 12,345 / 12 345
 _TRAILING_UNIT = re.compile(r"\s*" + _TEXT_COMMANDS + r"\{([^{}0-9]*)\}(?:\^\{?[23]\}?)?$")  # \text{ cm}^2
+_SPACED_SEPARATOR = re.compile(r"(?<=[0-9]),\\!\s*(?=[0-9]{3}(?![0-9]))")  # "11,\! 111" -> "11,111"
+_CONTROL_SPACE = re.compile(r"\\[\\ ]")  # a backslash pair, left to right: a row break or a control space
 _UNIT_WORDS = re.compile(r"\s+([a-zA-Z]{2,}(?:\s+[a-zA-Z]{2,})*)\.?(?:\^\{?[23]\}?)?$")  # 5 meters
 # Words that turn "6 <words>" into a hedge or a range, never a unit: "6 or more", "6 at least".
 _HEDGE_WORDS = frozenset(
@@ -303,12 +404,21 @@ def _clean(answer: str) -> str:
     ('\\frac{3}{4}', '\\frac{3}{4}', '( \\frac{1}{4} )')
     >>> _clean("12,\\!345"), _clean("12{,}345"), _clean("12\\,345"), _clean("12 345")
     ('12345', '12345', '12345', '12345')
+    >>> _clean("11,\\! 111,\\! 100")  # a separator with a space after it
+    '11111100'
+    >>> _clean("\\begin{pmatrix} -2 \\\\ -14 \\end{pmatrix}"), _clean("5\\ \\text{cm}")  # a row break stays
+    ('\\begin{pmatrix} -2 \\\\ -14 \\end{pmatrix}', '5 \\text{cm}')
     """
     answer = answer.replace("\u2212", "-").replace("\\$", "").replace("$", "")
     answer = answer.replace("\\%", "").replace("%", "")
     answer = answer.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
-    answer = answer.replace("{,}", ",").replace("\\!", "").replace("\\,", "")
-    answer = answer.replace("\\ ", " ").replace("~", " ").strip()
+    answer = answer.replace("{,}", ",")
+    if "\\!" in answer:  # a separator with a space after it ("11,\! 111") is still a separator
+        answer = _SPACED_SEPARATOR.sub(",", answer).replace("\\!", "")
+    answer = answer.replace("\\,", "")
+    if "\\ " in answer:  # a control space is a space; a row break followed by a space stays a row break
+        answer = _CONTROL_SPACE.sub(lambda match: match.group() if match.group() == "\\\\" else " ", answer)
+    answer = answer.replace("~", " ").strip()
     if "\\left" in answer or "\\right" in answer:
         answer = _LEFT_RIGHT.sub("", answer)
     whole_text = _WHOLE_TEXT.fullmatch(answer)
@@ -751,10 +861,109 @@ def normalize_gold(gold: str) -> str | None:
     return gold or None
 
 
+_IN_BASE = re.compile(r"\(?([0-9A-Z]+)\)?_(?:\{\s*\(?([0-9]{1,2})\)?\s*\}|([0-9]))")
+_TEXT_DIGITS = re.compile(r"\\(?:text|textrm|mathrm)\{\s*([0-9A-Z]+)\s*\}")  # \text{52}_8, 52_{\text{8}}
+_VARIABLE_PREFIX = re.compile(r"^[a-zA-Z]\s*=\s*")
+
+
+def _in_base(answer: str) -> tuple[int, int] | None:
+    r"""(value, base) of a number written in a base from 2 to 36 (`52_8`, `4210_{5}`, `A2_{11}`, `(52)_8`,
+    `52_{\text{8}}`), None for anything else. Its digits are 0-9 and A-Z, each valid in the base, with at
+    least one 0-9 digit or two letters, so a variable with an index (`x_1`, `a_{10}`, `A_{10}`) is never a
+    number in a base.
+
+    >>> _in_base("52_8"), _in_base("4210_{5}"), _in_base("A2_{11}"), _in_base("x = 101_2")
+    ((42, 8), (555, 5), (112, 11), (5, 2))
+    >>> _in_base("(52)_8"), _in_base("52_{\\text{8}}"), _in_base("\\text{52}_{(8)}")
+    ((42, 8), (42, 8), (42, 8))
+    >>> _in_base("x_1"), _in_base("a_{10}"), _in_base("A_{10}"), _in_base("59_8"), _in_base("10_1")
+    (None, None, None, None, None)
+    """
+    if "\\" in answer:
+        answer = _TEXT_DIGITS.sub(r"\1", answer)
+    match = _IN_BASE.fullmatch(_VARIABLE_PREFIX.sub("", answer.strip()))
+    if match is None:
+        return None
+    digits, base = match.group(1), int(match.group(2) or match.group(3))
+    if not 2 <= base <= 36 or not (any(char.isdigit() for char in digits) or len(digits) >= 2):
+        return None
+    if any(int(char, 36) >= base for char in digits):
+        return None
+    return int(digits, base), base
+
+
+def _matches_in_base(answer: str, value: int, base: int) -> bool:
+    r"""A number in a base is answered by the same number in the same base (`52_{8}` for `52_8`), or by its
+    digits alone (`52`: the question names the base); never in another base (`52_9`) or in decimal (`42`).
+
+    >>> _matches_in_base("52_{8}", 42, 8), _matches_in_base("52", 42, 8), _matches_in_base("52_9", 42, 8)
+    (True, True, False)
+    >>> _matches_in_base("42", 42, 8), _matches_in_base("42_{10}", 42, 8)
+    (False, False)
+    """
+    in_base = _in_base(answer)
+    if in_base is not None:
+        return in_base == (value, base)
+    digits = _VARIABLE_PREFIX.sub("", answer.strip())
+    if not re.fullmatch(r"[0-9A-Z]+", digits) or any(int(char, 36) >= base for char in digits):
+        return False
+    return int(digits, base) == value
+
+
+_MATRIX = re.compile(
+    r"\s*[(\[]?\s*\\begin\{(pmatrix|bmatrix|Bmatrix|matrix|smallmatrix|array)\}(?:\{[^{}]*\})?"
+    r"(.*?)\\end\{\1\}\s*[)\]]?\s*",
+    re.DOTALL,
+)
+
+
+def _matrix(answer: str) -> list[list[str]] | None:
+    r"""The entries of a matrix or vector (`pmatrix`, `bmatrix`, `matrix`, an `array` in parentheses), row
+    by row; None for anything else. An equation's last side counts (`\mathbf{v} = \begin{pmatrix}...`).
+    A determinant (`vmatrix`) is a number, not a matrix.
+
+    >>> _matrix("\\begin{pmatrix} -2 \\\\ \\frac{1}{2} \\end{pmatrix}")
+    [['-2'], ['\\frac{1}{2}']]
+    >>> _matrix("v = \\begin{bmatrix} 1 & 2 \\end{bmatrix}")
+    [['1', '2']]
+    >>> _matrix("(-2, 1)") is None, _matrix("\\begin{vmatrix} 1 & 2 \\\\ 3 & 4 \\end{vmatrix}") is None
+    (True, True)
+    """
+    if "=" in answer:
+        answer = _sides(answer)[-1][1]
+    match = _MATRIX.fullmatch(answer)
+    if match is None:
+        return None
+    body = match.group(2).replace("\\hline", "")
+    rows = [row for row in re.split(r"\\\\(?![a-zA-Z])", body) if row.strip()]
+    return [[entry.strip() for entry in row.split("&")] for row in rows] or None
+
+
+def _matrices_equal_here(gold: list[list[str]], answer: list[list[str]]) -> bool | None:
+    r"""Matrices are equal entry by entry, in order, with the same shape; each pair of entries compared as
+    a gold and an answer (`_compare_here`). None when an entry needs math-verify (the worker then compares
+    the entries one by one).
+
+    >>> _matrices_equal_here([["-2"], ["\\frac{16}{49}"]], [["-2"], ["16/49"]])
+    True
+    >>> _matrices_equal_here([["-2"], ["-14"]], [["-14"], ["-2"]])  # reordered
+    False
+    >>> _matrices_equal_here([["1", "2"]], [["1"], ["2"]])  # a row is not a column
+    False
+    """
+    if [len(row) for row in gold] != [len(row) for row in answer]:
+        return False
+    verdicts = [_compare_here(g, a) for g, a in zip(sum(gold, []), sum(answer, []))]
+    if False in verdicts:
+        return False
+    return None if None in verdicts else True
+
+
 def _compare_here(gold: str, answer: str) -> bool | None:
     r"""Compare a normalized gold and a cleaned answer in this process; None hands the pair to math-verify.
 
-    In order: a plain-number gold (exact, plain number answers only); an empty answer (wrong); a sequence
+    In order: a number in a base (the same digits and base); a matrix or vector (entry by entry, in
+    order); a plain-number gold (exact, plain number answers only); an empty answer (wrong); a sequence
     with an ellipsis (item by item, in order); a text gold (text forms equal; words and times decided
     here); an exact-expression gold (exact values equal, when the answer has one).
 
@@ -764,7 +973,16 @@ def _compare_here(gold: str, answer: str) -> bool | None:
     (True, False, True)
     >>> _compare_here("\\frac{1}{100!}", "\\frac{1}{101!}"), _compare_here("\\sqrt{2}", "\\frac{2}{\\sqrt{2}}") is None
     (False, True)
+    >>> _compare_here("52_8", "52_{8}"), _compare_here("52_8", "52_9")  # a number in a base
+    (True, False)
+    >>> _compare_here("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}")
+    False
     """
+    if "_" in gold and (in_base := _in_base(gold)) is not None:  # a number in a base: digits and base
+        return _matches_in_base(answer, *in_base)
+    if "\\begin" in gold and (gold_matrix := _matrix(gold)) is not None:  # entry by entry, in order
+        answer_matrix = _matrix(answer)
+        return False if answer_matrix is None else _matrices_equal_here(gold_matrix, answer_matrix)
     gold_value = _as_number(gold)
     if gold_value is not None:  # a number is answered by a number, compared exactly, here
         return _matches_number(answer, gold_value)
@@ -809,6 +1027,8 @@ def _math_verify_equal(gold: str, prediction: str | None) -> bool:
     import math_verify
 
     try:
+        if prediction is not None and "\\begin" in gold and (gold_matrix := _matrix(gold)) is not None:
+            return _matrices_equal(gold_matrix, _matrix(prediction))
         gold_parsed = math_verify.parse("\\boxed{" + gold + "}", parsing_timeout=None)
         gold_usable = any(not isinstance(item, str) for item in gold_parsed)  # not only a raw string
         if prediction is None:  # the gold_is_usable question
@@ -816,11 +1036,72 @@ def _math_verify_equal(gold: str, prediction: str | None) -> bool:
         if not gold_usable:
             return False
         prediction_parsed = math_verify.parse("\\boxed{" + prediction + "}", parsing_timeout=None)
+        if (
+            prediction_parsed
+            and (closed := _closed_forms_equal(gold_parsed[0], prediction_parsed[0])) is not None
+        ):
+            return closed
         if not math_verify.verify(gold_parsed, prediction_parsed, timeout_seconds=None):
             return False
         return _exactly_equal(gold_parsed[0], prediction_parsed[0]) if prediction_parsed else True
     except Exception:  # any failure inside math-verify/sympy is "not equal", never a crash
         return False
+
+
+def _matrices_equal(gold: list[list[str]], prediction: list[list[str]] | None) -> bool:
+    """Runs in the worker: entry by entry, in order, each pair decided here or by `_math_verify_equal`."""
+    if prediction is None or [len(row) for row in gold] != [len(row) for row in prediction]:
+        return False
+    for gold_entry, prediction_entry in zip(sum(gold, []), sum(prediction, [])):
+        verdict = _compare_here(gold_entry, prediction_entry)
+        if verdict is None:
+            verdict = _math_verify_equal(gold_entry, prediction_entry)
+        if not verdict:
+            return False
+    return True
+
+
+_MAX_CLOSED_FORM_NODES = 200  # a bigger expression is left to math-verify (and the time-out)
+_CLOSED_FORM_DIGITS = 50
+
+
+def _closed_forms_equal(gold, prediction) -> bool | None:
+    r"""Runs in the worker, before math-verify's comparison: two closed-form numbers (no symbol, no float:
+    radicals, pi, e, trigonometric values; each at most 200 nodes) are compared numerically at 50 digits,
+    equal when they agree to 40 significant digits. None for anything else (math-verify decides). Fast
+    where sympy's simplification is slow, and exact in practice: no float tolerance. `x = value` counts as
+    its value.
+
+    >>> import sympy
+    >>> _closed_forms_equal(1 + sympy.sqrt(2), sympy.sqrt(3 + 2 * sympy.sqrt(2)))
+    True
+    >>> _closed_forms_equal(sympy.sqrt(3) / 10**30, sympy.sqrt(2) / 10**30)
+    False
+    >>> _closed_forms_equal(sympy.Symbol("x"), 1) is None  # not a closed-form number: math-verify decides
+    True
+    """
+    import sympy
+
+    if isinstance(prediction, sympy.Eq) and isinstance(prediction.lhs, sympy.Symbol):
+        prediction = prediction.rhs
+    if not (isinstance(gold, sympy.Expr) and isinstance(prediction, sympy.Expr)):
+        return None
+    if not (gold.is_number and prediction.is_number) or gold.has(sympy.Float) or prediction.has(sympy.Float):
+        return None
+    for expression in (gold, prediction):
+        for count, _ in enumerate(sympy.preorder_traversal(expression)):
+            if count > _MAX_CLOSED_FORM_NODES:
+                return None
+    try:
+        difference = abs(sympy.N(gold - prediction, _CLOSED_FORM_DIGITS))
+        scale = max(abs(sympy.N(gold, _CLOSED_FORM_DIGITS)), abs(sympy.N(prediction, _CLOSED_FORM_DIGITS)))
+        if not (difference.is_Number and scale.is_Number) or not (difference.is_finite and scale.is_finite):
+            return None
+        if scale == 0:
+            return bool(difference == 0)
+        return bool(difference <= scale * sympy.Rational(1, 10**40))
+    except Exception:  # evaluation failed: math-verify decides
+        return None
 
 
 def _exactly_equal(gold, prediction) -> bool:
