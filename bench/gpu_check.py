@@ -687,7 +687,7 @@ def render_markdown(records: list[dict]) -> str:
         ]
     lines += [
         "Peak GiB: torch.cuda.max_memory_allocated over the measurement (empty on the CPU). MFU: model FLOPs "
-        "(common.model.model_flops) per timed step over the GPU's peak for the dtype "
+        "(model_flops in bench/gpu_check.py) per timed step over the GPU's peak for the dtype "
         f"({', '.join(f'{k} {v}' for k, v in env['args'].items() if k.startswith('peak_'))} TFLOP/s).",
     ]
     return "\n".join(lines) + "\n"
