@@ -294,7 +294,7 @@ def math500_prompts(n: int, path: Path = MATH500) -> list[str]:
     return [build_prompt(problem, "qwen-math") for problem in problems]
 
 
-def random_policy(shape: Shape, dtype: torch.dtype, device: str, seed: int):
+def qwen_shaped_policy(shape: Shape, dtype: torch.dtype, device: str, seed: int):
     """Qwen2ForCausalLM of ``shape.model`` with random weights, built on ``device`` (no host copy)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -367,7 +367,9 @@ class Session:
             self.dtype = None
             self.reset_peak()
             model, seconds = self.timed(
-                lambda: random_policy(self.shape, getattr(torch, dtype), self.args.device, self.args.seed)
+                lambda: qwen_shaped_policy(
+                    self.shape, getattr(torch, dtype), self.args.device, self.args.seed
+                )
             )
             self.model, self.dtype = model, dtype
             self.optimizer = torch.optim.AdamW(
