@@ -155,3 +155,29 @@ def test_the_tokenizer_gives_qwen25s_ids():
     assert (
         tokenizer.decode([9707, 151643, 151900], skip_special_tokens=True) == "Hello"
     )  # ids past the vocabulary: nothing
+
+
+def test_the_model_has_qwen25_math_15bs_shape_and_model_flops_counts_its_matmuls():
+    """Built on the meta device (no memory): 1,543,714,304 parameters with the tied head, as the docstring
+    says; ``model_flops``' per-position body term is 6 x the layers' matmul weights, counted from the module."""
+    import torch
+
+    shape = gpu_check.SHAPES["1.5b"]
+    model = gpu_check.qwen_shaped_policy(shape, torch.bfloat16, "meta", seed=0)
+    assert sum(p.numel() for p in model.parameters()) == 1_543_714_304
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.vocab_size) == (
+        1536,
+        28,
+        151_936,
+    )
+    assert (
+        model.config.rope_parameters["rope_theta"] == 10000.0 and model.config.max_position_embeddings == 4096
+    )
+    matmuls = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
+    attention = 6 * 28 * 1536  # one position: width² = 1
+    assert gpu_check.model_flops(shape.model, rows=1, width=1, completion=0) == 6 * matmuls + attention
+    head = 6 * 1536 * 151_936
+    assert gpu_check.model_flops(shape.model, rows=2, width=1, completion=1) == 2 * (
+        6 * matmuls + attention + head
+    )
