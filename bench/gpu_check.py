@@ -73,8 +73,9 @@ carried as wheels in ``.whl/``, filled here beforehand with the ``pip download``
     # then, on the machine (the working tree and .whl/ travel; 64 MiB in all):
     pip install --no-index --no-deps .whl/*.whl && PYTHONPATH=. python bench/gpu_check.py --out $OUT
 
-with a timeout of about 330 s (the default deadline plus start-up). On the CPU, end to end in well under a
-minute (a two-layer model of width 64 with the real vocabulary, 4 prompts, 16 new tokens):
+with a timeout of about 330 s (the default deadline plus start-up); ``.whl/`` is ignored by git, so it must be
+named among the paths that travel with the working tree. On the CPU, end to end in well under a
+minute (a two-layer model of width 32 with the real vocabulary, 4 prompts, 16 new tokens):
 
     PYTHONPATH=. .venv/bin/python bench/gpu_check.py --shape tiny --out runs/gpu_check_tiny
 
@@ -160,7 +161,7 @@ SHAPES = {
 class Args:
     shape: Literal["1.5b", "tiny"] = "1.5b"
     """1.5b: Qwen2.5-Math-1.5B's shape, 64 prompts x 512 tokens (the GPU run); tiny: the same script on the
-    CPU in seconds (2 layers of width 64, the real vocabulary, 4 prompts x 16 tokens)"""
+    CPU in well under a minute (2 layers of width 32, the real vocabulary, 4 prompts x 16 tokens)"""
     out: str | None = None
     """directory of gpu_check.jsonl and gpu_check.md (default: $OUT if set, else runs/gpu_check)"""
     deadline_s: float = 270.0
@@ -253,8 +254,8 @@ def byte_symbols() -> dict[int, str]:
 
 def qwen_tokenizer(ranks_path: Path = QWEN_RANKS):
     """Qwen2.5's tokenizer from Qwen's BPE ranks (one ``base64(token) rank`` per line): the vocabulary is the
-    ranks; the merges are every split of a token into two tokens, in the order of the token they make (BPE
-    then merges as tiktoken does); NFC, Qwen's pre-tokenizer split, byte-level symbols; the control tokens
+    ranks, the merges every split of a token into two tokens, ordered by the rank of the token they make (so
+    BPE merges in tiktoken's order); NFC, Qwen's pre-tokenizer split, byte-level symbols; the control tokens
     at ids 151,643 onwards. Left padding with ``<|endoftext|>``, as ``common.model.load_policy`` sets up."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -688,6 +689,7 @@ def render_markdown(records: list[dict]) -> str:
             "",
         ]
     lines += [
+        "Positions/s: every position of the padded [rows, prompt + completion] batch per second of a step. "
         "Peak GiB: torch.cuda.max_memory_allocated over the measurement (empty on the CPU). MFU: model FLOPs "
         "(model_flops in bench/gpu_check.py) per timed step over the GPU's peak for the dtype "
         f"({', '.join(f'{k} {v}' for k, v in env['args'].items() if k.startswith('peak_'))} TFLOP/s).",
