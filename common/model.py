@@ -91,9 +91,18 @@ def load_policy(name: str, dtype: str = "float32", device: str = "cpu", gradient
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        set_gradient_checkpointing(model, True)
     return model, tokenizer
+
+
+def set_gradient_checkpointing(model, enabled: bool) -> None:
+    """``--gradient-checkpointing``: recompute each layer's activations in the backward pass (non-reentrant
+    checkpointing), with the KV cache off in the model's config while it is on; or turn it off again."""
+    if enabled:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+    model.config.use_cache = not enabled
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
