@@ -38,6 +38,8 @@ def test_clip_off_gradient_is_reinforce():
 def test_bad_flags_fail_in_validate():
     with pytest.raises(SystemExit, match="--no-clip is on-policy"):
         validate(Args(clip=False, updates_per_batch=2))
+    with pytest.raises(SystemExit, match="--no-clip is on-policy"):
+        validate(Args(clip=False, num_mini_batches=2))  # two optimizer steps per batch: off the policy
     with pytest.raises(SystemExit, match="--group-size must be >= 2"):
         validate(Args(group_size=1))
     validate(Args(clip=False))
