@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ALGOS = Path(__file__).resolve().parent.parent / "algos"
-SHARED = ("k3_kl", "truncated_is_weights", "clipped_surrogate", "aggregate_loss")  # copied into most files
+SHARED = ("k3_kl", "clipped_surrogate", "aggregate_loss")  # copied into most files
 SKELETON = ("validate", "main", "update_policy")  # every script's own: its flags, its loop, its update
 
 
