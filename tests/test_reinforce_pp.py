@@ -58,7 +58,16 @@ def test_bad_flags_fail_in_validate():
         validate(Args(gamma=0.0))
     with pytest.raises(SystemExit, match="--kl-coef must be >= 0"):
         validate(Args(kl_coef=-1.0))
-    validate(Args(baseline="group"))
+    with pytest.raises(SystemExit, match="--kl-reward-coef must be >= 0"):
+        validate(Args(kl_reward_coef=-1.0))
+    # each mode refuses the other mode's KL: --kl-coef is the k3 loss term of --baseline group only,
+    # --kl-reward-coef the KL in the token rewards of --baseline none only
+    with pytest.raises(SystemExit, match="--kl-coef is the k3 loss term of --baseline group"):
+        validate(Args(kl_coef=0.01))
+    with pytest.raises(SystemExit, match="pass --kl-reward-coef 0"):
+        validate(Args(baseline="group"))
+    validate(Args(baseline="group", kl_reward_coef=0.0))
+    validate(Args(baseline="group", kl_reward_coef=0.0, kl_coef=0.01))
 
 
 @pytest.mark.slow
