@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import algos.dapo
+import common.run
 from algos.dapo import (
     Args,
     aggregate_loss,
@@ -301,9 +302,15 @@ def expected_rounds(args: Args) -> list[tuple[int, int, int]]:
     return out
 
 
-def test_real_loop_fills_the_batch_counts_rounds_and_samples(random_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(algos.dapo, "Verifier", PerPromptVerifier)
-    args = loop_args(random_model_dir, tmp_path, "loop")
+@pytest.mark.parametrize("cache_len", [2, 0])
+def test_real_loop_fills_the_batch_counts_rounds_and_samples(
+    random_model_dir, tmp_path, monkeypatch, cache_len
+):
+    """The filter reads accuracy, not the shaped reward: with the length penalty on (cache 2 of 6 tokens) an
+    all-wrong group whose lengths differ is still dropped. ``zero_std_frac`` (the shared metric: groups whose
+    own rewards are all equal) is the filter's share exactly without the penalty, at most it with it."""
+    monkeypatch.setattr(common.run, "Verifier", PerPromptVerifier)
+    args = loop_args(random_model_dir, tmp_path, "loop", overlong_cache_len=cache_len)
     main(args)
     rows = [r for r in read_jsonl(tmp_path / "loop" / "metrics.jsonl") if "loss" in r]
     want = expected_rounds(args)
@@ -313,7 +320,10 @@ def test_real_loop_fills_the_batch_counts_rounds_and_samples(random_model_dir, t
         assert row["gen_rounds"] == rounds
         assert row["samples_generated"] == generated_groups * G_LOOP
         assert row["kept_frac"] == pytest.approx(mixed / generated_groups)
-        assert row["zero_std_frac"] == pytest.approx(1 - mixed / generated_groups)
+        if cache_len == 0:
+            assert row["zero_std_frac"] == pytest.approx(1 - mixed / generated_groups)
+        else:  # ±1 + R_len in [-1, 0]: right answers score in [0, 1], wrong ones in [-2, -1], never equal
+            assert row["zero_std_frac"] <= 1 - mixed / generated_groups + 1e-9
         assert row["trained_groups"] == trained == args.prompts_per_step
         assert row["skipped_steps"] == 0 and row["grad_norm"] > 0
 
@@ -323,7 +333,7 @@ def test_real_loop_at_the_cap_trains_on_nothing_and_keeps_the_weights(
 ):
     """Every group all right: each step generates max_gen_rounds rounds, keeps nothing, takes no optimizer
     step (counted), logs finite numbers, and the weights stay as they were."""
-    monkeypatch.setattr(algos.dapo, "Verifier", lambda: PerPromptVerifier(everything_right=True))
+    monkeypatch.setattr(common.run, "Verifier", lambda: PerPromptVerifier(everything_right=True))
     main(loop_args(random_model_dir, tmp_path, "cap", num_steps=2, max_gen_rounds=3))
     rows = [r for r in read_jsonl(tmp_path / "cap" / "metrics.jsonl") if "loss" in r]
     assert [r["gen_rounds"] for r in rows] == [3, 3]
@@ -338,7 +348,7 @@ def test_real_loop_at_the_cap_trains_on_nothing_and_keeps_the_weights(
 
 def test_without_dynamic_sampling_the_batches_are_grpos(random_model_dir, tmp_path, monkeypatch):
     """--no-dynamic-sampling: one round of --prompts-per-step prompts per step, at grpo.py's cursor."""
-    monkeypatch.setattr(algos.dapo, "Verifier", PerPromptVerifier)
+    monkeypatch.setattr(common.run, "Verifier", PerPromptVerifier)
     main(loop_args(random_model_dir, tmp_path, "nods", dynamic_sampling=False, overlong_cache_len=None))
     rows = [r for r in read_jsonl(tmp_path / "nods" / "metrics.jsonl") if "loss" in r]
     counts = [(r["gen_rounds"], r["samples_generated"], r["trained_groups"]) for r in rows]
