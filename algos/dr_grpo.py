@@ -65,6 +65,9 @@ METHOD = MethodInfo(
     "the policy gradient of E[r], and the token sum over L_max scales it by 1/L_max (no per-prompt 1/std)",
     verl="yes: `rlvr_dr_grpo` + `rlvr_clip` (grpo.py's functions)",
     contradiction=({"group_size": 1}, "--group-size must be >= 2"),
+    variants={
+        "dr_grpo-2x": ["--updates-per-batch", "2"]
+    },  # off the policy: NFT's comparison (docs/methods/nft.md)
 )
 
 
