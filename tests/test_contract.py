@@ -41,9 +41,11 @@ def exempt_lines(path: Path) -> set[int]:
     for i, node in enumerate(tree.body):
         if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             out.update(span(node))  # the module docstring
-        elif isinstance(node, ast.Import | ast.ImportFrom):
-            out.update(span(node))
-        elif isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "METHOD" for t in node.targets):
+        elif (
+            isinstance(node, ast.Import | ast.ImportFrom)
+            or isinstance(node, ast.Assign)
+            and any(getattr(t, "id", "") == "METHOD" for t in node.targets)
+        ):
             out.update(span(node))
         elif isinstance(node, ast.ClassDef) and node.name == "Args":
             for field in node.body:
@@ -102,7 +104,9 @@ def test_covered_by_a_tag_reads_blocks():
     assert covered_by_a_tag(lines, [3], 3)  # directly under the tag
     assert not covered_by_a_tag(lines, [5], 5)  # inside a nested block: its header has no tag
     assert not covered_by_a_tag(lines, [7], 7)  # after a blank line
-    assert covered_by_a_tag(lines, [7], 7) is False and covered_by_a_tag(["# Modification 2 (vs GRPO)"], [1], 1)
+    assert covered_by_a_tag(lines, [7], 7) is False and covered_by_a_tag(
+        ["# Modification 2 (vs GRPO)"], [1], 1
+    )
 
 
 def test_every_file_declares_its_method():

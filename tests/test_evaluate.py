@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from common.evaluate import default_ks, pass_at_k, pass_at_k_curve
+from common.evaluate import default_ks, pass_at_k, pass_at_k_curve, pass_hat_k, pass_hat_k_curve
 from common.tracking import save_pass_at_k
 
 
@@ -101,3 +101,44 @@ def test_length_measurement_counts_every_sample_and_splits_right_from_wrong(tiny
     assert stats["samples"] == 24 and 0.0 <= stats["accuracy"] <= 1.0 and 0.0 <= stats["truncated"] <= 1.0
     for key in ("len_right", "len_wrong"):
         assert math.isnan(stats[key]) or 1 <= stats[key] <= 40, stats
+
+
+def brute_force_pass_hat_k(n: int, c: int, k: int) -> float:
+    """Fraction of all k-subsets of n samples (the first c correct) in which every sample is correct."""
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(all(i < c for i in subset) for subset in subsets) / len(subsets)
+
+
+def test_pass_hat_k_hand_computed():
+    assert pass_hat_k(4, 3, 2) == pytest.approx(3 / 6)  # C(3,2) / C(4,2)
+    assert pass_hat_k(10, 5, 3) == pytest.approx(10 / 120)  # C(5,3) / C(10,3)
+    assert pass_hat_k(16, 12, 4) == pytest.approx(495 / 1820)  # C(12,4) / C(16,4)
+    assert pass_hat_k(4, 1, 1) == 0.25  # pass^1 = pass@1, the plain success rate
+    assert pass_hat_k(5, 2, 3) == 0.0  # fewer right samples than k
+    assert pass_hat_k(5, 5, 5) == 1.0
+    assert pass_hat_k(5, 0, 1) == 0.0
+
+
+def test_pass_hat_k_matches_brute_force_and_never_exceeds_pass_at_k():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert pass_hat_k(n, c, k) == pytest.approx(brute_force_pass_hat_k(n, c, k), abs=1e-12)
+                assert pass_hat_k(n, c, k) <= pass_at_k(n, c, k) + 1e-12
+            assert pass_hat_k(n, c, 1) == pytest.approx(pass_at_k(n, c, 1))
+
+
+@pytest.mark.parametrize(("n", "c", "k", "message"), [(4, 1, 5, "k=5"), (4, 5, 1, "c=5"), (0, 0, 1, "n=0")])
+def test_pass_hat_k_rejects_invalid_arguments(n, c, k, message):
+    with pytest.raises(ValueError, match=message):
+        pass_hat_k(n, c, k)
+
+
+def test_pass_hat_k_curve():
+    curve = pass_hat_k_curve([0, 1, 4], n=4)
+    assert list(curve) == [1, 2, 4]
+    assert curve[1] == pytest.approx((0 + 0.25 + 1) / 3)
+    assert curve[2] == pytest.approx((0 + 0 + 1) / 3)
+    assert curve[4] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="empty"):
+        pass_hat_k_curve([], n=4)

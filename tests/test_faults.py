@@ -9,28 +9,15 @@ import os
 
 import pytest
 import torch
+from smoke import smoke_args
 
 import common.checkpoint as checkpoint
+import common.run
 from common.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from common.registry import methods
 from common.tracking import read_jsonl
 
-SCRIPTS = [
-    "grpo",
-    "nsr",
-    "bnpo",
-    "topr",
-    "oreal",
-    "expo",
-    "dapo",
-    "ppo",
-    "reinforce_ada",
-    "nft",
-    "dr_grpo",
-    "rloo",
-    "reinforce_pp",
-    "rlcr",
-    "prefix_rft",
-]
+SCRIPTS = list(methods())
 
 
 class PretrainedLinear(torch.nn.Linear):
@@ -96,7 +83,7 @@ def test_unwritable_or_full_output_directory_stops_before_anything_loads(script,
     def must_not_load(*args, **kwargs):
         raise AssertionError("loaded data or a model before checking the output directory")
 
-    monkeypatch.setattr(module, "load_examples", must_not_load)
+    monkeypatch.setattr(common.run, "load_examples", must_not_load)
     monkeypatch.setattr(module, "load_policy", must_not_load)
     regular_file = tmp_path / "a_file"
     regular_file.write_text("")  # tests run as root, where permissions would not stop a write
@@ -155,15 +142,7 @@ def test_run_whose_save_fails_resumes_exactly(random_model_dir, tmp_path, monkey
     ]
 
 
-RESUME_SHAPES = {  # two optimizer steps each
-    **{algo: dict(num_steps=2, prompts_per_step=2, group_size=4) for algo in ["grpo", "nsr", "bnpo", "oreal", "expo", "dapo", "nft", "dr_grpo", "rloo", "reinforce_pp", "rlcr", "prefix_rft"]},
-    "reinforce_ada": dict(num_steps=2, prompts_per_step=2, group_size=4, round_repeat=4),
-    "ppo": dict(num_steps=2, prompts_per_step=2, group_size=1, sft_epochs=0.001),
-    "topr": dict(iterations=1, questions_per_iteration=2, samples_per_question=4, epochs=1, batch_size=4),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("algo", RESUME_SHAPES)
+@pytest.mark.parametrize("algo", SCRIPTS)
 def test_resume_without_a_checkpoint_starts_fresh_and_says_so(algo, random_model_dir, tmp_path, capsys):
     """--resume in a run directory without a checkpoint (here: logs of a run stopped before its first
     save) is a fresh run: one line says so, the old logs are replaced, and every step is logged once."""
@@ -172,21 +151,64 @@ def test_resume_without_a_checkpoint_starts_fresh_and_says_so(algo, random_model
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 0, "eval/pass@1": 0.5}\n{"step": 1, "reward_mean": 0.0}\n')
     module.main(
-        module.Args(
-            model_name_or_path=str(random_model_dir),
-            output_dir=str(tmp_path),
-            run_name="run",
-            resume=True,
-            save_every=5,
-            eval_every=0,
-            micro_batch_size=8,
-            max_new_tokens=8,
-            eval_problems=2,
-            eval_n=2,
-            **RESUME_SHAPES[algo],
-        )  # fmt: skip
-    )
+        smoke_args(
+            algo, "--num-steps=2", model_name_or_path=str(random_model_dir), output_dir=str(tmp_path),
+            run_name="run", resume=True,
+        )
+    )  # fmt: skip
     err = capsys.readouterr().err
     assert err.count("--resume: no checkpoint in") == 1, err
     steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl")]
     assert steps == [0, 1, 2], steps
+
+
+class StopAfter:
+    """common.checkpoint.StopRequest as if Ctrl-C came during step ``n``: requested once ``n`` steps ran."""
+
+    n = 2
+
+    def __init__(self):
+        self.calls = 0
+
+    @property
+    def requested(self):
+        self.calls += 1  # read once per step, after its body (common/run.py's Run.steps)
+        return self.calls >= self.n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("algo", SCRIPTS)
+def test_every_method_resumes_exactly_after_a_stop(algo, random_model_dir, tmp_path, monkeypatch):
+    """Stopped (Ctrl-C) after step 2 of 3 and resumed with --resume, every method logs exactly the metrics of
+    a run that was never stopped: the data order, the RNG states, the optimizer and the method's own state
+    (``run.extra``, extra modules) all travel in the checkpoint."""
+    module = importlib.import_module(f"algos.{algo}")
+
+    def args(name, resume=False):
+        return smoke_args(
+            algo, "--num-steps=3", "--eval-every=2", model_name_or_path=str(random_model_dir),
+            output_dir=str(tmp_path), run_name=name, resume=resume,
+        )  # fmt: skip
+
+    module.main(args("straight"))
+    monkeypatch.setattr(common.run, "StopRequest", StopAfter)
+    with pytest.raises(SystemExit) as stopped:
+        module.main(args("stopped"))
+    assert stopped.value.code == 130
+    monkeypatch.undo()
+    module.main(args("stopped", resume=True))
+    got = read_jsonl(tmp_path / "stopped" / "metrics.jsonl")
+    want = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    assert [r["step"] for r in got] == [r["step"] for r in want] == [0, 1, 2, 3]
+    timing = ("step_time", "samples_per_s")
+    for g, w in zip(got, want):
+        assert set(g) == set(w), (g["step"], sorted(set(g) ^ set(w)))
+        for key, value in w.items():
+            if key in timing or value is None:
+                continue
+            assert g[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (algo, g["step"], key)

@@ -112,9 +112,65 @@ def test_importing_the_script_has_no_side_effects(capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_truncated_importance_weights_cap_and_no_gradient():
-    from algos.grpo import truncated_is_weights
+class RecordingOptimizer:
+    """An optimizer that takes no step: it records the gradient it is given at every step."""
 
-    old = torch.log(torch.tensor([[0.5, 0.9, 0.2]])).requires_grad_()
-    w = truncated_is_weights(old, torch.log(torch.tensor([[0.1, 0.9, 0.4]])), cap=2.0)
-    assert torch.allclose(w, torch.tensor([[2.0, 1.0, 0.5]])) and not w.requires_grad
+    def __init__(self, model):
+        self.model, self.grads = model, []
+
+    def step(self):
+        self.grads.append(
+            torch.cat([p.grad.flatten().clone() for p in self.model.parameters() if p.grad is not None])
+        )
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=set_to_none)
+
+
+@pytest.fixture(scope="module")
+def batch_and_model(random_model_dir):
+    """A real rollout of the random model (12 rows) and group advantages, for update_policy."""
+    from common.model import load_policy
+    from common.rollout import HFSampler
+
+    model, tok = load_policy(str(random_model_dir))
+    torch.manual_seed(0)
+    rollout = HFSampler(model, tok).generate(["1+1=", "2+3=", "7-4="], n=4, max_new_tokens=6)
+    rewards = torch.tensor([[1.0, 0, 0, 1], [0, 0, 0, 1], [1, 1, 0, 0]])
+    return model, {"rollout": rollout, "advantages": grpo_advantages(rewards).view(-1)}
+
+
+def test_update_policy_is_callable_and_micro_batching_never_changes_the_gradient(batch_and_model):
+    """grpo.update_policy on a batch without main(): one optimizer step per pass and mini-batch, and the
+    gradient of each step is the same for every micro-batch size (the aggregation divides by the whole
+    mini-batch's counts)."""
+    from algos.grpo import Args, update_policy
+
+    model, batch = batch_and_model
+    grads = {}
+    for size in (12, 5, 1):
+        optimizer = RecordingOptimizer(model)
+        stats = update_policy(model, optimizer, batch, Args(micro_batch_size=size, max_grad_norm=1e9))
+        grads[size] = optimizer.grads
+        assert len(optimizer.grads) == 1 and stats["clip_frac"] == 0.0  # one step, ratio 1: nothing clipped
+    for size in (5, 1):
+        assert torch.allclose(grads[size][0], grads[12][0], rtol=1e-4, atol=1e-7)
+    assert grads[12][0].abs().sum() > 0
+
+
+def test_update_policy_takes_passes_times_mini_batches_steps(batch_and_model):
+    """--updates-per-batch 2 --num-mini-batches 3: six optimizer steps; the first mini-batch's gradient is that
+    of its rows alone (groups stay whole: 4 rows = one prompt each), and the logged stats are finite."""
+    import copy
+
+    from algos.grpo import Args, update_policy
+
+    model, batch = batch_and_model
+    copied = copy.deepcopy(model)
+    optimizer = RecordingOptimizer(copied)
+    update_policy(copied, optimizer, batch, Args(updates_per_batch=2, num_mini_batches=3, max_grad_norm=1e9))
+    assert len(optimizer.grads) == 6
+    first_rows = {"rollout": batch["rollout"].select(torch.arange(4)), "advantages": batch["advantages"][:4]}
+    alone = RecordingOptimizer(model)
+    update_policy(model, alone, first_rows, Args(max_grad_norm=1e9))
+    assert torch.allclose(optimizer.grads[0], alone.grads[0], rtol=1e-4, atol=1e-7)

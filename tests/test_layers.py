@@ -134,3 +134,25 @@ def test_the_readme_layout_matches_the_tree():
     assert positions == sorted(positions), "README's Layout lists common/ out of LAYERS' order"
     for folder in ("algos", "common", "worlds", "tests", "bench", "docs"):
         assert f"\n{folder}/" in layout and (COMMON.parent / folder).is_dir(), folder
+
+
+def test_the_trl_benchmark_worker_imports_without_matplotlib_or_tensorboard():
+    """bench/trl_bench.py's TRL worker runs in an environment made by its documented install line, which has
+    neither matplotlib nor tensorboard: the common modules it imports must not need them at import time."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('matplotlib', 'tensorboard') or name.startswith('torch.utils.tensorboard'):\n"
+        "            raise ImportError(f'{name} is not installed in the TRL environment')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import common.tiny_world, common.verify, common.data, common.evaluate, common.model\n"
+        "print('ok')\n"
+    )
+    root = COMMON.parent
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -3,7 +3,7 @@
 import torch
 
 from common.model import completion_logprobs
-from common.rollout import HFSampler, completion_mask_from_ids
+from common.rollout import HFSampler, completion_mask_from_ids, sampling_scores
 
 
 def test_mask_keeps_eos_and_drops_padding_when_pad_equals_eos():
@@ -125,3 +125,51 @@ def test_a_truncated_continuation_after_a_shorter_prefix_gets_no_eos_from_the_pa
     for row in range(6):
         sampled[row, : len(prefixes[row // 2])] = 0
     assert ((logprobs - r.behavior_logprobs).abs() * sampled).max() < 1e-4
+
+
+def teacher_forced_sampling_logprobs(model, rollout, temperature: float, top_p: float) -> torch.Tensor:
+    """[B, C] log-probs of the rollout's tokens under ``sampling_scores`` of a full forward pass: what the
+    sampler should have recorded, computed without the sampler."""
+    from common.model import position_ids_from_mask
+
+    C = rollout.completion_ids.shape[1]
+    with torch.no_grad():
+        logits = model(
+            input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+            position_ids=position_ids_from_mask(rollout.attention_mask),
+        ).logits[:, -C - 1 : -1]  # fmt: skip
+    scores = torch.stack([sampling_scores(logits[:, t], temperature, top_p) for t in range(C)], dim=1)
+    return torch.log_softmax(scores, -1).gather(-1, rollout.completion_ids[..., None]).squeeze(-1)
+
+
+def test_top_p_behaviour_logprobs_are_the_nucleus_distribution_and_raw_ones_are_not(tiny_policy):
+    """With top-p < 1 the sampler records the log-probs of the distribution it drew from (temperature, then
+    the nucleus renormalised) as behavior_logprobs, and the temperature-only ones as raw_logprobs, which the
+    trainer's completion_logprobs reproduce. Every drawn token lies in its nucleus."""
+    model, tok = tiny_policy
+    torch.manual_seed(3)
+    r = HFSampler(model, tok).generate(["Compute 3+4-1.\n", "Compute (11+9)*2+7.\n"], n=4, max_new_tokens=40,
+                                       temperature=0.7, top_p=0.9)  # fmt: skip
+    m = r.completion_mask.bool()
+    C = r.completion_ids.shape[1]
+    want = teacher_forced_sampling_logprobs(model, r, 0.7, 0.9)
+    assert torch.isfinite(want[m]).all()  # no drawn token was outside its nucleus
+    assert torch.allclose(r.behavior_logprobs[m], want[m], atol=2e-4)
+    with torch.no_grad():
+        raw, _ = completion_logprobs(model, r.input_ids, r.attention_mask, C, temperature=0.7)
+    assert torch.allclose(r.raw_logprobs[m], raw[m], atol=2e-4)
+    mass = torch.exp(r.raw_logprobs[m] - r.behavior_logprobs[m])
+    assert (mass <= 1 + 1e-5).all() and (mass >= 0.9 - 1e-5).all() and (mass < 1 - 1e-3).any()
+
+
+def test_sampling_scores_keep_the_same_nucleus_as_transformers():
+    """The nucleus rule is transformers' TopPLogitsWarper's (and vLLM's): the same tokens survive."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    torch.manual_seed(0)
+    logits = torch.randn(64, 50) * 3
+    for top_p in (0.3, 0.7, 0.9, 0.99):
+        ours = torch.isfinite(sampling_scores(logits, 1.0, top_p))
+        theirs = torch.isfinite(TopPLogitsWarper(top_p)(None, logits.clone()))
+        assert torch.equal(ours, theirs), top_p
+    assert torch.equal(sampling_scores(logits, 0.5, 1.0), logits / 0.5)

@@ -1,4 +1,4 @@
-"""How the algorithm files read (STYLE.md), checked: `# Modification k (vs GRPO)` tags are numbered in the
+"""How the algorithm files read (CONTRIBUTING.md), checked: `# Modification k (vs GRPO)` tags are numbered in the
 order the reader meets them, and no line hides a long statement behind `# fmt: skip`."""
 
 import re
