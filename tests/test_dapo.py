@@ -501,16 +501,21 @@ def test_interrupted_run_resumes_the_prompt_stream_exactly(tiny_world_dir, tmp_p
 
 @pytest.mark.slow
 def test_dapo_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
-    """DAPO with its defaults for 60 steps (seed 1) raises held-out pass@1 by at least 0.10 over the base
-    policy and the training accuracy rises. The margin and length are those of grpo.py's learning test
-    (measured there: +0.17 to +0.20); DAPO's own gain at these settings has not been measured yet."""
+    """DAPO for 14 steps of 8 kept groups x 8 samples (rounds of 12 prompts, seed 1, its other defaults)
+    raises held-out pass@1 (60 problems x 4 samples) by at least 0.05 and the training accuracy (the mean of
+    the last 5 steps against the first 5) by at least 0.04. Measured (one torch thread, about 21 s of CPU):
+    seed 1 0.338 -> 0.454 (+0.117), accuracy 0.329 -> 0.383 (+0.054); seed 2 0.358 -> 0.421 (+0.062),
+    0.350 -> 0.442 (+0.092); seed 3 0.292 -> 0.458 (+0.167), 0.342 -> 0.431 (+0.089). (60 steps of its
+    defaults, the earlier length: 0.338 -> 0.521, accuracy 0.396 -> 0.541 over the first and last 10 steps.)"""
     out = main(
-        Args(num_steps=60, eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
-    )
+        Args(num_steps=14, prompts_per_step=8, gen_prompts_per_round=12, group_size=8, max_new_tokens=64,
+             eval_problems=60, eval_n=4, eval_every=0, save_every=1000, output_dir=str(tmp_path),
+             run_name="learn", seed=1)
+    )  # fmt: skip
     rows = [r for r in read_jsonl(tmp_path / "learn" / "metrics.jsonl") if "accuracy" in r]
-    first, last = sum(r["accuracy"] for r in rows[:10]) / 10, sum(r["accuracy"] for r in rows[-10:]) / 10
+    first, last = sum(r["accuracy"] for r in rows[:5]) / 5, sum(r["accuracy"] for r in rows[-5:]) / 5
     gain = out["final"]["pass@1"] - out["base"]["pass@1"]
-    print(json.dumps({"base": out["base"]["pass@1"], "final": out["final"]["pass@1"], "accuracy": [first, last],
-                      "samples": sum(r["samples_generated"] for r in rows)}))  # fmt: skip
-    assert last >= first + 0.05, f"training accuracy {first:.3f} -> {last:.3f}"
-    assert gain >= 0.10, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"
+    print(json.dumps({"base": out["base"]["pass@1"], "final": out["final"]["pass@1"],
+                      "accuracy": [first, last], "samples": sum(r["samples_generated"] for r in rows)}))  # fmt: skip
+    assert last >= first + 0.04, f"training accuracy {first:.3f} -> {last:.3f}"
+    assert gain >= 0.05, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"
