@@ -506,7 +506,7 @@ def test_dapo_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
     the last 5 steps against the first 5) by at least 0.04. Measured (one torch thread, about 21 s of CPU):
     seed 1 0.338 -> 0.454 (+0.117), accuracy 0.329 -> 0.383 (+0.054); seed 2 0.358 -> 0.421 (+0.062),
     0.350 -> 0.442 (+0.092); seed 3 0.292 -> 0.458 (+0.167), 0.342 -> 0.431 (+0.089). (60 steps of its
-    defaults, the earlier length: 0.338 -> 0.521, accuracy 0.396 -> 0.541 over the first and last 10 steps.)"""
+    defaults, the earlier length: 0.338 -> 0.521, accuracy 0.396 -> 0.541, first and last 10 steps.)"""
     out = main(
         Args(num_steps=14, prompts_per_step=8, gen_prompts_per_round=12, group_size=8, max_new_tokens=64,
              eval_problems=60, eval_n=4, eval_every=0, save_every=1000, output_dir=str(tmp_path),
