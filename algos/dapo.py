@@ -10,7 +10,7 @@ Idea: GRPO (group-relative advantages, PPO-clip), with four fixes for long-CoT R
    with A > 0 can grow further before the clip stops them: against entropy collapse.
 2. Dynamic sampling: a group whose accuracy is exactly 0 or 1 has A = 0 and no gradient. Over-sample,
    drop such groups, keep generating until the batch holds the asked number of prompts.
-3. Token-level loss: one mean over every token of the batch, so a long response weighs by its length.
+3. Token-level loss: one mean over every token of a mini-batch, so a long response weighs by its length.
 4. Overlong reward shaping: a soft length penalty added to the ±1 correctness reward, and (a flag)
    overlong filtering, which masks the loss of truncated samples.
 
@@ -19,10 +19,17 @@ Objective (maximised; ρ = π_θ / π_old per token; Â_i = (R_i − mean(R)) / 
     J(θ) = E_q [ (1 / Σ_i |o_i|) Σ_i Σ_t min(ρ_{i,t} Â_i, clip(ρ_{i,t}, 1 − ε_low, 1 + ε_high) Â_i) ]
            s.t. 0 < |{o_i correct}| < G                        (dynamic sampling; no KL term)
 
-    R_i = (+1 if o_i is correct else −1) + R_len(|o_i|), with L_max = --max-new-tokens, L_cache = --overlong-cache-len:
+    R_i = (+1 if o_i is correct else −1) + R_len(|o_i|)     (L_max: --max-new-tokens)
     R_len(|y|) = 0                                 if |y| <= L_max − L_cache
                = ((L_max − L_cache) − |y|) / L_cache  if L_max − L_cache < |y| <= L_max
-               = −1                                if |y| > L_max
+               = −1                                if |y| > L_max      (L_cache: --overlong-cache-len)
+
+Modification 1: clip-higher: ``--clip-high`` defaults to 0.28 (ε_low stays 0.2).
+Modification 2: token-level loss: ``--loss-agg`` defaults to ``token-mean``.
+Modification 3: dynamic sampling: rounds of prompts until the batch holds Q groups of mixed accuracy.
+Modification 4: overlong reward shaping (the soft length penalty R_len) and overlong filtering (a flag).
+Modification 5: the reward is +1 if correct else −1 (grpo.py: 1/0), plus R_len.
+Modification 6: a step with nothing to train on takes no optimizer step (counted in ``skipped_steps``).
 
 Defaults and sources: ε_low 0.2 / ε_high 0.28, token-mean, no KL, the filter on accuracy (verl
 ``filter_groups.metric=acc``) with at most 10 generation rounds per step (``max_num_gen_batches=10``), ±1
@@ -30,16 +37,15 @@ reward (paper eq. 7, verl ``math_dapo.compute_score``) and R_len (paper eq. 13) 
 verl script's. Paper scale: Qwen2.5-32B base, 512 prompts × 16 responses (the verl script generates rounds
 of 3 × 512 prompts), mini-batch 512 responses (16 updates per rollout step), AdamW lr 1e-6 constant after
 a 20-step warm-up, L_max 20480 = 16384 expected + 4096 cache, evaluation at temperature 1.0, top-p 0.7
-(avg@32): that run is scaled down to one GPU in the README's command line. L_cache defaults to L_max / 5,
-the paper's 4096 / 20480. The tiny world keeps grpo.py's batch, learning rate and L_max = 80 (so L_cache =
-16) and over-samples rounds of 24 prompts for the 16 groups an update takes.
+(avg@32): that run is scaled down to one GPU in docs/methods/dapo.md. L_cache defaults to L_max / 5, the
+paper's 4096 / 20480. The tiny world keeps grpo.py's batch (``--prompts-per-step`` 16: the groups kept for
+the update), learning rate and L_max = 80 (so L_cache = 16) and over-samples rounds of 24 prompts for the
+16 groups an update takes.
 
 The tiny world, measured (the first 7 steps of ``./run.sh dapo``, 1,344 completions, metrics.jsonl): no
 completion was truncated at 80 tokens and the longest were 75 and 65, so with L_cache = 16 (penalty from
 65 tokens on) the soft punishment touches only a rare rambling completion and overlong filtering has
-nothing to mask; both act on a real model, whose answers run into the limit. Likewise with
-``--updates-per-batch 1`` (the default, as grpo.py) the ratio is exactly 1 and no clip binds, high or low:
-clip-higher acts only with several updates per rollout batch (the paper makes 16).
+nothing to mask; both act on a real model, whose answers run into the limit.
 
 Deviations / choices:
 - Reward ±1, as the paper and verl (not grpo.py's 0/1). Without the length penalty the advantage is the
@@ -53,7 +59,7 @@ Deviations / choices:
   answer whose EOS is token L_max gets −1 too (as in verl). ``--overlong-cache-len 0`` turns R_len off.
 - Overlong filtering (``--overlong-filter``, off by default: verl does not implement it, and its docs say
   the paper's best run did not use it): truncated samples keep their reward inside their group's mean
-  and std, but their tokens leave the loss and the token count.
+  and std, but leave the update (its loss, its token count and its sequence count).
 - The dynamic-sampling filter reads accuracy, not the shaped reward (verl ``metric=acc``): an all-wrong
   group whose lengths differ is still dropped. Prompts are drawn in rounds of ``--gen-prompts-per-round``
   from the seeded prompt stream (a cursor, saved in the checkpoint, so resume draws the same prompts);
@@ -62,34 +68,43 @@ Deviations / choices:
   trains on the groups it has (logged in ``trained_groups``), and takes no optimizer step if it has none
   (counted in ``skipped_steps``; the lr schedule still advances). A run never stops for a hard batch.
 - Every sample generated in a step, all rounds, is counted in ``samples_generated`` (compare at equal
-  samples, not equal steps; ``--max-samples`` ends the run at the step that reaches a budget); ``reward_mean``, ``accuracy``, ``zero_std_frac`` and the length metrics are over
-  all of them, ``kept_frac`` is the share of generated groups the filter kept.
+  samples, not equal steps; ``--max-samples`` ends the run at the step that reaches a budget);
+  ``reward_mean``, ``accuracy``, ``zero_std_frac`` (groups whose shaped rewards are all equal) and the length
+  metrics are over all of them, ``kept_frac`` is the share of generated groups the filter kept.
 - The loss has no dual clip: verl's ``compute_policy_loss_vanilla`` also caps the loss of A < 0 tokens at
   −A·c (``clip_ratio_c`` 10 in the DAPO script), which binds only once ρ > 10.
-- The paper's 16 mini-batch updates per rollout step become ``--updates-per-batch`` passes over the
-  whole batch (as in grpo.py); the token mean then runs over the whole batch, not each mini-batch.
 """
 
 import copy
-import random
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import tyro
 
-from common.checkpoint import StopRequest, check_writable, load_checkpoint, resume_checkpoint, save_checkpoint
-from common.data import build_prompt, load_examples
-from common.evaluate import evaluate_policy
-from common.model import completion_logprobs, load_policy
+from common.model import completion_logprobs, load_policy, rollout_logprobs
 from common.preflight import check_run_args
+from common.registry import MethodInfo
 from common.rollout import concat_rollouts, make_sampler
-from common.tracking import Progress, Tracker, report_before_after
-from common.verify import Verifier
+from common.rollout_correction import rollout_correction
+from common.rollout_types import sampler_gap
+from common.run import Run, warmup_scheduler
+
+METHOD = MethodInfo(
+    name="DAPO",
+    paper="Yu et al., DAPO: An Open-Source LLM Reinforcement Learning System at Scale, arXiv 2503.14476",
+    arxiv="2503.14476",
+    change="clip-higher, dynamic sampling, token-level loss, overlong reward shaping (±1 reward)",
+    gradient_tier=2,
+    gradient_claim="biased by design: GRPO's per-prompt 1/std; the filter drops only groups whose advantages "
+    "are all 0, so each kept group's gradient is GRPO's, but the batch is refilled from prompts of mixed "
+    "outcome (each prompt reweighted by P(0 < correct < G)); token-mean weights a completion by its length; "
+    "R_len adds a length term to the objective",
+    verl="loss half: `rlvr_grpo` + `rlvr_dapo`; dynamic sampling: verl's `algorithm.filter_groups`",
+    contradiction=({"overlong_cache_len": 80}, "--overlong-cache-len must be in [0, --max-new-tokens 80)"),
+    smoke_flags=("--gen-prompts-per-round", "4"),
+)
 
 
 @dataclass
@@ -132,23 +147,33 @@ class Args:
     rollout: Literal["hf", "vllm"] = "hf"
     """rollout engine: HF generate or vLLM"""
     prompts_per_step: int = 16
-    """prompts per training step (with dynamic sampling: groups kept for the update)"""
+    """prompts per training step"""
     group_size: int = 8
     """G: completions sampled per prompt"""
     max_new_tokens: int = 80
-    """completion length limit: L_max of the overlong penalty (and of seq-mean-token-sum-norm)"""
+    """completion length limit in tokens (also L_max of seq-mean-token-sum-norm)"""
     temperature: float = 1.0
     """sampling temperature (training and evaluation)"""
     top_p: float = 1.0
     """nucleus sampling threshold"""
     vllm_gpu_memory_utilization: float = 0.3
     """share of GPU memory vLLM may take (weights + KV cache) with --rollout vllm"""
-    tis_cap: float = 0.0
-    """C: weight each token's loss by min(π_old / π_sampler, C) to correct the sampler/trainer mismatch (0: off)"""
+    rollout_is: Literal["none", "token-tis", "seq-tis", "token-mis", "seq-mis", "icepop"] = "none"
+    """importance weights for the sampler/trainer mismatch, a function of π_old / π_sampler (common/rollout_correction.py)"""
+    rollout_is_threshold: float = 2.0
+    """upper bound of the ratio π_old / π_sampler: truncation (TIS) or mask (MIS, IcePop) threshold"""
+    rollout_is_threshold_low: float = 0.5
+    """lower bound of the ratio π_old / π_sampler below which MIS and IcePop mask a token or sequence"""
+    rollout_rs: Literal["none", "opsm", "geo-mean", "k3"] = "none"
+    """rejection of sequences too far from the sampler (common/rollout_correction.py)"""
+    rollout_rs_threshold: float = 0.5
+    """δ: the rejection threshold of --rollout-rs"""
 
     # --- optimisation ---
     num_steps: int = 100
     """training steps (one rollout batch each)"""
+    max_samples: int = 0
+    """stop after the step whose generated completions reach this many (0: no budget; bench/compare.py)"""
     learning_rate: float = 1e-4
     """AdamW learning rate (constant after warm-up)"""
     warmup_steps: int = 5
@@ -160,7 +185,9 @@ class Args:
     micro_batch_size: int = 64
     """sequences per forward/backward pass (gradient accumulation over the batch)"""
     updates_per_batch: int = 1
-    """optimizer steps on each rollout batch (μ in the paper); ratios equal 1 when it is 1"""
+    """passes over each rollout batch (μ in the paper, PPO's epochs); the ratio π_θ / π_old is 1 on the first"""
+    num_mini_batches: int = 1
+    """optimizer steps per pass: each pass splits the rollout batch into this many mini-batches"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass to save memory"""
 
@@ -169,12 +196,12 @@ class Args:
     """ε_low: lower clip of the ratio (1 − ε_low)"""
     # Modification 1 (vs GRPO): clip-higher, ε_high 0.28 > ε_low 0.2 (paper, verl clip_ratio_high)
     clip_high: float = 0.28
-    """ε_high: upper clip of the ratio (1 + ε_high); DAPO's clip-higher (paper: 0.28)"""
+    """ε_high: upper clip of the ratio (1 + ε_high)"""
     kl_coef: float = 0.0
-    """β: weight of the k3 KL to the initial policy; 0 (DAPO: no KL term) loads no reference model"""
-    # Modification 2 (vs GRPO): token-level loss, one mean over every token of the batch
-    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "token-mean"
-    """how per-token losses are averaged (DAPO: token-mean; see grpo.py for the others)"""
+    """β: weight of the k3 KL to the initial policy, a loss term; 0 loads no reference model"""
+    # Modification 2 (vs GRPO): token-level loss, one mean over every token of a mini-batch
+    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "token-mean"  # fmt: skip
+    """how per-token losses are averaged over a mini-batch (grpo.py's module docstring)"""
     scale_rewards: Literal["group", "none"] = "group"
     """divide advantages by the group std (GRPO) or not (Dr. GRPO)"""
     # Modification 3 (vs GRPO): dynamic sampling, rounds of prompts until enough groups of mixed accuracy
@@ -184,9 +211,6 @@ class Args:
     """prompts per generation round with dynamic sampling (verl gen_batch_size; its DAPO script: 3 x 512)"""
     max_gen_rounds: int = 10
     """cap on generation rounds per step (verl max_num_gen_batches: 10); at the cap, train on what was kept"""
-    max_samples: int = 0
-    """stop after the step in which the samples generated (all rounds, all steps) reach this many (0: only
-    --num-steps stops): a budget in samples, as bench/compare.py gives every method"""
     # Modification 4 (vs GRPO): overlong reward shaping
     overlong_cache_len: int | None = None
     """L_cache: soft overlong punishment in the last L_cache tokens up to L_max; default L_max // 5 (paper: 4096 of 20480); 0: off"""
@@ -249,18 +273,6 @@ def clipped_surrogate(
     return per_token_loss, (clipped < unclipped).detach()
 
 
-def truncated_is_weights(
-    old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, cap: float
-) -> torch.Tensor:
-    """Truncated importance weights min(π_old / π_sampler, C), detached: they correct for the sampler
-    (e.g. vLLM) computing slightly different probabilities than the trainer (as TRL and verl do).
-
-    >>> truncated_is_weights(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])), cap=2.0)
-    tensor([[2., 1.]])
-    """
-    return torch.exp(old_logprobs - behavior_logprobs).clamp(max=cap).detach()
-
-
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0, 0 when equal).
 
@@ -275,15 +287,16 @@ def aggregate_loss(
     per_token_loss: torch.Tensor,  # [b, C] losses of one micro-batch
     mask: torch.Tensor,  # [b, C] completion mask
     mode: str,
-    num_sequences: int,  # sequences in the WHOLE batch (all micro-batches)
-    num_tokens: int,  # completion tokens in the whole batch
+    num_sequences: int,  # sequences in the whole mini-batch (all its micro-batches)
+    num_tokens: int,  # completion tokens in the whole mini-batch
     max_len: int,  # L_max for seq-mean-token-sum-norm
 ) -> torch.Tensor:
-    """Reduce per-token losses to a scalar so that summing over micro-batches gives the batch loss.
+    """Reduce per-token losses to a scalar so that summing over micro-batches gives the mini-batch loss.
 
     Two sequences, losses [[1, 1, 0], [4, 0, 0]] with masks [[1, 1, 0], [1, 0, 0]]:
       seq-mean-token-mean:      ((1+1)/2 + 4/1) / 2 = 2.5
       token-mean:               (1+1+4) / 3        = 2.0
+      seq-mean-token-sum:       ((1+1) + 4) / 2    = 3.0
       seq-mean-token-sum-norm:  (1+1+4) / (2·3)    = 1.0   (L_max = 3)
     """
     masked = per_token_loss * mask
@@ -291,13 +304,16 @@ def aggregate_loss(
         return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_sequences
     if mode == "token-mean":
         return masked.sum() / max(num_tokens, 1)
+    if mode == "seq-mean-token-sum":
+        return masked.sum() / num_sequences
     if mode == "seq-mean-token-sum-norm":
         return masked.sum() / (num_sequences * max_len)
     raise ValueError(f"unknown --loss-agg {mode!r}")
 
 
+# Modification 3 (vs GRPO): dynamic sampling's filter and its generation rounds
 def keep_groups(rewards: torch.Tensor) -> torch.Tensor:
-    """Dynamic sampling's filter (Modification 3): ``rewards [Q, G]`` -> ``keep [Q]``, False for a group whose
+    """Dynamic sampling's filter: ``rewards [Q, G]`` -> ``keep [Q]``, False for a group whose
     rewards are all equal (accuracy p̂ = 0 or 1: every Â is 0, no gradient). main() passes the accuracy
     (0/1), as verl's ``filter_groups.metric=acc``.
 
@@ -336,9 +352,9 @@ def dynamic_sampling(
 
 
 def overlong_penalty(lengths: torch.Tensor, max_len: int, cache_len: int) -> torch.Tensor:
-    """Soft overlong punishment R_len (Modification 4; paper eq. 13): ``lengths [...]`` (tokens, EOS included)
-    -> the same shape. 0 up to L_max − L_cache, then down linearly to −1 at L_max, −1 beyond; ``cache_len``
-    0: no penalty.
+    """Modification 4 (vs GRPO): the soft overlong punishment R_len (paper eq. 13): ``lengths [...]`` (tokens,
+    EOS included) -> the same shape. 0 up to L_max − L_cache, then down linearly to −1 at L_max, −1 beyond;
+    ``cache_len`` 0: no penalty.
 
     >>> overlong_penalty(torch.tensor([40, 64, 72, 80, 81]), max_len=80, cache_len=16)
     tensor([ 0.0000,  0.0000, -0.5000, -1.0000, -1.0000])
@@ -358,6 +374,55 @@ def dapo_rewards(correct: torch.Tensor, lengths: torch.Tensor, max_len: int, cac
     return torch.where(correct.bool(), 1.0, -1.0) + overlong_penalty(lengths, max_len, cache_len)
 
 
+# ALGO LOGIC: the policy update (the same signature in every file; callable without main())
+
+
+def update_policy(model, optimizer, batch: dict, args: Args) -> dict[str, float]:
+    """Update the policy on one rollout batch: ``--updates-per-batch`` passes, each split into
+    ``--num-mini-batches`` optimizer steps, each accumulated over micro-batches (the micro-batch size never
+    changes the gradient). ``batch``: ``rollout`` (a ``common.rollout_types.Rollout``), ``advantages [B]`` and,
+    when ``--kl-coef`` > 0, ``ref_logprobs [B, C]``. Returns the update's statistics (means over its steps)."""
+    rollout, advantages, ref_logprobs = batch["rollout"], batch["advantages"], batch.get("ref_logprobs")
+    mask = rollout.completion_mask  # [B, C]
+    B, C = mask.shape
+    steps, stats = args.updates_per_batch * args.num_mini_batches, {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
+    # π_old: the trainer's log-probs before the first optimizer step, needed once the ratio can leave 1
+    needs_old = steps > 1 or args.rollout_is != "none" or args.rollout_rs != "none"
+    old_logprobs = rollout_logprobs(model, rollout, args.temperature, args.micro_batch_size) if needs_old else None  # fmt: skip
+    weights, stats_rc = rollout_correction(old_logprobs, rollout.behavior_logprobs, mask, advantages, args)
+    model.train()
+    total_tokens = mask.sum().item()
+    for update in range(args.updates_per_batch):
+        for rows in torch.arange(B).tensor_split(args.num_mini_batches):  # one optimizer step each
+            num_tokens = int(mask[rows].sum())
+            for mb in rows.split(args.micro_batch_size):
+                logprobs, entropy = completion_logprobs(model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature, with_entropy=True)  # fmt: skip
+                old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
+                per_token_loss, clipped = clipped_surrogate(
+                    logprobs, old, advantages[mb], args.clip_low, args.clip_high
+                )
+                per_token_loss = per_token_loss * weights[mb]  # the sampler/trainer mismatch correction
+                if ref_logprobs is not None:
+                    kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
+                    per_token_loss = per_token_loss + args.kl_coef * kl
+                    stats["kl"] += float((kl * mask[mb]).sum()) / num_tokens / steps
+                loss = aggregate_loss(
+                    per_token_loss, mask[mb], args.loss_agg, len(rows), num_tokens, args.max_new_tokens
+                )
+                loss.backward()
+                stats["loss"] += loss.item() / steps
+                stats["clip_frac"] += float((clipped * mask[mb]).sum()) / num_tokens / steps
+                if update == 0:  # the first pass: the policy's entropy and its gap to the sampler
+                    sums = {"entropy": float((entropy * mask[mb]).sum()), **sampler_gap(old, rollout, mb)}
+                    for key, value in sums.items():
+                        stats[key] = stats.get(key, 0.0) + value / total_tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(grad_norm) / steps
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return {**stats, **stats_rc}
+
+
 # TRY NOT TO MODIFY: the training loop
 
 
@@ -365,279 +430,85 @@ def validate(args: Args) -> None:
     """Contradictory flags fail here, before anything is loaded."""
     if args.group_size < 2:
         raise SystemExit(f"--group-size must be >= 2 for a group-relative advantage, got {args.group_size}")
-    if args.micro_batch_size < 1 or args.prompts_per_step < 1 or args.num_steps < 0:
-        raise SystemExit("--micro-batch-size and --prompts-per-step must be >= 1 and --num-steps >= 0")
-    if args.updates_per_batch < 1:
-        raise SystemExit(f"--updates-per-batch must be >= 1, got {args.updates_per_batch}")
-    if args.tis_cap > 0 and args.temperature == 0:
-        raise SystemExit(
-            "--tis-cap needs sampled behaviour log-probs; it cannot be used with --temperature 0"
-        )
     # Modification 3 (vs GRPO): the generation rounds; Modification 4 (vs GRPO): the cache within L_max
     if args.gen_prompts_per_round < 1 or args.max_gen_rounds < 1:
         raise SystemExit(
             f"--gen-prompts-per-round and --max-gen-rounds must be >= 1, got {args.gen_prompts_per_round} "
             f"and {args.max_gen_rounds}"
         )
-    if args.max_samples < 0:
-        raise SystemExit(f"--max-samples must be >= 0 (0: no sample budget), got {args.max_samples}")
     if args.overlong_cache_len is not None and not 0 <= args.overlong_cache_len < args.max_new_tokens:
         raise SystemExit(
-            f"--overlong-cache-len must be in [0, --max-new-tokens {args.max_new_tokens}) (the penalty starts at "
-            f"L_max - L_cache), got {args.overlong_cache_len}"
+            f"--overlong-cache-len must be in [0, --max-new-tokens {args.max_new_tokens}) (the penalty "
+            f"starts at L_max - L_cache), got {args.overlong_cache_len}"
         )
     check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
 
 
 def main(args: Args) -> dict:
     validate(args)
-    run_name = args.run_name or f"{args.exp_name}__{args.seed}"
-    run_dir = Path(args.output_dir) / run_name
-    check_writable(run_dir)
-    wall_start = time.time()
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-
-    # TRY NOT TO MODIFY: data, model, sampler, verifier
-    train_examples = load_examples(
-        args.dataset, "train", args.question_field, args.answer_field, seed=args.seed
-    )
-    eval_name = args.eval_dataset or ("math500" if args.dataset == "math" else args.dataset)
-    eval_examples = load_examples(
-        eval_name, "test", args.question_field, args.answer_field, limit=args.eval_problems
-    )
-    model, tokenizer = load_policy(
-        args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing
-    )
-    ref_model = None
-    if args.kl_coef > 0:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    run = Run(args)  # TRY NOT TO MODIFY: run directory, seeding, data, verifier (common/run.py)
+    model, tokenizer = load_policy(args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing)  # fmt: skip
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if args.kl_coef > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
-    )
-    sampler = make_sampler(
-        args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization
-    )
-    verifier = Verifier()
-
-    def evaluate(n: int, desc: str) -> dict:
-        return evaluate_policy(
-            model, tokenizer, eval_examples, n=n, template=args.template, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, top_p=args.top_p, sampler=sampler, verifier=verifier, desc=desc,
-        )  # fmt: skip
-
-    # TRY NOT TO MODIFY: resume
-    start_step, extra = 0, {}
-    if ckpt := resume_checkpoint(run_dir, args.resume):  # None: a fresh run
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        start_step, extra = state["step"], state["extra"]
-        sampler.update_weights(model)
-        print(f"resumed from {ckpt} (step {start_step})")
-    tracker = Tracker(
-        run_dir, asdict(args), args.track, args.wandb_project, run_name, start_step if ckpt else None
-    )
-    if "base_eval" not in extra:
-        extra["base_eval"] = evaluate(args.eval_n, "eval base")
-        extra["elapsed"] = extra["base_wall_time"] = time.time() - wall_start
-        tracker.log(0, {f"eval/pass@{k}": v for k, v in extra["base_eval"]["curve"].items()})
-    elapsed_before = extra["elapsed"]
-    session_start = time.time()
+    scheduler = warmup_scheduler(optimizer, args.warmup_steps)
+    sampler = make_sampler(args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization)  # fmt: skip
+    run.start(model, tokenizer, optimizer, scheduler, sampler)  # TRY NOT TO MODIFY: resume, base evaluation
     Q, G = args.prompts_per_step, args.group_size
+    # Modification 3 (vs GRPO): prompts are drawn in rounds of R (Q without dynamic sampling), each round from
+    # run.next_batch (the checkpointed cursor into the seeded prompt stream: a step may use any number)
+    R = args.gen_prompts_per_round if args.dynamic_sampling else Q
+    rounds = []  # this step's generation rounds: (rollout, results) each
     # Modification 4 (vs GRPO): L_max and L_cache of the soft overlong punishment
     L_max = args.max_new_tokens
     L_cache = L_max // 5 if args.overlong_cache_len is None else args.overlong_cache_len
-    # Modification 3 (vs GRPO): prompts are drawn in rounds of R, at a cursor into the seeded prompt stream
-    # (saved in the checkpoint: a step may use any number of rounds); without dynamic sampling R = Q and the
-    # cursor is (step - 1) * Q, grpo.py's batches
-    R = args.gen_prompts_per_round if args.dynamic_sampling else Q
-    extra.setdefault("prompt_cursor", 0)
-    extra.setdefault("samples_total", 0)  # every sample generated so far, all rounds (for --max-samples)
-    rounds = []  # this step's generation rounds: (examples, prompts, rollout, results) each
 
-    def sample_round() -> torch.Tensor:
-        """Draw the next R prompts, sample G completions for each and score them: accuracy [R, G]."""
-        # TRY NOT TO MODIFY: pick the prompts (a fresh permutation every epoch, so resume is exact)
-        epoch, offset = divmod(extra["prompt_cursor"], len(train_examples))
-        order = torch.randperm(
-            len(train_examples), generator=torch.Generator().manual_seed(args.seed + epoch)
-        )
-        batch = [train_examples[i] for i in order.roll(-offset)[:R].tolist()]
-        extra["prompt_cursor"] += len(batch)
-        prompts = [build_prompt(e.question, args.template, tokenizer) for e in batch]
-
-        # TRY NOT TO MODIFY: sample G completions per prompt and score them
+    def sample_round() -> torch.Tensor:  # Modification 3 (vs GRPO): one round, its accuracy [R, G]
+        # TRY NOT TO MODIFY: sample G completions for each of this round's prompts and score them
+        batch, prompts = run.next_batch(R)
         rollout = sampler.generate(prompts, G, args.max_new_tokens, args.temperature, args.top_p)
-        results = verifier.verify_batch(rollout.completions, [e.answer for e in batch for _ in range(G)])
-        rounds.append((batch, prompts, rollout, results))
-        return torch.tensor([float(r.correct) for r in results]).view(len(batch), G)  # [R, G]
+        results, correct = run.verify(rollout, batch)
+        rounds.append((rollout, results))
+        return correct.view(R, G)  # [R, G]
 
-    progress = Progress(args.num_steps - start_step, desc="train")
-    with StopRequest() as stop:
-        for step in range(start_step + 1, args.num_steps + 1):
-            if args.max_samples and extra["samples_total"] >= args.max_samples:
-                break  # the sample budget was spent before this step (a resumed, finished run)
-            step_start = time.time()
-            # Modification 3 (vs GRPO): dynamic sampling, rounds until Q groups of mixed accuracy are kept
-            rounds.clear()
-            train_masks, kept_groups = dynamic_sampling(
-                sample_round, Q, args.max_gen_rounds, args.dynamic_sampling
-            )
-            generated = concat_rollouts([r[2] for r in rounds], tokenizer.pad_token_id)  # every sample drawn
-            generated_results = [res for r in rounds for res in r[3]]
-            extra["samples_total"] += len(generated_results)
-            # the last step: --num-steps, or the one that spent the sample budget (it may overshoot by its rounds)
-            last = step == args.num_steps or 0 < args.max_samples <= extra["samples_total"]
-            correct = torch.tensor([float(r.correct) for r in generated_results]).view(-1, G)  # [R_all, G]
-            train = torch.cat(train_masks)  # [R_all] the groups to train on: Q of them (fewer at the cap)
-            batch = [e for r in rounds for e in r[0]]
-            batch = [e for e, keep in zip(batch, train.tolist()) if keep]
-            prompts = [p for r in rounds for p in r[1]]
-            prompts = [p for p, keep in zip(prompts, train.tolist()) if keep]
-            rollout = generated.select(train.repeat_interleave(G))  # [B = len(batch) * G] rows
-            results = [res for i, res in enumerate(generated_results) if train[i // G]]
+    for step in run.steps():  # TRY NOT TO MODIFY: progress, Ctrl-C, checkpoints, the sample budget
+        # Modification 3 (vs GRPO): dynamic sampling, rounds until Q groups of mixed accuracy are kept
+        rounds.clear()
+        train_masks, kept = dynamic_sampling(sample_round, Q, args.max_gen_rounds, args.dynamic_sampling)
+        generated = concat_rollouts([r for r, _ in rounds], tokenizer.pad_token_id)  # all the step's samples
+        results = [result for _, round_results in rounds for result in round_results]
+        correct = torch.tensor([float(r.correct) for r in results]).view(-1, G)  # [R_all, G]
+        train = torch.cat(train_masks)  # [R_all] the groups to train on: Q of them (fewer at the cap)
 
-            # ALGO LOGIC: Modification 5 (vs GRPO): ±1 correctness plus the overlong penalty (Modification 4)
-            lengths = generated.completion_mask.sum(-1).view(-1, G).cpu()  # [R_all, G] tokens, EOS included
-            generated_rewards = dapo_rewards(correct, lengths, L_max, L_cache)  # [R_all, G]
-            generated_penalty = overlong_penalty(lengths, L_max, L_cache)  # [R_all, G] for the log
-            rewards = generated_rewards[train]  # [len(batch), G]
+        # ALGO LOGIC: Modification 5 (vs GRPO): ±1 correctness plus the overlong penalty (Modification 4)
+        lengths = generated.completion_mask.sum(-1).view(-1, G).cpu()  # [R_all, G] tokens, EOS included
+        rewards = dapo_rewards(correct, lengths, L_max, L_cache)  # [R_all, G]
 
-            # ALGO LOGIC: group-relative advantages, one per completion (none when no group was kept)
-            advantages = torch.zeros(0, device=args.device)  # [B]
-            if len(batch) > 0:
-                advantages = grpo_advantages(rewards, args.scale_rewards).view(-1).to(args.device)  # [B]
+        # ALGO LOGIC: group-relative advantages of the kept groups, one per completion, then the policy update
+        advantages = grpo_advantages(rewards[train], args.scale_rewards).view(-1).to(args.device)  # [B]
+        rollout = generated.select(train.repeat_interleave(G))  # Modification 3 (vs GRPO): the kept rows
+        if args.overlong_filter:  # Modification 4 (vs GRPO): truncated samples leave the update
+            kept_rows = ~rollout.truncated  # [B]
+            rollout, advantages = rollout.select(kept_rows), advantages[kept_rows.to(args.device)]
+        update = {"rollout": rollout, "advantages": advantages}
+        # Modification 6 (vs GRPO): nothing to train on (no group kept at the cap, or every sample filtered):
+        # no optimizer step, counted in skipped_steps, never a 0/0
+        skip = bool(rollout.completion_mask.sum() == 0)
+        run.extra["skipped_steps"] = run.extra.get("skipped_steps", 0) + int(skip)
+        if ref_model is not None and not skip:
+            update["ref_logprobs"] = rollout_logprobs(ref_model, rollout, args.temperature, args.micro_batch_size)  # fmt: skip
+        stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0} if skip else update_policy(model, optimizer, update, args)  # fmt: skip
+        scheduler.step()
+        sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
 
-            # ALGO LOGIC: the policy update (PPO-clip surrogate + optional KL), in micro-batches
-            mask = rollout.completion_mask  # [B, C]
-            # Modification 4 (vs GRPO): overlong filtering, truncated samples leave the loss and the token count
-            if args.overlong_filter:
-                mask = mask * (~rollout.truncated)[:, None]
-            B, C = mask.shape
-            num_tokens = int(mask.sum())
-            micro_batches = [slice(i, i + args.micro_batch_size) for i in range(0, B, args.micro_batch_size)]
-            # Modification 6 (vs GRPO): nothing to train on (no group kept at the cap, or every sample filtered)
-            # -> no optimizer step, counted in skipped_steps, never a 0/0
-            num_updates = args.updates_per_batch if num_tokens > 0 else 0
-            extra["skipped_steps"] = extra.get("skipped_steps", 0) + int(num_updates == 0)
-            old_logprobs = ref_logprobs = None
-            if num_updates > 0 and (args.updates_per_batch > 1 or args.kl_coef > 0):
-                with torch.no_grad():
-                    if args.updates_per_batch > 1:
-                        old_logprobs = torch.cat([completion_logprobs(model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature)[0] for mb in micro_batches])  # fmt: skip
-                    if ref_model is not None:
-                        ref_logprobs = torch.cat([completion_logprobs(ref_model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature)[0] for mb in micro_batches])  # fmt: skip
-            model.train()
-            stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "logprob_mismatch": 0.0}
-            grad_norm = 0.0
-            for update in range(num_updates):
-                for mb in micro_batches:
-                    logprobs, entropy = completion_logprobs(
-                        model,
-                        rollout.input_ids[mb],
-                        rollout.attention_mask[mb],
-                        C,
-                        args.temperature,
-                        with_entropy=True,
-                    )  # [b, C] each
-                    old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
-                    per_token_loss, clipped = clipped_surrogate(
-                        logprobs, old, advantages[mb], args.clip_low, args.clip_high
-                    )
-                    if args.tis_cap > 0:  # sampler/trainer mismatch correction
-                        per_token_loss = per_token_loss * truncated_is_weights(
-                            old, rollout.behavior_logprobs[mb], args.tis_cap
-                        )
-                    if ref_logprobs is not None:
-                        kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
-                        per_token_loss = per_token_loss + args.kl_coef * kl
-                        stats["kl"] += float((kl * mask[mb]).sum()) / num_tokens / args.updates_per_batch
-                    loss = aggregate_loss(
-                        per_token_loss, mask[mb], args.loss_agg, B, num_tokens, args.max_new_tokens
-                    )
-                    loss.backward()
-                    stats["loss"] += loss.item() / args.updates_per_batch
-                    stats["clip_frac"] += (
-                        float((clipped * mask[mb]).sum()) / num_tokens / args.updates_per_batch
-                    )
-                    if update == 0:
-                        stats["entropy"] += float((entropy * mask[mb]).sum()) / num_tokens
-                        gap = (logprobs.detach() - rollout.behavior_logprobs[mb]).abs()
-                        stats["logprob_mismatch"] += float((gap * mask[mb]).sum()) / num_tokens
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
-
-            # TRY NOT TO MODIFY: logging (Modification 3 (vs GRPO): over every sample generated in the step)
-            metrics = {
-                "reward_mean": generated_rewards.mean().item(),
-                "accuracy": correct.mean().item(),
-                "unparsed_frac": 1 - sum(r.parsed for r in generated_results) / len(generated_results),
-                "zero_std_frac": (~keep_groups(correct)).float().mean().item(),
-                "completion_len_mean": lengths.float().mean().item(),
-                "completion_len_max": lengths.max().item(),
-                "truncated_frac": generated.truncated.float().mean().item(),
-                "grad_norm": float(grad_norm),
-                "lr": scheduler.get_last_lr()[0],
-                "step_time": time.time() - step_start,
-                "samples_per_s": len(generated_results) / (time.time() - step_start),
-                **stats,
-                # Modification 7 (vs GRPO): what dynamic sampling and the overlong shaping did
-                "gen_rounds": len(train_masks),
-                "kept_frac": kept_groups / len(correct),
-                "samples_generated": len(generated_results),  # every completion sampled in this step
-                "trained_groups": len(batch),
-                "skipped_steps": extra["skipped_steps"],
-                "overlong_frac": (generated_penalty < 0)
-                .float()
-                .mean()
-                .item(),  # share in or past the cache zone
-            }
-            if last:  # the final evaluation, with the full n
-                extra["final_eval"] = evaluate(args.eval_n, "eval final")
-                metrics.update({f"eval/pass@{k}": v for k, v in extra["final_eval"]["curve"].items()})
-            elif args.eval_every and step % args.eval_every == 0:
-                ev = evaluate(max(1, args.eval_n // 2), f"eval step {step}")
-                metrics.update({f"eval/pass@{k}": v for k, v in ev["curve"].items()})
-            tracker.log(step, metrics)
-            if args.log_completions_every and step % args.log_completions_every == 0:
-                tracker.log_completions(step, [
-                    {"prompt": prompts[i // G], "completion": rollout.completions[i], "answer": results[i].answer,
-                     "gold": batch[i // G].answer, "reward": rewards.view(-1)[i].item()}
-                    for i in range(0, B, G)
-                ])  # fmt: skip
-            progress.update(1, reward=metrics["reward_mean"], len=metrics["completion_len_mean"])
-
-            # TRY NOT TO MODIFY: checkpoint (periodically, at the end, and when asked to stop)
-            extra["elapsed"] = elapsed_before + time.time() - session_start
-            extra["steps_done"] = step
-            if step % args.save_every == 0 or last or stop.requested:
-                save_checkpoint(run_dir, step, model, optimizer, scheduler, extra, args.keep_last, tokenizer)
-            if stop.requested:
-                progress.close()
-                print(f"Stopped after step {step}. Resume with the same command plus --resume.")
-                tracker.close()
-                verifier.close()
-                raise SystemExit(130)
-            if last:
-                break
-    progress.close()
-
-    # TRY NOT TO MODIFY: before/after table, plots
-    final_eval = extra.get("final_eval") or evaluate(args.eval_n, "eval final")
-    total_time = elapsed_before + time.time() - session_start
-    report_before_after(
-        tracker, args.exp_name, extra.get("steps_done", start_step), extra["base_eval"], final_eval, eval_name,
-        extra["base_wall_time"], total_time,
-    )  # fmt: skip
-    tracker.close()
-    verifier.close()
-    return {"base": extra["base_eval"], "final": final_eval, "run_dir": str(run_dir)}
+        # Modification 3 (vs GRPO): what dynamic sampling and the overlong shaping did; the shared metrics
+        # (run.log) are over every sample generated in the step
+        stats["gen_rounds"], stats["kept_frac"] = len(train_masks), kept / len(correct)
+        stats["trained_groups"], stats["skipped_steps"] = int(train.sum()), run.extra.get("skipped_steps", 0)
+        stats["overlong_frac"] = (overlong_penalty(lengths, L_max, L_cache) < 0).float().mean().item()
+        run.log(
+            step, generated, results, rewards, stats
+        )  # TRY NOT TO MODIFY: metrics, evaluation, completions
+    return run.finish()  # TRY NOT TO MODIFY: the before/after table and plots
 
 
 if __name__ == "__main__":

@@ -15,17 +15,22 @@ Objective (maximised; G samples per prompt):
     --clip (default):  J(θ) = E [ agg_{i,t} min(ρ_{i,t} A_i, clip(ρ_{i,t}, 1 − ε_low, 1 + ε_high) A_i) ]
     --no-clip:         J(θ) = E [ agg_{i,t} A_i · log π_θ(o_{i,t} | q, o_{i,<t}) ]   (plain REINFORCE)
 
+Modification 1: ``--no-clip``: plain REINFORCE, −A_i · log π_θ per token, with no ratio and no clip.
+Modification 2: the leave-one-out baseline replaces the group z-score (no ``--scale-rewards``).
+
 Defaults run the CPU demo on the tiny built-in world (``./run.sh rloo``) with grpo.py's budget (100 steps
 of 16 prompts × G = 8, 80 new tokens, lr 1e-4, clip 0.2). The paper's RLHF runs used k = 2 and k = 4
-samples per prompt [paper]; G = 8 here, as the other group methods of this project.
+samples per prompt [paper]; G = 8 here, as the other group methods of this project. Paper-scale command
+lines: docs/methods/rloo.md.
 
 Deviations / choices:
 - The default keeps PPO-clip (ε = 0.2), as RLVR runs of RLOO do (verl's RLOO recipe); ``--no-clip`` is the
-  paper's plain REINFORCE. REINFORCE is on-policy, so ``--no-clip`` requires ``--updates-per-batch 1``
-  (validated); with one update per batch the two give the same gradient (ρ = 1, the clip never binds).
+  paper's plain REINFORCE. REINFORCE is on-policy, so ``--no-clip`` requires one optimizer step per batch
+  (``--updates-per-batch 1 --num-mini-batches 1``, validated); with one step per batch the two give the
+  same gradient (ρ = 1, the clip never binds).
 - The paper's REINFORCE treats the whole completion as one action (its sequence log-prob, a token sum);
-  the default aggregation here is grpo.py's ``seq-mean-token-mean``. ``--loss-agg
-  seq-mean-token-sum-norm`` is the sequence log-prob up to the constant 1/L_max.
+  the default aggregation here is grpo.py's ``seq-mean-token-mean``. ``--loss-agg seq-mean-token-sum`` is
+  the paper's sequence log-prob (``seq-mean-token-sum-norm`` the same up to the constant 1/L_max).
 - G = 1 has no leave-one-out baseline: ``--group-size`` must be >= 2 (verl returns the raw score then).
 - The paper's RLHF reward had a KL penalty folded in; with a rule verifier β = 0 by default, and
   ``--kl-coef`` is grpo.py's k3 loss term.
@@ -33,24 +38,33 @@ Deviations / choices:
 """
 
 import copy
-import random
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import tyro
 
-from common.checkpoint import StopRequest, check_writable, load_checkpoint, resume_checkpoint, save_checkpoint
-from common.data import build_prompt, load_examples
-from common.evaluate import evaluate_policy
-from common.model import completion_logprobs, load_policy
+from common.model import completion_logprobs, load_policy, rollout_logprobs
 from common.preflight import check_run_args
+from common.registry import MethodInfo
 from common.rollout import make_sampler
-from common.tracking import Progress, Tracker, report_before_after
-from common.verify import Verifier
+from common.rollout_correction import rollout_correction
+from common.rollout_types import sampler_gap
+from common.run import Run, warmup_scheduler
+
+METHOD = MethodInfo(
+    name="RLOO",
+    paper="Ahmadian et al., Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human "
+    "Feedback in LLMs, arXiv 2402.14740 (Section 3.2)",
+    arxiv="2402.14740",
+    change="leave-one-out baseline, no std; PPO-clip by default (--no-clip: the paper's plain REINFORCE)",
+    gradient_tier=1,
+    gradient_claim="unbiased: the mean of the other samples' rewards does not depend on the sample, so "
+    "E[A_i grad log pi(o_i)] is the policy gradient of E[r] (with --loss-agg seq-mean-token-sum; the "
+    "default seq-mean-token-mean weights each completion's log-prob gradient by 1/|o_i|)",
+    verl="yes: `rlvr_rloo` + `rlvr_clip` (equal to verl's own `rloo`, tested)",
+    contradiction=({"clip": False, "updates_per_batch": 2}, "--no-clip is on-policy"),
+)
 
 
 @dataclass
@@ -97,19 +111,29 @@ class Args:
     group_size: int = 8
     """G: completions sampled per prompt"""
     max_new_tokens: int = 80
-    """completion length limit (also L_max of seq-mean-token-sum-norm)"""
+    """completion length limit in tokens (also L_max of seq-mean-token-sum-norm)"""
     temperature: float = 1.0
     """sampling temperature (training and evaluation)"""
     top_p: float = 1.0
     """nucleus sampling threshold"""
     vllm_gpu_memory_utilization: float = 0.3
     """share of GPU memory vLLM may take (weights + KV cache) with --rollout vllm"""
-    tis_cap: float = 0.0
-    """C: weight each token's loss by min(π_old / π_sampler, C) to correct the sampler/trainer mismatch (0: off)"""
+    rollout_is: Literal["none", "token-tis", "seq-tis", "token-mis", "seq-mis", "icepop"] = "none"
+    """importance weights for the sampler/trainer mismatch, a function of π_old / π_sampler (common/rollout_correction.py)"""
+    rollout_is_threshold: float = 2.0
+    """upper bound of the ratio π_old / π_sampler: truncation (TIS) or mask (MIS, IcePop) threshold"""
+    rollout_is_threshold_low: float = 0.5
+    """lower bound of the ratio π_old / π_sampler below which MIS and IcePop mask a token or sequence"""
+    rollout_rs: Literal["none", "opsm", "geo-mean", "k3"] = "none"
+    """rejection of sequences too far from the sampler (common/rollout_correction.py)"""
+    rollout_rs_threshold: float = 0.5
+    """δ: the rejection threshold of --rollout-rs"""
 
     # --- optimisation ---
     num_steps: int = 100
     """training steps (one rollout batch each)"""
+    max_samples: int = 0
+    """stop after the step whose generated completions reach this many (0: no budget; bench/compare.py)"""
     learning_rate: float = 1e-4
     """AdamW learning rate (constant after warm-up)"""
     warmup_steps: int = 5
@@ -121,7 +145,9 @@ class Args:
     micro_batch_size: int = 64
     """sequences per forward/backward pass (gradient accumulation over the batch)"""
     updates_per_batch: int = 1
-    """optimizer steps on each rollout batch (μ in the paper); ratios equal 1 when it is 1"""
+    """passes over each rollout batch (μ in the paper, PPO's epochs); the ratio π_θ / π_old is 1 on the first"""
+    num_mini_batches: int = 1
+    """optimizer steps per pass: each pass splits the rollout batch into this many mini-batches"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass to save memory"""
 
@@ -132,11 +158,11 @@ class Args:
     clip_low: float = 0.2
     """ε_low: lower clip of the ratio (1 − ε_low)"""
     clip_high: float = 0.2
-    """ε_high: upper clip of the ratio (1 + ε_high); 0.28 is DAPO's clip-higher"""
+    """ε_high: upper clip of the ratio (1 + ε_high)"""
     kl_coef: float = 0.0
-    """β: weight of the k3 KL to the initial policy; 0 loads no reference model"""
-    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "seq-mean-token-mean"
-    """how per-token losses are averaged (see the module docstring)"""
+    """β: weight of the k3 KL to the initial policy, a loss term; 0 loads no reference model"""
+    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "seq-mean-token-mean"  # fmt: skip
+    """how per-token losses are averaged over a mini-batch (grpo.py's module docstring)"""
     # Modification 2 (vs GRPO): no --scale-rewards; the leave-one-out baseline has no std
 
     # --- evaluation, logging, checkpoints ---
@@ -157,13 +183,10 @@ class Args:
 # ALGO LOGIC: advantages, the clipped surrogate, the KL penalty and loss aggregation (pure functions)
 
 
-# Modification 2 (vs GRPO): the leave-one-out baseline
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    """RLOO advantages. ``rewards [Q, G]`` (G >= 2) -> ``advantages [Q, G]``: A_i = r_i − mean_{j≠i} r_j.
-
-    Written as the leave-one-out mean, (Σ_j r_j − r_i)/(G − 1), which equals G/(G−1)·(r_i − mean(r)).
-    verl: ``compute_rloo_outcome_advantage`` on outcome rewards.
-
+    """Modification 2 (vs GRPO): RLOO advantages. ``rewards [Q, G]`` (G >= 2) -> ``advantages [Q, G]``:
+    A_i = r_i − mean_{j≠i} r_j, written as the leave-one-out mean, (Σ_j r_j − r_i)/(G − 1), which equals
+    G/(G−1)·(r_i − mean(r)). verl: ``compute_rloo_outcome_advantage`` on outcome rewards.
     >>> rloo_advantages(torch.tensor([[1.0, 0.0, 0.0, 0.0]]))  # baselines 0, 1/3, 1/3, 1/3
     tensor([[ 1.0000, -0.3333, -0.3333, -0.3333]])
     >>> rloo_advantages(torch.tensor([[1.0, 1.0, 1.0]]))  # a uniform group: 0
@@ -198,18 +221,6 @@ def clipped_surrogate(
     return per_token_loss, (clipped < unclipped).detach()
 
 
-def truncated_is_weights(
-    old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, cap: float
-) -> torch.Tensor:
-    """Truncated importance weights min(π_old / π_sampler, C), detached: they correct for the sampler
-    (e.g. vLLM) computing slightly different probabilities than the trainer (as TRL and verl do).
-
-    >>> truncated_is_weights(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])), cap=2.0)
-    tensor([[2., 1.]])
-    """
-    return torch.exp(old_logprobs - behavior_logprobs).clamp(max=cap).detach()
-
-
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0, 0 when equal).
 
@@ -224,15 +235,16 @@ def aggregate_loss(
     per_token_loss: torch.Tensor,  # [b, C] losses of one micro-batch
     mask: torch.Tensor,  # [b, C] completion mask
     mode: str,
-    num_sequences: int,  # sequences in the WHOLE batch (all micro-batches)
-    num_tokens: int,  # completion tokens in the whole batch
+    num_sequences: int,  # sequences in the whole mini-batch (all its micro-batches)
+    num_tokens: int,  # completion tokens in the whole mini-batch
     max_len: int,  # L_max for seq-mean-token-sum-norm
 ) -> torch.Tensor:
-    """Reduce per-token losses to a scalar so that summing over micro-batches gives the batch loss.
+    """Reduce per-token losses to a scalar so that summing over micro-batches gives the mini-batch loss.
 
     Two sequences, losses [[1, 1, 0], [4, 0, 0]] with masks [[1, 1, 0], [1, 0, 0]]:
       seq-mean-token-mean:      ((1+1)/2 + 4/1) / 2 = 2.5
       token-mean:               (1+1+4) / 3        = 2.0
+      seq-mean-token-sum:       ((1+1) + 4) / 2    = 3.0
       seq-mean-token-sum-norm:  (1+1+4) / (2·3)    = 1.0   (L_max = 3)
     """
     masked = per_token_loss * mask
@@ -240,21 +252,73 @@ def aggregate_loss(
         return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_sequences
     if mode == "token-mean":
         return masked.sum() / max(num_tokens, 1)
+    if mode == "seq-mean-token-sum":
+        return masked.sum() / num_sequences
     if mode == "seq-mean-token-sum-norm":
         return masked.sum() / (num_sequences * max_len)
     raise ValueError(f"unknown --loss-agg {mode!r}")
 
 
-# Modification 1 (vs GRPO): plain REINFORCE
 def reinforce_loss(logprobs: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
-    """REINFORCE's per-token loss (to minimise), −A_i · log π_θ(o_{i,t}): no ratio, no clip.
-    ``logprobs [B, C]``, ``advantages [B]`` -> ``[B, C]``. Its gradient, −A_i ∇log π_θ, equals that of
-    the clipped surrogate at ρ = 1.
-
+    """Modification 1 (vs GRPO): REINFORCE's per-token loss (to minimise), −A_i · log π_θ(o_{i,t}): no ratio,
+    no clip. ``logprobs [B, C]``, ``advantages [B]`` -> ``[B, C]``. Its gradient, −A_i ∇log π_θ, equals that
+    of the clipped surrogate at ρ = 1.
     >>> reinforce_loss(torch.log(torch.tensor([[0.5, 1.0]])), torch.tensor([2.0]))
     tensor([[1.3863, -0.0000]])
     """
     return -logprobs * advantages[:, None]
+
+
+# ALGO LOGIC: the policy update (the same signature in every file; callable without main())
+
+
+def update_policy(model, optimizer, batch: dict, args: Args) -> dict[str, float]:
+    """Update the policy on one rollout batch: ``--updates-per-batch`` passes, each split into
+    ``--num-mini-batches`` optimizer steps, each accumulated over micro-batches (the micro-batch size never
+    changes the gradient). ``batch``: ``rollout`` (a ``common.rollout_types.Rollout``), ``advantages [B]`` and,
+    when ``--kl-coef`` > 0, ``ref_logprobs [B, C]``. Returns the update's statistics (means over its steps)."""
+    rollout, advantages, ref_logprobs = batch["rollout"], batch["advantages"], batch.get("ref_logprobs")
+    mask = rollout.completion_mask  # [B, C]
+    B, C = mask.shape
+    steps, stats = args.updates_per_batch * args.num_mini_batches, {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
+    # π_old: the trainer's log-probs before the first optimizer step, needed once the ratio can leave 1
+    needs_old = steps > 1 or args.rollout_is != "none" or args.rollout_rs != "none"
+    old_logprobs = rollout_logprobs(model, rollout, args.temperature, args.micro_batch_size) if needs_old else None  # fmt: skip
+    weights, stats_rc = rollout_correction(old_logprobs, rollout.behavior_logprobs, mask, advantages, args)
+    model.train()
+    total_tokens = mask.sum().item()
+    for update in range(args.updates_per_batch):
+        for rows in torch.arange(B).tensor_split(args.num_mini_batches):  # one optimizer step each
+            num_tokens = int(mask[rows].sum())
+            for mb in rows.split(args.micro_batch_size):
+                logprobs, entropy = completion_logprobs(model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature, with_entropy=True)  # fmt: skip
+                old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
+                per_token_loss, clipped = clipped_surrogate(
+                    logprobs, old, advantages[mb], args.clip_low, args.clip_high
+                )
+                if not args.clip:  # Modification 1 (vs GRPO): plain REINFORCE, nothing clipped
+                    per_token_loss = reinforce_loss(logprobs, advantages[mb])
+                    clipped = torch.zeros_like(clipped)
+                per_token_loss = per_token_loss * weights[mb]  # the sampler/trainer mismatch correction
+                if ref_logprobs is not None:
+                    kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
+                    per_token_loss = per_token_loss + args.kl_coef * kl
+                    stats["kl"] += float((kl * mask[mb]).sum()) / num_tokens / steps
+                loss = aggregate_loss(
+                    per_token_loss, mask[mb], args.loss_agg, len(rows), num_tokens, args.max_new_tokens
+                )
+                loss.backward()
+                stats["loss"] += loss.item() / steps
+                stats["clip_frac"] += float((clipped * mask[mb]).sum()) / num_tokens / steps
+                if update == 0:  # the first pass: the policy's entropy and its gap to the sampler
+                    sums = {"entropy": float((entropy * mask[mb]).sum()), **sampler_gap(old, rollout, mb)}
+                    for key, value in sums.items():
+                        stats[key] = stats.get(key, 0.0) + value / total_tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(grad_norm) / steps
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return {**stats, **stats_rc}
 
 
 # TRY NOT TO MODIFY: the training loop
@@ -264,212 +328,43 @@ def validate(args: Args) -> None:
     """Contradictory flags fail here, before anything is loaded."""
     if args.group_size < 2:
         raise SystemExit(f"--group-size must be >= 2 for a group-relative advantage, got {args.group_size}")
-    if args.micro_batch_size < 1 or args.prompts_per_step < 1 or args.num_steps < 0:
-        raise SystemExit("--micro-batch-size and --prompts-per-step must be >= 1 and --num-steps >= 0")
-    if args.updates_per_batch < 1:
-        raise SystemExit(f"--updates-per-batch must be >= 1, got {args.updates_per_batch}")
-    if not args.clip and args.updates_per_batch > 1:  # Modification 1 (vs GRPO)
+    if not args.clip and args.updates_per_batch * args.num_mini_batches > 1:  # Modification 1 (vs GRPO)
         raise SystemExit(
-            "--no-clip is on-policy REINFORCE: it needs --updates-per-batch 1 (use --clip for more)"
-        )
-    if args.tis_cap > 0 and args.temperature == 0:
-        raise SystemExit(
-            "--tis-cap needs sampled behaviour log-probs; it cannot be used with --temperature 0"
+            "--no-clip is on-policy REINFORCE: it needs one optimizer step per batch (--updates-per-batch 1 "
+            "--num-mini-batches 1); use --clip for more"
         )
     check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
 
 
 def main(args: Args) -> dict:
     validate(args)
-    run_name = args.run_name or f"{args.exp_name}__{args.seed}"
-    run_dir = Path(args.output_dir) / run_name
-    check_writable(run_dir)
-    wall_start = time.time()
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-
-    # TRY NOT TO MODIFY: data, model, sampler, verifier
-    train_examples = load_examples(
-        args.dataset, "train", args.question_field, args.answer_field, seed=args.seed
-    )
-    eval_name = args.eval_dataset or ("math500" if args.dataset == "math" else args.dataset)
-    eval_examples = load_examples(
-        eval_name, "test", args.question_field, args.answer_field, limit=args.eval_problems
-    )
-    model, tokenizer = load_policy(
-        args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing
-    )
-    ref_model = None
-    if args.kl_coef > 0:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    run = Run(args)  # TRY NOT TO MODIFY: run directory, seeding, data, verifier (common/run.py)
+    model, tokenizer = load_policy(args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing)  # fmt: skip
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if args.kl_coef > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
-    )
-    sampler = make_sampler(
-        args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization
-    )
-    verifier = Verifier()
-
-    def evaluate(n: int, desc: str) -> dict:
-        return evaluate_policy(
-            model, tokenizer, eval_examples, n=n, template=args.template, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, top_p=args.top_p, sampler=sampler, verifier=verifier, desc=desc,
-        )  # fmt: skip
-
-    # TRY NOT TO MODIFY: resume
-    start_step, extra = 0, {}
-    if ckpt := resume_checkpoint(run_dir, args.resume):  # None: a fresh run
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        start_step, extra = state["step"], state["extra"]
-        sampler.update_weights(model)
-        print(f"resumed from {ckpt} (step {start_step})")
-    tracker = Tracker(
-        run_dir, asdict(args), args.track, args.wandb_project, run_name, start_step if ckpt else None
-    )
-    if "base_eval" not in extra:
-        extra["base_eval"] = evaluate(args.eval_n, "eval base")
-        extra["elapsed"] = extra["base_wall_time"] = time.time() - wall_start
-        tracker.log(0, {f"eval/pass@{k}": v for k, v in extra["base_eval"]["curve"].items()})
-    elapsed_before = extra["elapsed"]
-    session_start = time.time()
+    scheduler = warmup_scheduler(optimizer, args.warmup_steps)
+    sampler = make_sampler(args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization)  # fmt: skip
+    run.start(model, tokenizer, optimizer, scheduler, sampler)  # TRY NOT TO MODIFY: resume, base evaluation
     Q, G = args.prompts_per_step, args.group_size
 
-    progress = Progress(args.num_steps - start_step, desc="train")
-    with StopRequest() as stop:
-        for step in range(start_step + 1, args.num_steps + 1):
-            step_start = time.time()
-            # TRY NOT TO MODIFY: pick this step's prompts (a fresh permutation every epoch, so resume is exact)
-            epoch, offset = divmod((step - 1) * Q, len(train_examples))
-            order = torch.randperm(
-                len(train_examples), generator=torch.Generator().manual_seed(args.seed + epoch)
-            )
-            batch = [train_examples[i] for i in order.roll(-offset)[:Q].tolist()]
-            prompts = [build_prompt(e.question, args.template, tokenizer) for e in batch]
+    for step in run.steps():  # TRY NOT TO MODIFY: progress, Ctrl-C, checkpoints, the sample budget
+        # TRY NOT TO MODIFY: sample G completions for each of this step's prompts and score them
+        batch, prompts = run.next_batch(Q)
+        rollout = sampler.generate(prompts, G, args.max_new_tokens, args.temperature, args.top_p)
+        results, correct = run.verify(rollout, batch)
+        rewards = correct.view(Q, G)  # [Q, G]
 
-            # TRY NOT TO MODIFY: sample G completions per prompt and score them
-            rollout = sampler.generate(prompts, G, args.max_new_tokens, args.temperature, args.top_p)
-            results = verifier.verify_batch(rollout.completions, [e.answer for e in batch for _ in range(G)])
-            rewards = torch.tensor([float(r.correct) for r in results]).view(Q, G)  # [Q, G]
+        # ALGO LOGIC: leave-one-out advantages, one per completion, then the policy update
+        advantages = rloo_advantages(rewards).view(-1).to(args.device)  # [B] Modification 2 (vs GRPO)
+        update = {"rollout": rollout, "advantages": advantages}
+        if ref_model is not None:
+            update["ref_logprobs"] = rollout_logprobs(ref_model, rollout, args.temperature, args.micro_batch_size)  # fmt: skip
+        stats = update_policy(model, optimizer, update, args)
+        scheduler.step()
+        sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
 
-            # ALGO LOGIC: leave-one-out advantages, one per completion
-            advantages = rloo_advantages(rewards).view(-1).to(args.device)  # [B] Modification 2 (vs GRPO)
-
-            # ALGO LOGIC: the policy update (PPO-clip surrogate + optional KL), in micro-batches
-            mask = rollout.completion_mask  # [B, C]
-            B, C = mask.shape
-            num_tokens = int(mask.sum())
-            micro_batches = [slice(i, i + args.micro_batch_size) for i in range(0, B, args.micro_batch_size)]
-            old_logprobs = ref_logprobs = None
-            if args.updates_per_batch > 1 or args.kl_coef > 0:
-                with torch.no_grad():
-                    if args.updates_per_batch > 1:
-                        old_logprobs = torch.cat([completion_logprobs(model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature)[0] for mb in micro_batches])  # fmt: skip
-                    if ref_model is not None:
-                        ref_logprobs = torch.cat([completion_logprobs(ref_model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature)[0] for mb in micro_batches])  # fmt: skip
-            model.train()
-            stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "logprob_mismatch": 0.0}
-            for update in range(args.updates_per_batch):
-                for mb in micro_batches:
-                    logprobs, entropy = completion_logprobs(
-                        model,
-                        rollout.input_ids[mb],
-                        rollout.attention_mask[mb],
-                        C,
-                        args.temperature,
-                        with_entropy=True,
-                    )  # [b, C] each
-                    old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
-                    per_token_loss, clipped = clipped_surrogate(
-                        logprobs, old, advantages[mb], args.clip_low, args.clip_high
-                    )
-                    if not args.clip:  # Modification 1 (vs GRPO): plain REINFORCE, nothing clipped
-                        per_token_loss, clipped = (
-                            reinforce_loss(logprobs, advantages[mb]),
-                            torch.zeros_like(clipped),
-                        )
-                    if args.tis_cap > 0:  # sampler/trainer mismatch correction
-                        per_token_loss = per_token_loss * truncated_is_weights(
-                            old, rollout.behavior_logprobs[mb], args.tis_cap
-                        )
-                    if ref_logprobs is not None:
-                        kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
-                        per_token_loss = per_token_loss + args.kl_coef * kl
-                        stats["kl"] += float((kl * mask[mb]).sum()) / num_tokens / args.updates_per_batch
-                    loss = aggregate_loss(
-                        per_token_loss, mask[mb], args.loss_agg, B, num_tokens, args.max_new_tokens
-                    )
-                    loss.backward()
-                    stats["loss"] += loss.item() / args.updates_per_batch
-                    stats["clip_frac"] += (
-                        float((clipped * mask[mb]).sum()) / num_tokens / args.updates_per_batch
-                    )
-                    if update == 0:
-                        stats["entropy"] += float((entropy * mask[mb]).sum()) / num_tokens
-                        gap = (logprobs.detach() - rollout.behavior_logprobs[mb]).abs()
-                        stats["logprob_mismatch"] += float((gap * mask[mb]).sum()) / num_tokens
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
-
-            # TRY NOT TO MODIFY: logging
-            lengths = mask.sum(-1)
-            metrics = {
-                "reward_mean": rewards.mean().item(),
-                "accuracy": rewards.mean().item(),
-                "unparsed_frac": 1 - sum(r.parsed for r in results) / len(results),
-                "zero_std_frac": (rewards.std(dim=1) == 0).float().mean().item(),
-                "completion_len_mean": lengths.mean().item(),
-                "completion_len_max": lengths.max().item(),
-                "truncated_frac": rollout.truncated.float().mean().item(),
-                "grad_norm": float(grad_norm),
-                "lr": scheduler.get_last_lr()[0],
-                "step_time": time.time() - step_start,
-                "samples_per_s": B / (time.time() - step_start),
-                **stats,
-            }
-            if step == args.num_steps:  # the final evaluation, with the full n
-                extra["final_eval"] = evaluate(args.eval_n, "eval final")
-                metrics.update({f"eval/pass@{k}": v for k, v in extra["final_eval"]["curve"].items()})
-            elif args.eval_every and step % args.eval_every == 0:
-                ev = evaluate(max(1, args.eval_n // 2), f"eval step {step}")
-                metrics.update({f"eval/pass@{k}": v for k, v in ev["curve"].items()})
-            tracker.log(step, metrics)
-            if args.log_completions_every and step % args.log_completions_every == 0:
-                tracker.log_completions(step, [
-                    {"prompt": prompts[i // G], "completion": rollout.completions[i], "answer": results[i].answer,
-                     "gold": batch[i // G].answer, "reward": rewards.view(-1)[i].item()}
-                    for i in range(0, B, G)
-                ])  # fmt: skip
-            progress.update(1, reward=metrics["reward_mean"], len=metrics["completion_len_mean"])
-
-            # TRY NOT TO MODIFY: checkpoint (periodically, at the end, and when asked to stop)
-            extra["elapsed"] = elapsed_before + time.time() - session_start
-            if step % args.save_every == 0 or step == args.num_steps or stop.requested:
-                save_checkpoint(run_dir, step, model, optimizer, scheduler, extra, args.keep_last, tokenizer)
-            if stop.requested:
-                progress.close()
-                print(f"Stopped after step {step}. Resume with the same command plus --resume.")
-                tracker.close()
-                verifier.close()
-                raise SystemExit(130)
-    progress.close()
-
-    # TRY NOT TO MODIFY: before/after table, plots
-    final_eval = extra.get("final_eval") or evaluate(args.eval_n, "eval final")
-    total_time = elapsed_before + time.time() - session_start
-    report_before_after(
-        tracker, args.exp_name, args.num_steps, extra["base_eval"], final_eval, eval_name,
-        extra["base_wall_time"], total_time,
-    )  # fmt: skip
-    tracker.close()
-    verifier.close()
-    return {"base": extra["base_eval"], "final": final_eval, "run_dir": str(run_dir)}
+        run.log(step, rollout, results, rewards, stats)  # TRY NOT TO MODIFY: metrics, evaluation, completions
+    return run.finish()  # TRY NOT TO MODIFY: the before/after table and plots
 
 
 if __name__ == "__main__":

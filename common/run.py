@@ -183,6 +183,8 @@ class Run:
     def steps(self) -> Iterator[int]:
         """The training steps still to run. After each step's body: the checkpoint and the stop request."""
         args = self.args
+        if 0 < args.max_samples <= self.extra["samples_total"]:
+            return  # a resumed run that had already spent its sample budget: nothing is left to run
         progress = self.progress = Progress(args.num_steps - self.start_step, desc="train")
         with StopRequest() as stop:
             for step in range(self.start_step + 1, args.num_steps + 1):

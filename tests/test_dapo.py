@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import algos.dapo
+import common.run
 from algos.dapo import (
     Args,
     aggregate_loss,
@@ -301,9 +302,15 @@ def expected_rounds(args: Args) -> list[tuple[int, int, int]]:
     return out
 
 
-def test_real_loop_fills_the_batch_counts_rounds_and_samples(random_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(algos.dapo, "Verifier", PerPromptVerifier)
-    args = loop_args(random_model_dir, tmp_path, "loop")
+@pytest.mark.parametrize("cache_len", [2, 0])
+def test_real_loop_fills_the_batch_counts_rounds_and_samples(
+    random_model_dir, tmp_path, monkeypatch, cache_len
+):
+    """The filter reads accuracy, not the shaped reward: with the length penalty on (cache 2 of 6 tokens) an
+    all-wrong group whose lengths differ is still dropped. ``zero_std_frac`` (the shared metric: groups whose
+    own rewards are all equal) is the filter's share exactly without the penalty, at most it with it."""
+    monkeypatch.setattr(common.run, "Verifier", PerPromptVerifier)
+    args = loop_args(random_model_dir, tmp_path, "loop", overlong_cache_len=cache_len)
     main(args)
     rows = [r for r in read_jsonl(tmp_path / "loop" / "metrics.jsonl") if "loss" in r]
     want = expected_rounds(args)
@@ -313,7 +320,10 @@ def test_real_loop_fills_the_batch_counts_rounds_and_samples(random_model_dir, t
         assert row["gen_rounds"] == rounds
         assert row["samples_generated"] == generated_groups * G_LOOP
         assert row["kept_frac"] == pytest.approx(mixed / generated_groups)
-        assert row["zero_std_frac"] == pytest.approx(1 - mixed / generated_groups)
+        if cache_len == 0:
+            assert row["zero_std_frac"] == pytest.approx(1 - mixed / generated_groups)
+        else:  # ±1 + R_len in [-1, 0]: right answers score in [0, 1], wrong ones in [-2, -1], never equal
+            assert row["zero_std_frac"] <= 1 - mixed / generated_groups + 1e-9
         assert row["trained_groups"] == trained == args.prompts_per_step
         assert row["skipped_steps"] == 0 and row["grad_norm"] > 0
 
@@ -323,7 +333,7 @@ def test_real_loop_at_the_cap_trains_on_nothing_and_keeps_the_weights(
 ):
     """Every group all right: each step generates max_gen_rounds rounds, keeps nothing, takes no optimizer
     step (counted), logs finite numbers, and the weights stay as they were."""
-    monkeypatch.setattr(algos.dapo, "Verifier", lambda: PerPromptVerifier(everything_right=True))
+    monkeypatch.setattr(common.run, "Verifier", lambda: PerPromptVerifier(everything_right=True))
     main(loop_args(random_model_dir, tmp_path, "cap", num_steps=2, max_gen_rounds=3))
     rows = [r for r in read_jsonl(tmp_path / "cap" / "metrics.jsonl") if "loss" in r]
     assert [r["gen_rounds"] for r in rows] == [3, 3]
@@ -338,7 +348,7 @@ def test_real_loop_at_the_cap_trains_on_nothing_and_keeps_the_weights(
 
 def test_without_dynamic_sampling_the_batches_are_grpos(random_model_dir, tmp_path, monkeypatch):
     """--no-dynamic-sampling: one round of --prompts-per-step prompts per step, at grpo.py's cursor."""
-    monkeypatch.setattr(algos.dapo, "Verifier", PerPromptVerifier)
+    monkeypatch.setattr(common.run, "Verifier", PerPromptVerifier)
     main(loop_args(random_model_dir, tmp_path, "nods", dynamic_sampling=False, overlong_cache_len=None))
     rows = [r for r in read_jsonl(tmp_path / "nods" / "metrics.jsonl") if "loss" in r]
     counts = [(r["gen_rounds"], r["samples_generated"], r["trained_groups"]) for r in rows]
@@ -491,16 +501,21 @@ def test_interrupted_run_resumes_the_prompt_stream_exactly(tiny_world_dir, tmp_p
 
 @pytest.mark.slow
 def test_dapo_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
-    """DAPO with its defaults for 60 steps (seed 1) raises held-out pass@1 by at least 0.10 over the base
-    policy and the training accuracy rises. The margin and length are those of grpo.py's learning test
-    (measured there: +0.17 to +0.20); DAPO's own gain at these settings has not been measured yet."""
+    """DAPO for 14 steps of 8 kept groups x 8 samples (rounds of 12 prompts, seed 1, its other defaults)
+    raises held-out pass@1 (60 problems x 4 samples) by at least 0.05 and the training accuracy (the mean of
+    the last 5 steps against the first 5) by at least 0.04. Measured (one torch thread, about 21 s of CPU):
+    seed 1 0.338 -> 0.454 (+0.117), accuracy 0.329 -> 0.383 (+0.054); seed 2 0.358 -> 0.421 (+0.062),
+    0.350 -> 0.442 (+0.092); seed 3 0.292 -> 0.458 (+0.167), 0.342 -> 0.431 (+0.089). (60 steps of its
+    defaults, the earlier length: 0.338 -> 0.521, accuracy 0.396 -> 0.541, first and last 10 steps.)"""
     out = main(
-        Args(num_steps=60, eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
-    )
+        Args(num_steps=14, prompts_per_step=8, gen_prompts_per_round=12, group_size=8, max_new_tokens=64,
+             eval_problems=60, eval_n=4, eval_every=0, save_every=1000, output_dir=str(tmp_path),
+             run_name="learn", seed=1)
+    )  # fmt: skip
     rows = [r for r in read_jsonl(tmp_path / "learn" / "metrics.jsonl") if "accuracy" in r]
-    first, last = sum(r["accuracy"] for r in rows[:10]) / 10, sum(r["accuracy"] for r in rows[-10:]) / 10
+    first, last = sum(r["accuracy"] for r in rows[:5]) / 5, sum(r["accuracy"] for r in rows[-5:]) / 5
     gain = out["final"]["pass@1"] - out["base"]["pass@1"]
-    print(json.dumps({"base": out["base"]["pass@1"], "final": out["final"]["pass@1"], "accuracy": [first, last],
-                      "samples": sum(r["samples_generated"] for r in rows)}))  # fmt: skip
-    assert last >= first + 0.05, f"training accuracy {first:.3f} -> {last:.3f}"
-    assert gain >= 0.10, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"
+    print(json.dumps({"base": out["base"]["pass@1"], "final": out["final"]["pass@1"],
+                      "accuracy": [first, last], "samples": sum(r["samples_generated"] for r in rows)}))  # fmt: skip
+    assert last >= first + 0.04, f"training accuracy {first:.3f} -> {last:.3f}"
+    assert gain >= 0.05, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"
