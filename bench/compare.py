@@ -103,7 +103,7 @@ BEGIN_MARKER, END_MARKER = markers()
 METHODS: dict[str, dict] = {
     # the default set: each script with its defaults
     "grpo": {"script": "grpo", "flags": []},
-    "w-reinforce": {"script": "nsr", "flags": ["--objective", "w-reinforce", "--lam", "0.1"]},
+    "w-reinforce": {"script": "nsr", "flags": ["--objective", "w-reinforce", "--positive-weight", "0.1"]},
     "bnpo": {"script": "bnpo", "flags": []},
     "topr": {"script": "topr", "flags": []},
     "oreal": {"script": "oreal", "flags": []},

@@ -35,7 +35,10 @@ CONTRADICTORY = {
     "bnpo": ({"group_size": 1}, "--group-size must be >= 2"),
     "oreal": ({"group_size": 1}, "--group-size must be >= 2"),
     "expo": ({"group_size": 1}, "--group-size must be >= 2"),
-    "nsr": ({"lam": -0.5}, "--lam must be >= 0"),  # no group baseline: one sample per prompt is allowed
+    "nsr": (
+        {"positive_weight": -0.5},
+        "--positive-weight must be >= 0",
+    ),  # no group baseline: one sample per prompt is allowed
     "topr": ({"baseline": 1.0}, "--baseline must be in (-1, 1)"),
     "dapo": ({"overlong_cache_len": 80}, "--overlong-cache-len must be in [0, --max-new-tokens 80)"),
     "ppo": ({"group_size": 0}, "--group-size must be >= 1"),  # one sample per prompt: no group baseline

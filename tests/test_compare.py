@@ -58,7 +58,7 @@ def test_method_settings_come_from_the_scripts_own_args(monkeypatch):
     """What the budget needs of a method is read from its script's Args with the method's flags applied:
     a changed default in the script reaches the harness, with no copy to keep in step."""
     assert script_args("topr") == algos.topr.Args() and script_args("expo").explanation_tries == 4
-    assert script_args("topr-sft").negatives == "drop" and script_args("w-reinforce").lam == 0.1
+    assert script_args("topr-sft").negatives == "drop" and script_args("w-reinforce").positive_weight == 0.1
     assert script_args("rft-2x").neg_weight == 0 and script_args("rft-2x").updates_per_batch == 2
     assert script_args("nft-2x").neg_weight == script_args("nft").neg_weight == 1
     assert script_args("dr_grpo-2x").updates_per_batch == 2 and script_args("dr_grpo").updates_per_batch == 1
