@@ -8,10 +8,10 @@ import torch
 
 from algos.bnpo import (
     Args,
+    aggregate_loss,
     beta_density,
     beta_params,
     bnpo_advantages,
-    bnpo_aggregate_loss,
     decomposed_advantages,
     dual_clipped_surrogate,
     format_rewards,
@@ -232,15 +232,15 @@ MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 def test_seq_mean_token_sum_hand_computed_and_default():
     assert Args().loss_agg == "seq-mean-token-sum"
     # ((1 + 1) + 4) / 2 sequences
-    assert bnpo_aggregate_loss(LOSSES, MASK, "seq-mean-token-sum", 2, 3, 3).item() == pytest.approx(3.0)
+    assert aggregate_loss(LOSSES, MASK, "seq-mean-token-sum", 2, 3, 3).item() == pytest.approx(3.0)
 
 
 def test_seq_mean_token_sum_micro_batches_sum_to_the_batch_loss():
     torch.manual_seed(0)
     losses, mask = torch.randn(6, 5), (torch.rand(6, 5) > 0.3).float()
-    full = bnpo_aggregate_loss(losses, mask, "seq-mean-token-sum", 6, int(mask.sum()), 5)
+    full = aggregate_loss(losses, mask, "seq-mean-token-sum", 6, int(mask.sum()), 5)
     parts = sum(
-        bnpo_aggregate_loss(losses[i : i + 2], mask[i : i + 2], "seq-mean-token-sum", 6, int(mask.sum()), 5)
+        aggregate_loss(losses[i : i + 2], mask[i : i + 2], "seq-mean-token-sum", 6, int(mask.sum()), 5)
         for i in range(0, 6, 2)
     )
     assert parts.item() == pytest.approx(full.item(), rel=1e-6)
@@ -256,7 +256,7 @@ def test_on_policy_gradient_is_reinforce_with_beta_weights():
     mask[1, :100] = 1
     logp = torch.zeros(2, 100, requires_grad=True)
     per_token, _ = dual_clipped_surrogate(logp, logp.detach(), advantages, 0.2, 0.28, 10.0)
-    bnpo_aggregate_loss(per_token, mask, "seq-mean-token-sum", 2, int(mask.sum()), 100).backward()
+    aggregate_loss(per_token, mask, "seq-mean-token-sum", 2, int(mask.sum()), 100).backward()
     assert torch.allclose(logp.grad, -advantages[:, None] / 2 * mask)
     assert logp.grad[0, 0].item() == pytest.approx(-1 / 6)
 

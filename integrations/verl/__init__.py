@@ -426,7 +426,6 @@ POLICY_LOSSES = {
         "rlvr_bnpo",
         ("seq-mean-token-sum", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
         surrogate=bnpo.dual_clipped_surrogate,
-        aggregate=bnpo.bnpo_aggregate_loss,
     ),
     "rlvr_topr": topr_policy_loss,
     "rlvr_nft": nft_policy_loss,
