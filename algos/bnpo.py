@@ -55,7 +55,8 @@ Deviations / choices:
 - The paper presents BNPO as a REINFORCE-type method; the code runs it through a PPO clip/dual-clip
   surrogate. With one pass and one mini-batch (the default, and the code's ppo_epochs 1 with mini-batch =
   batch) ρ = 1, neither clip binds, and the two coincide.
-- ``reward_mean`` is the accuracy reward; with ``--format-reward`` the format reward is ``format_reward_mean``.
+- ``reward_mean`` is the accuracy reward; with ``--format-reward`` the format reward is logged as
+  ``format_reward_mean``.
 - Name clash: TRL's ``GRPOTrainer(loss_type="bnpo")`` is an unrelated loss *aggregation* (normalize by
   the active tokens of the local batch), not Beta normalization. This file is the paper's BNPO.
 """
@@ -347,7 +348,8 @@ def dual_clipped_surrogate(
     is also capped at −c·A, so a sample whose ratio has grown huge cannot dominate the step (ρ = 20, A = −1:
     loss 10 instead of 20, no gradient). Returns the loss and the mask of clipped or capped tokens.
 
-    >>> loss, clipped = dual_clipped_surrogate(torch.log(torch.tensor([[20.0, 5.0]])), torch.zeros(1, 2), torch.tensor([-1.0]), 0.2, 0.28, 10.0)
+    >>> ratios, advantage = torch.tensor([[20.0, 5.0]]), torch.tensor([-1.0])
+    >>> loss, clipped = dual_clipped_surrogate(torch.log(ratios), torch.zeros(1, 2), advantage, 0.2, 0.28, 10.0)
     >>> loss, clipped
     (tensor([[10.,  5.]]), tensor([[ True, False]]))
     """

@@ -82,9 +82,10 @@ from common.run import Run, warmup_scheduler
 
 METHOD = MethodInfo(
     name="NFT",
-    paper="Chen et al., Bridging Supervised Learning and Reinforcement Learning in Math Reasoning, arXiv 2505.18116",
+    paper="Chen et al., Bridging Supervised Learning and Reinforcement Learning in Math Reasoning, "
+    "arXiv 2505.18116",
     arxiv="2505.18116",
-    change="a likelihood loss on right answers and an implicit negative policy on wrong ones; 0 weight is RFT",
+    change="a likelihood loss on right answers, an implicit negative policy on wrong ones (weight 0: RFT)",
     gradient_tier=1,
     gradient_claim="an identity: on the policy (R = 1, the first mini-batch) its gradient is exactly Dr. "
     "GRPO's, A = r − r̂ (normalize 1; normalize 2: GRPO's with the population std); off the policy "
@@ -372,7 +373,7 @@ def update_policy(model, optimizer, batch: dict, args: Args) -> dict[str, float]
                 )
                 loss.backward()
                 stats["loss"] += loss.item() / steps
-                # Modification 5 (vs GRPO): NFT's statistics, the floored share and |R − 1| (0: NFT is Dr. GRPO)
+                # Modification 5 (vs GRPO): NFT's statistics, floored share and |R − 1| (0: NFT is Dr. GRPO)
                 stats["floor_frac"] += float((floored * mask[mb]).sum()) / num_tokens / steps
                 stats["ratio_dev"] += float((ratio_dev * mask[mb]).sum()) / num_tokens / steps
                 if update == 0:  # the first pass: the policy's entropy and its gap to the sampler
@@ -393,7 +394,7 @@ def validate(args: Args) -> None:
     """Contradictory flags fail here, before anything is loaded."""
     if args.group_size < 2:
         raise SystemExit(f"--group-size must be >= 2 for a group-relative advantage, got {args.group_size}")
-    # Modification 7 (vs GRPO): NFT's flags must keep the loss defined (log of a positive floor, r̂ inside (0, 1))
+    # Modification 7 (vs GRPO): NFT's flags keep the loss defined (log of a positive floor, r̂ inside (0, 1))
     if args.neg_weight < 0:
         raise SystemExit(f"--neg-weight must be >= 0 (1 NFT, 0 RFT), got {args.neg_weight}")
     if args.negative_floor <= 0:

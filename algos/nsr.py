@@ -19,7 +19,8 @@ Objective (minimised; r_i ∈ {0, 1}; ρ = π_θ / π_old per token; no group ba
     w-reinforce   all            +λ if r_i = 1 else −1        (paper: L = λ·L_PSR + L_NSR, λ = 0.1)
     reinforce     all            +1 if r_i = 1 else −1        (= w-reinforce with λ = 1)
 
-    L(θ) = token-mean_{i kept, t} max(−A_i ρ_{i,t}, −A_i clip(ρ_{i,t}, 1 − ε_low, 1 + ε_high)) − c_H · token-mean H_{i,t}
+    L(θ) = token-mean_{i kept, t} max(−A_i ρ_{i,t}, −A_i clip(ρ_{i,t}, 1 − ε_low, 1 + ε_high))
+           − c_H · token-mean H_{i,t}
 
 With one update per batch ρ ≡ 1 and ∇L = −token-mean(A_i ∇log π_θ(o_{i,t})): PSR is exactly the SFT
 gradient on the correct samples and NSR exactly its negation on the wrong ones. The paper's form,
@@ -77,9 +78,10 @@ from common.run import Run, warmup_scheduler
 
 METHOD = MethodInfo(
     name="PSR / NSR / W-REINFORCE",
-    paper="Zhu et al., The Surprising Effectiveness of Negative Reinforcement in LLM Reasoning, arXiv 2506.01347",
+    paper="Zhu et al., The Surprising Effectiveness of Negative Reinforcement in LLM Reasoning, "
+    "arXiv 2506.01347",
     arxiv="2506.01347",
-    change="no baseline: +1 (or λ) for right, −1 for wrong samples; train on the positives, negatives or both",
+    change="no baseline: +1 (or λ) for right, −1 for wrong samples; train on positives, negatives or both",
     gradient_tier=1,
     gradient_claim="unbiased up to scale: the advantage is a function of the sample's own reward, so PSR and "
     "NSR each estimate ∇p (p: the pass rate) and W-REINFORCE (1 + λ)∇p, no baseline needed; the token mean "
@@ -336,7 +338,10 @@ def update_policy(model, optimizer, batch: dict, args: Args) -> dict[str, float]
             num_tokens = int(mask[rows].sum())
             for mb in rows.split(args.micro_batch_size):
                 # Modification 2 (vs GRPO): the entropy enters the loss (with its gradient)
-                logprobs, entropy = completion_logprobs(model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature, with_entropy=True, entropy_grad=args.entropy_coef > 0)  # fmt: skip
+                logprobs, entropy = completion_logprobs(
+                    model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature,
+                    with_entropy=True, entropy_grad=args.entropy_coef > 0,
+                )  # fmt: skip
                 old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
                 per_token_loss, clipped = clipped_surrogate(
                     logprobs, old, advantages[mb], args.clip_low, args.clip_high

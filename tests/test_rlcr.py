@@ -5,6 +5,7 @@ validate(), and end-to-end runs on the tiny world (spec: more-methods.md section
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ import algos.rlcr
 from algos.rlcr import (
     Args,
     auroc,
+    bin_index,
     brier_score,
     calibration_report,
     expected_calibration_error,
@@ -20,7 +22,7 @@ from algos.rlcr import (
     rlcr_rewards,
     validate,
 )
-from common.tiny_world import CONFIDENCE_SUFFIX
+from common.tiny_task import CONFIDENCE_SUFFIX
 from common.tracking import read_jsonl
 
 # ---------------------------------------------------------------------------------------------------
@@ -101,13 +103,51 @@ def test_brier_ece_auroc_hand_computed():
     q = torch.tensor([0.9, 0.9, 0.6, 0.3, 0.1], dtype=torch.float64)
     # Brier: (0.01 + 0.81 + 0.16 + 0.49 + 0.01) / 5 = 1.48 / 5
     assert brier_score(correct, q) == pytest.approx(0.296)
-    # ECE, 10 bins: bin 9 {0.9, 0.9}: |0.9 − 0.5| · 2/5 = 0.16; bin 6 {0.6}: 0.4/5; bin 3 {0.3}: 0.7/5; bin 1 {0.1}: 0.1/5
+    # ECE, 10 bins: bin 9 {0.9, 0.9}: |0.9 − 0.5| · 2/5 = 0.16; bin 5 {0.6}: 0.4/5; bin 2 {0.3}: 0.7/5; bin 1 {0.1}: 0.1/5
     assert expected_calibration_error(correct, q, bins=10) == pytest.approx(0.16 + 0.08 + 0.14 + 0.02)
     # 2 bins: [0, 0.5) {0.3, 0.1}: mean q 0.2, acc 0.5 -> 0.3 · 2/5; [0.5, 1] {0.9, 0.9, 0.6}: 0.8 vs 2/3 -> 0.4
     assert expected_calibration_error(correct, q, bins=2) == pytest.approx(0.12 + (0.8 - 2 / 3) * 0.6)
     # AUROC: right {0.9, 0.6, 0.3} vs wrong {0.9, 0.1}: pairs (0.5 + 1) + (0 + 1) + (0 + 1) = 3.5 of 6
     assert auroc(correct, q) == pytest.approx(3.5 / 6)
     assert auroc(torch.tensor([1, 1]), torch.tensor([0.2, 0.9])) == 0.5  # one class empty
+
+
+def official_get_ece(correctness: np.ndarray, confidence: np.ndarray) -> float:
+    """The official ECE, step for step as ``get_ece`` in damanimehul/RLCR ``eval/eval_utils.py`` (MIT licence):
+    10 bins with edges ``np.linspace(0, 1, 11)``, the outer two opened to ±inf, ``np.digitize``."""
+    edges = np.linspace(0, 1, 11)
+    edges[0], edges[-1] = -np.inf, np.inf
+    index = np.digitize(confidence, edges) - 1
+    ece = 0.0
+    for i in range(10):
+        in_bin = index == i
+        if np.sum(in_bin) > 0:
+            gap = np.abs(np.mean(confidence[in_bin]) - np.mean(correctness[in_bin]))
+            ece += np.sum(in_bin) / len(confidence) * gap
+    return float(ece)
+
+
+def test_ece_bins_tenth_step_confidences_exactly_as_the_official_get_ece():
+    """The official edges are k · 0.1 in float64, so a stated 0.3, 0.6 or 0.7 falls in the bin below its value
+    (3 · 0.1 = 0.30000000000000004 > 0.3), where floor(10 q) puts it in its own. Hand-computed: right answers
+    at q = 0.3 and 0.7, wrong ones at 0.25 and 0.65. Officially {0.25, 0.3} share bin 2 (mean q 0.275, accuracy
+    0.5: 0.225 · 2/4) and {0.65, 0.7} bin 6 (0.175 · 2/4): ECE 0.2. Binned by floor(10 q) the four sit alone in
+    bins 2, 3, 6, 7 and the ECE would be (0.25 + 0.7 + 0.65 + 0.3)/4 = 0.475."""
+    tenths = torch.tensor([k / 10 for k in range(11)], dtype=torch.float64)  # as parsed from "0.3" etc.
+    official_bins = np.digitize(tenths.numpy(), np.r_[-np.inf, np.linspace(0, 1, 11)[1:-1], np.inf]) - 1
+    assert bin_index(tenths, 10).tolist() == official_bins.tolist() == [0, 1, 2, 2, 4, 5, 5, 6, 8, 9, 9]
+    correct, q = torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.tensor([0.3, 0.25, 0.7, 0.65], dtype=torch.float64)
+    assert expected_calibration_error(correct, q) == pytest.approx(0.2, abs=1e-9)
+    assert official_get_ece(correct.numpy(), q.numpy()) == pytest.approx(0.2, abs=1e-12)
+    generator = np.random.default_rng(0)
+    for confidence in [
+        generator.integers(0, 11, 500) / 10,  # stated in tenths
+        generator.integers(0, 21, 500) / 20,  # in twentieths
+        generator.random(500),  # anywhere in [0, 1]
+    ]:
+        right = (generator.random(500) < confidence).astype(float)
+        ours = expected_calibration_error(torch.tensor(right), torch.tensor(confidence, dtype=torch.float64))
+        assert ours == pytest.approx(official_get_ece(right, confidence), abs=1e-6)  # ours is rounded to 1e-6
 
 
 def test_perfect_and_uninformative_confidences():
