@@ -252,3 +252,18 @@ def test_nsr_skips_a_batch_without_negatives(tiny_world_dir, tmp_path, monkeypat
     before = load_file(tiny_world_dir / "model.safetensors")
     after = load_file(tmp_path / "skip" / "checkpoints" / "step-00000002" / "model" / "model.safetensors")
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_w_reinforce_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
+    """The defaults (W-REINFORCE, λ = 0.1) on a short budget, 15 steps of 8 prompts x 8 samples (seed 1), raise
+    held-out pass@1 over 60 problems x 4 samples by at least 0.05. Measured with these settings (``./run.sh nsr
+    --num-steps 15 --prompts-per-step 8 --group-size 8 --max-new-tokens 64 --eval-problems 60 --eval-n 4
+    --eval-every 0 --seed S``): seed 1 0.338 -> 0.488 (+0.150), seed 2 0.358 -> 0.421 (+0.063), seed 3 0.292 ->
+    0.417 (+0.125); about 18 CPU seconds each (one thread, evaluations included)."""
+    out = main(
+        Args(num_steps=15, prompts_per_step=8, group_size=8, max_new_tokens=64, eval_problems=60, eval_n=4,
+             eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
+    )  # fmt: skip
+    gain = out["final"]["pass@1"] - out["base"]["pass@1"]
+    assert gain >= 0.05, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"
