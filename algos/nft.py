@@ -38,12 +38,10 @@ r̂ ∈ [0.02, 0.98] are the official ``train_7B.sh`` / ``dp_actor.py`` values; 
 ``--num-mini-batches 16``: the official run splits each rollout batch of 512 prompts into mini-batches of
 32 (``train_prompt_mini_bsz``), one pass (``ppo_epoch=1``): 16 optimizer steps per batch; here the kept
 rows of each step are split into 16 (``--num-mini-batches 1`` is Dr. GRPO exactly). ``--learning-rate
-2.5e-5`` (tiny world, measured): 16 AdamW steps per batch at grpo.py's 1e-4 overshoot on the tiny world
-(held-out pass@1 +0.05 in 30 steps, against +0.125 at one step), at a quarter of it they learn (+0.10 to
-+0.28 over 3 seeds; docs/methods/nft.md). Paper scale
-(Qwen2.5-Math-7B, DAPO-Math-17k, 512 prompts × 16 samples, lr 1e-6 with 10 warm-up steps, weight decay 0.1,
-max response 3584) is the command of docs/methods/nft.md at one-GPU size; the tiny world uses grpo.py's
-rollout budget and learning rate.
+2.5e-5`` (tiny world, measured in docs/methods/nft.md): 16 AdamW steps per batch at grpo.py's 1e-4 overshoot
+on the tiny world, at a quarter of it they learn as well as one step at 1e-4. Paper scale (Qwen2.5-Math-7B,
+DAPO-Math-17k, 512 prompts × 16 samples, lr 1e-6 with 10 warm-up steps, weight decay 0.1, max response 3584)
+is the command of docs/methods/nft.md at one-GPU size; the tiny world uses grpo.py's rollout budget.
 
 Deviations / choices:
 - Filtering: the official trainer keeps generating batches (DAPO dynamic sampling, up to 10) until 512

@@ -479,7 +479,8 @@ def held_out_calibration(run: Run, sampler, n: int) -> dict[str, float]:
         results = run.verifier.verify_batch(out.completions, [e.answer for e in chunk for _ in range(n)])
         correct += [r.correct for r in results]
         confidence += [nan_if_none(parse_confidence(t)) if r.parsed else math.nan for t, r in zip(out.completions, results)]  # fmt: skip
-    run.extra["final_calibration" if "base_calibration" in run.extra else "base_calibration"] = {"correct": correct, "confidence": confidence}  # fmt: skip
+    key = "final_calibration" if "base_calibration" in run.extra else "base_calibration"
+    run.extra[key] = {"correct": correct, "confidence": confidence}  # saved with every checkpoint
     report = calibration_report(
         torch.tensor(correct), torch.tensor(confidence, dtype=torch.float64), a.ece_bins
     )
