@@ -156,7 +156,8 @@ def test_run_whose_save_fails_resumes_exactly(random_model_dir, tmp_path, monkey
 
 
 RESUME_SHAPES = {  # two optimizer steps each
-    **{algo: dict(num_steps=2, prompts_per_step=2, group_size=4) for algo in ["grpo", "nsr", "bnpo", "oreal", "expo", "dapo", "nft", "dr_grpo", "rloo", "reinforce_pp", "rlcr", "prefix_rft"]},
+    **{algo: dict(num_steps=2, prompts_per_step=2, group_size=4) for algo in ["grpo", "nsr", "bnpo", "oreal", "expo", "dapo", "dr_grpo", "rloo", "reinforce_pp", "rlcr", "prefix_rft"]},
+    "nft": dict(num_steps=2, prompts_per_step=2, group_size=4, num_mini_batches=2),  # 8 rows: fewer than its 16
     "reinforce_ada": dict(num_steps=2, prompts_per_step=2, group_size=4, round_repeat=4),
     "ppo": dict(num_steps=2, prompts_per_step=2, group_size=1, sft_epochs=0.001),
     "topr": dict(iterations=1, questions_per_iteration=2, samples_per_question=4, epochs=1, batch_size=4),
