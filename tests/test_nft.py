@@ -310,8 +310,8 @@ def test_nft_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
     raise held-out pass@1 over 60 problems x 4 samples by at least 0.05. Measured with these settings
     (``./run.sh nft --num-steps 15 --prompts-per-step 8 --group-size 8 --max-new-tokens 64 --warmup-steps 0
     --eval-problems 60 --eval-n 4 --eval-every 0 --seed S``): seed 1 0.338 -> 0.454 (+0.117), seed 2 0.358 ->
-    0.471 (+0.113), seed 3 0.292 -> 0.454 (+0.163); 21-27 CPU seconds each (one thread, evaluations included). With the warm-up
-    the same run gained +0.042 / +0.075 / +0.221."""
+    0.471 (+0.113), seed 3 0.292 -> 0.454 (+0.163); 21-27 CPU seconds each (one thread, evaluations
+    included). With the warm-up the same runs gained +0.042 / +0.075 / +0.221."""
     out = main(
         Args(num_steps=15, prompts_per_step=8, group_size=8, max_new_tokens=64, warmup_steps=0, eval_problems=60,
              eval_n=4, eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
