@@ -103,7 +103,8 @@ def test_brier_ece_auroc_hand_computed():
     q = torch.tensor([0.9, 0.9, 0.6, 0.3, 0.1], dtype=torch.float64)
     # Brier: (0.01 + 0.81 + 0.16 + 0.49 + 0.01) / 5 = 1.48 / 5
     assert brier_score(correct, q) == pytest.approx(0.296)
-    # ECE, 10 bins: bin 9 {0.9, 0.9}: |0.9 − 0.5| · 2/5 = 0.16; bin 5 {0.6}: 0.4/5; bin 2 {0.3}: 0.7/5; bin 1 {0.1}: 0.1/5
+    # ECE, 10 bins (official edges): bin 9 {0.9, 0.9}: |0.9 − 0.5| · 2/5 = 0.16; bin 5 {0.6}: 0.4/5;
+    # bin 2 {0.3}: 0.7/5; bin 1 {0.1}: 0.1/5
     assert expected_calibration_error(correct, q, bins=10) == pytest.approx(0.16 + 0.08 + 0.14 + 0.02)
     # 2 bins: [0, 0.5) {0.3, 0.1}: mean q 0.2, acc 0.5 -> 0.3 · 2/5; [0.5, 1] {0.9, 0.9, 0.6}: 0.8 vs 2/3 -> 0.4
     assert expected_calibration_error(correct, q, bins=2) == pytest.approx(0.12 + (0.8 - 2 / 3) * 0.6)
@@ -246,8 +247,8 @@ def test_rlcr_learns_and_calibrates_on_the_tiny_world(tiny_world_dir, tmp_path):
     0.177; 43-46 CPU seconds each (one thread, both evaluations included): over the 20 s a learning test
     aims at, because the claim needs this many samples (the earlier test ran 40 steps of 16 x 8)."""
     out = main(
-        Args(num_steps=20, prompts_per_step=8, group_size=8, learning_rate=2e-4, eval_every=0, save_every=1000,
-             eval_problems=40, eval_n=4, output_dir=str(tmp_path), run_name="learn")
+        Args(num_steps=20, prompts_per_step=8, group_size=8, learning_rate=2e-4, eval_every=0,
+             save_every=1000, eval_problems=40, eval_n=4, output_dir=str(tmp_path), run_name="learn")
     )  # fmt: skip
     base, final = out["calibration"]["base"], out["calibration"]["final"]
     gain = out["final"]["pass@1"] - out["base"]["pass@1"]
