@@ -102,9 +102,7 @@ def test_covered_by_a_tag_reads_blocks():
     assert covered_by_a_tag(lines, [3], 3)  # directly under the tag
     assert not covered_by_a_tag(lines, [5], 5)  # inside a nested block: its header has no tag
     assert not covered_by_a_tag(lines, [7], 7)  # after a blank line
-    assert covered_by_a_tag(lines, [7], 7) is False and covered_by_a_tag(
-        ["# Modification 2 (vs GRPO)"], [1], 1
-    )
+    assert covered_by_a_tag(lines, [7], 7) is False and covered_by_a_tag(["# Modification 2 (vs GRPO)"], [1], 1)
 
 
 def test_every_file_declares_its_method():

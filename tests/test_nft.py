@@ -314,7 +314,8 @@ def test_nft_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
     included). With the warm-up the same runs gained +0.042 / +0.075 / +0.221."""
     out = main(
         Args(num_steps=15, prompts_per_step=8, group_size=8, max_new_tokens=64, warmup_steps=0,
-             eval_problems=60, eval_n=4, eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
+             eval_problems=60, eval_n=4, eval_every=0, save_every=1000, output_dir=str(tmp_path),
+             run_name="learn", seed=1)
     )  # fmt: skip
     gain = out["final"]["pass@1"] - out["base"]["pass@1"]
     print(json.dumps({"base": out["base"]["pass@1"], "final": out["final"]["pass@1"]}))
