@@ -19,63 +19,85 @@ Objective (minimised; r_i ∈ {0, 1}; ρ = π_θ / π_old per token; no group ba
     w-reinforce   all            +λ if r_i = 1 else −1        (paper: L = λ·L_PSR + L_NSR, λ = 0.1)
     reinforce     all            +1 if r_i = 1 else −1        (= w-reinforce with λ = 1)
 
-    L(θ) = token-mean_{i kept, t} max(−A_i ρ_{i,t}, −A_i clip(ρ_{i,t}, 1 − ε_low, 1 + ε_high)) − c_H · token-mean H_{i,t}
+    L(θ) = token-mean_{i kept, t} max(−A_i ρ_{i,t}, −A_i clip(ρ_{i,t}, 1 − ε_low, 1 + ε_high))
+           − c_H · token-mean H_{i,t}
 
 With one update per batch ρ ≡ 1 and ∇L = −token-mean(A_i ∇log π_θ(o_{i,t})): PSR is exactly the SFT
 gradient on the correct samples and NSR exactly its negation on the wrong ones. The paper's form,
 L_PSR = −E_x Σ_{y correct} π_θ(y|x) and L_NSR = +E_x Σ_{y wrong} π_θ(y|x), has the same gradient up to scale.
 
-Defaults: ``--objective w-reinforce --lam 0.1`` (the paper's recommended setting; its λ sweep
-{0, 0.05, 0.1, 0.2, 1} found λ ≤ 0.2 good), clip 0.2 and token-mean aggregation (verl), no KL (as every
-PSR/NSR run in the paper). Paper scale: Qwen2.5-Math-7B on MATH, 1024 prompts × 8 samples, T = 1.0,
-lr 1e-6 constant: that is the command line in the README. The tiny world uses grpo.py's rollout budget
-and learning rate.
+Modification 1: no group baseline: ±1 (or λ) advantages from the sample's own reward, and the samples to keep
+Modification 2: an entropy bonus −c_H·H in the per-token loss
+Modification 3: token-mean aggregation (over the kept samples) by default
+Modification 4: a batch with nothing to keep takes no optimizer step (counted in ``skipped_steps``)
+Modification 5: one sample per prompt is allowed (no group baseline); λ must be >= 0
+Modification 6: the loop trains on the kept rows only and logs ``kept_frac`` and ``skipped_steps``
+
+Defaults: ``--objective w-reinforce --positive-weight 0.1`` (the paper's recommended setting; its λ sweep
+{0, 0.05, 0.1, 0.2, 1} found λ ≤ 0.2 good); ``--entropy-coef 1e-4`` (the paper; the official code runs
+verl's default 1e-3); clip 0.2 and token-mean aggregation (the official code, verl's); no KL (as every
+PSR/NSR run in the paper); ``--group-size`` may be 1 (no group baseline). Paper scale: Qwen2.5-Math-7B on
+MATH, 1024 prompts × 8 samples, T = 1.0, lr 1e-6 constant: the command line of docs/methods/nsr.md. The
+tiny world uses grpo.py's rollout budget and learning rate.
 
 Deviations / choices:
 - λ in the official code: the launch script ``run_qwen2.5-math-7b_psr_nsr.sh`` passes
   ``algorithm.positive_advantage_weight`` on a line after ``$@`` that is a comment (the line before it
   ends without a backslash), so the YAML default ``positive_advantage_weight: 1`` is what runs: switching
   the script to ``weighted`` silently trains REINFORCE (λ = 1). This file defaults to λ = 0.1 (paper);
-  ``--lam 1`` (or ``--objective reinforce``) reproduces the script as shipped.
-- Entropy bonus: the paper states 1e-4; the code never overrides verl's default ``entropy_coeff: 0.001``.
-  This file defaults to the paper's 1e-4; ``--entropy-coef 1e-3`` gives the code's value, 0 turns it off.
+  ``--positive-weight 1`` (or ``--objective reinforce``) reproduces the script as shipped.
 - Rewards: the paper writes r ∈ {+1, −1} and a π-weighted loss; the code (and this file) takes 0/1 scores,
   turns them into the advantages above and feeds them to the PPO-clip surrogate.
 - Token mean over the KEPT samples only [ours]: PSR and NSR first drop the samples they do not train on
-  (as the code's ``batch.subset``) and the token mean here runs over what is kept, so this file's NSR
-  step does not shrink as wrong samples become rare. The official actor differs: it scales each
-  micro-batch's token-mean loss by its size over the configured mini-batch size, so once the kept
-  samples no longer fill a mini-batch the step shrinks in proportion (and there are fewer optimizer
-  steps). W-REINFORCE keeps every sample, so with λ = 0 its gradient is NSR's times (tokens of wrong
-  samples) / (all tokens): the same direction, a smaller step. A batch with nothing to keep (NSR on an all-correct batch, PSR on an
-  all-wrong one) takes no optimizer step; it is counted in ``skipped_steps`` (the lr schedule still
-  advances), never turned into a 0/0.
+  (as the code's ``batch.subset``) and the token mean here runs over what is kept (per mini-batch), so this
+  file's NSR step does not shrink as wrong samples become rare. The official actor differs: it scales each
+  micro-batch's token-mean loss by its size over the configured mini-batch size, so once the kept samples
+  no longer fill a mini-batch the step shrinks in proportion (and there are fewer optimizer steps).
+  W-REINFORCE keeps every sample, so with λ = 0 its gradient is NSR's times (tokens of wrong samples) /
+  (all tokens): the same direction, a smaller step.
 - Optimizer steps per batch: the code splits each rollout batch into 4 mini-batches (one pass, later
   mini-batches slightly off-policy; the subset PSR/NSR batches give fewer of them). Here, as in grpo.py,
-  one step per batch by default; ``--updates-per-batch`` repeats the whole batch.
+  one step per batch by default; ``--num-mini-batches 4`` splits the kept samples into 4 optimizer steps.
 - The logged ``entropy`` is over the trained (kept) tokens; ``kept_frac`` is the share of samples trained on.
-- [ours] ``--group-size 1`` is allowed (there is no group baseline); ``--loss-agg`` is kept as a flag.
 """
 
 import copy
-import random
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import tyro
 
-from common.checkpoint import StopRequest, check_writable, load_checkpoint, resume_checkpoint, save_checkpoint
-from common.data import build_prompt, load_examples
-from common.evaluate import evaluate_policy
-from common.model import completion_logprobs, load_policy
+from common.model import completion_logprobs, load_policy, rollout_logprobs
 from common.preflight import check_run_args
+from common.registry import MethodInfo
 from common.rollout import make_sampler
-from common.tracking import Progress, Tracker, report_before_after
-from common.verify import Verifier
+from common.rollout_correction import rollout_correction
+from common.rollout_types import sampler_gap
+from common.run import Run, warmup_scheduler
+
+METHOD = MethodInfo(
+    name="PSR / NSR / W-REINFORCE",
+    paper="Zhu et al., The Surprising Effectiveness of Negative Reinforcement in LLM Reasoning, "
+    "arXiv 2506.01347",
+    arxiv="2506.01347",
+    change="no baseline: +1 (or λ) for right, −1 for wrong samples; train on positives, negatives or both",
+    gradient_tier=1,
+    gradient_claim="unbiased up to scale: the advantage is a function of the sample's own reward, so PSR and "
+    "NSR each estimate ∇p (p: the pass rate) and W-REINFORCE (1 + λ)∇p, no baseline needed; the token mean "
+    "over the kept samples divides each batch by its own token count (a batch-dependent scale)",
+    verl="yes: `rlvr_psr` / `rlvr_nsr` / `rlvr_w_reinforce` / `rlvr_reinforce` + `rlvr_clip`",
+    contradiction=({"positive_weight": -0.5}, "--positive-weight must be >= 0"),
+    variants={
+        "w-reinforce": ["--objective", "w-reinforce", "--positive-weight", "0.1"],
+        "psr": ["--objective", "psr"],
+        "nsr-only": ["--objective", "nsr"],
+    },
+    compare_default=True,
+)
+
+# Modification 1 (vs GRPO): the objectives, each a choice of samples to train on and their advantages
+OBJECTIVES = ("psr", "nsr", "w-reinforce", "reinforce")
 
 
 @dataclass
@@ -120,21 +142,31 @@ class Args:
     prompts_per_step: int = 16
     """prompts per training step"""
     group_size: int = 8
-    """G: completions sampled per prompt (no group baseline here, so 1 is allowed)"""
+    """G: completions sampled per prompt"""
     max_new_tokens: int = 80
-    """completion length limit (also L_max of seq-mean-token-sum-norm)"""
+    """completion length limit in tokens (also L_max of seq-mean-token-sum-norm)"""
     temperature: float = 1.0
     """sampling temperature (training and evaluation)"""
     top_p: float = 1.0
     """nucleus sampling threshold"""
     vllm_gpu_memory_utilization: float = 0.3
     """share of GPU memory vLLM may take (weights + KV cache) with --rollout vllm"""
-    tis_cap: float = 0.0
-    """C: weight each token's loss by min(π_old / π_sampler, C) to correct the sampler/trainer mismatch (0: off)"""
+    rollout_is: Literal["none", "token-tis", "seq-tis", "token-mis", "seq-mis", "icepop"] = "none"
+    """importance weights for the sampler/trainer mismatch, a function of π_old / π_sampler (common/rollout_correction.py)"""
+    rollout_is_threshold: float = 2.0
+    """upper bound of the ratio π_old / π_sampler: truncation (TIS) or mask (MIS, IcePop) threshold"""
+    rollout_is_threshold_low: float = 0.5
+    """lower bound of the ratio π_old / π_sampler below which MIS and IcePop mask a token or sequence"""
+    rollout_rs: Literal["none", "opsm", "geo-mean", "k3"] = "none"
+    """rejection of sequences too far from the sampler (common/rollout_correction.py)"""
+    rollout_rs_threshold: float = 0.5
+    """δ: the rejection threshold of --rollout-rs"""
 
     # --- optimisation ---
     num_steps: int = 100
     """training steps (one rollout batch each)"""
+    max_samples: int = 0
+    """stop after the step whose generated completions reach this many (0: no budget; bench/compare.py)"""
     learning_rate: float = 1e-4
     """AdamW learning rate (constant after warm-up)"""
     warmup_steps: int = 5
@@ -146,28 +178,30 @@ class Args:
     micro_batch_size: int = 64
     """sequences per forward/backward pass (gradient accumulation over the batch)"""
     updates_per_batch: int = 1
-    """optimizer steps on each rollout batch (μ in the paper); ratios equal 1 when it is 1"""
+    """passes over each rollout batch (μ in the paper, PPO's epochs); the ratio π_θ / π_old is 1 on the first"""
+    num_mini_batches: int = 1
+    """optimizer steps per pass: each pass splits the rollout batch into this many mini-batches"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass to save memory"""
 
     # --- algorithm ---
-    # Modification 1 (vs GRPO): --objective and --lam replace --scale-rewards (see nsr_advantages)
+    # Modification 1 (vs GRPO): --objective and --positive-weight replace --scale-rewards (see nsr_advantages)
     objective: Literal["psr", "nsr", "w-reinforce", "reinforce"] = "w-reinforce"
     """which samples to reinforce: psr (correct only), nsr (wrong only), w-reinforce (both, positives x λ), reinforce (both, ±1)"""
-    lam: float = 0.1
-    """λ: weight of the positive samples in w-reinforce (paper: 0.1; the official script silently runs 1)"""
+    positive_weight: float = 0.1
+    """λ: weight of the positive samples in w-reinforce (their advantage is +λ, a wrong sample's −1)"""
     # Modification 2 (vs GRPO): an entropy bonus in the loss
     entropy_coef: float = 1e-4
-    """c_H: entropy bonus weight (paper: 1e-4; official code: verl's default 1e-3); 0 disables it"""
+    """c_H: weight of the entropy bonus −c_H·H added to every token's loss; 0 turns it off"""
     clip_low: float = 0.2
     """ε_low: lower clip of the ratio (1 − ε_low)"""
     clip_high: float = 0.2
-    """ε_high: upper clip of the ratio (1 + ε_high); 0.28 is DAPO's clip-higher"""
+    """ε_high: upper clip of the ratio (1 + ε_high)"""
     kl_coef: float = 0.0
-    """β: weight of the k3 KL to the initial policy; 0 loads no reference model"""
+    """β: weight of the k3 KL to the initial policy, a loss term; 0 loads no reference model"""
     # Modification 3 (vs GRPO): token-mean (over the kept samples) by default, as the official code
-    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "token-mean"
-    """how per-token losses of the kept samples are averaged (official code: token-mean)"""
+    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "token-mean"  # fmt: skip
+    """how per-token losses are averaged over a mini-batch (grpo.py's module docstring)"""
 
     # --- evaluation, logging, checkpoints ---
     eval_every: int = 20
@@ -184,24 +218,21 @@ class Args:
     """checkpoints kept on disk"""
 
 
-# ALGO LOGIC: advantages and kept samples, clipped surrogate, KL penalty, loss aggregation (pure functions)
-
-OBJECTIVES = ("psr", "nsr", "w-reinforce", "reinforce")
+# ALGO LOGIC: advantages, the clipped surrogate, the KL penalty and loss aggregation (pure functions)
 
 
 def nsr_advantages(
-    correct: torch.Tensor, objective: str, lam: float = 0.1
+    correct: torch.Tensor, objective: str, positive_weight: float = 0.1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Advantages and the samples to train on: ``correct [B]`` (bool or 0/1) -> ``(advantages [B], keep [B])``.
-
-    No baseline: the advantage depends on the sample's own reward only. Samples not kept get advantage 0.
-
+    """Modification 1 (vs GRPO): advantages and the samples to train on, ``correct [B]`` (bool or 0/1) ->
+    ``(advantages [B], keep [B])``. No baseline: the advantage depends on the sample's own reward only.
+    Samples not kept get advantage 0.
     >>> correct = torch.tensor([1, 0, 0, 1])
     >>> nsr_advantages(correct, "psr")
     (tensor([1., 0., 0., 1.]), tensor([ True, False, False,  True]))
     >>> nsr_advantages(correct, "nsr")
     (tensor([ 0., -1., -1.,  0.]), tensor([False,  True,  True, False]))
-    >>> nsr_advantages(correct, "w-reinforce", lam=0.1)
+    >>> nsr_advantages(correct, "w-reinforce", positive_weight=0.1)
     (tensor([ 0.1000, -1.0000, -1.0000,  0.1000]), tensor([True, True, True, True]))
     >>> nsr_advantages(correct, "reinforce")
     (tensor([ 1., -1., -1.,  1.]), tensor([True, True, True, True]))
@@ -213,7 +244,7 @@ def nsr_advantages(
     if objective == "nsr":  # only the wrong samples, pushed down
         return torch.where(correct, 0.0, -1.0), ~correct
     if objective == "w-reinforce":  # every sample; the positives down-weighted by λ
-        return torch.where(correct, lam, -1.0), everything
+        return torch.where(correct, positive_weight, -1.0), everything
     if objective == "reinforce":  # every sample, ±1 (= w-reinforce with λ = 1)
         return torch.where(correct, 1.0, -1.0), everything
     raise ValueError(f"unknown --objective {objective!r}; expected one of {OBJECTIVES}")
@@ -243,18 +274,6 @@ def clipped_surrogate(
     return per_token_loss, (clipped < unclipped).detach()
 
 
-def truncated_is_weights(
-    old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, cap: float
-) -> torch.Tensor:
-    """Truncated importance weights min(π_old / π_sampler, C), detached: they correct for the sampler
-    (e.g. vLLM) computing slightly different probabilities than the trainer (as TRL and verl do).
-
-    >>> truncated_is_weights(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])), cap=2.0)
-    tensor([[2., 1.]])
-    """
-    return torch.exp(old_logprobs - behavior_logprobs).clamp(max=cap).detach()
-
-
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0, 0 when equal).
 
@@ -269,15 +288,16 @@ def aggregate_loss(
     per_token_loss: torch.Tensor,  # [b, C] losses of one micro-batch
     mask: torch.Tensor,  # [b, C] completion mask
     mode: str,
-    num_sequences: int,  # sequences in the WHOLE batch (all micro-batches)
-    num_tokens: int,  # completion tokens in the whole batch
+    num_sequences: int,  # sequences in the whole mini-batch (all its micro-batches)
+    num_tokens: int,  # completion tokens in the whole mini-batch
     max_len: int,  # L_max for seq-mean-token-sum-norm
 ) -> torch.Tensor:
-    """Reduce per-token losses to a scalar so that summing over micro-batches gives the batch loss.
+    """Reduce per-token losses to a scalar so that summing over micro-batches gives the mini-batch loss.
 
     Two sequences, losses [[1, 1, 0], [4, 0, 0]] with masks [[1, 1, 0], [1, 0, 0]]:
       seq-mean-token-mean:      ((1+1)/2 + 4/1) / 2 = 2.5
       token-mean:               (1+1+4) / 3        = 2.0
+      seq-mean-token-sum:       ((1+1) + 4) / 2    = 3.0
       seq-mean-token-sum-norm:  (1+1+4) / (2·3)    = 1.0   (L_max = 3)
     """
     masked = per_token_loss * mask
@@ -285,9 +305,69 @@ def aggregate_loss(
         return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_sequences
     if mode == "token-mean":
         return masked.sum() / max(num_tokens, 1)
+    if mode == "seq-mean-token-sum":
+        return masked.sum() / num_sequences
     if mode == "seq-mean-token-sum-norm":
         return masked.sum() / (num_sequences * max_len)
     raise ValueError(f"unknown --loss-agg {mode!r}")
+
+
+# ALGO LOGIC: the policy update (the same signature in every file; callable without main())
+
+
+def update_policy(model, optimizer, batch: dict, args: Args) -> dict[str, float]:
+    """Update the policy on one rollout batch: ``--updates-per-batch`` passes, each split into
+    ``--num-mini-batches`` optimizer steps, each accumulated over micro-batches (the micro-batch size never
+    changes the gradient). ``batch``: ``rollout`` (a ``common.rollout_types.Rollout``), ``advantages [B]`` and,
+    when ``--kl-coef`` > 0, ``ref_logprobs [B, C]``. Returns the update's statistics (means over its steps)."""
+    rollout, advantages, ref_logprobs = batch["rollout"], batch["advantages"], batch.get("ref_logprobs")
+    mask = rollout.completion_mask  # [B, C]
+    B, C = mask.shape
+    # Modification 4 (vs GRPO): nothing kept (NSR on an all-correct batch, PSR on an all-wrong one): no step
+    if B == 0:
+        return {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+    steps, stats = args.updates_per_batch * args.num_mini_batches, {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
+    # π_old: the trainer's log-probs before the first optimizer step, needed once the ratio can leave 1
+    needs_old = steps > 1 or args.rollout_is != "none" or args.rollout_rs != "none"
+    old_logprobs = rollout_logprobs(model, rollout, args.temperature, args.micro_batch_size) if needs_old else None  # fmt: skip
+    weights, stats_rc = rollout_correction(old_logprobs, rollout.behavior_logprobs, mask, advantages, args)
+    model.train()
+    total_tokens = mask.sum().item()
+    for update in range(args.updates_per_batch):
+        for rows in torch.arange(B).tensor_split(args.num_mini_batches):  # one optimizer step each
+            num_tokens = int(mask[rows].sum())
+            for mb in rows.split(args.micro_batch_size):
+                # Modification 2 (vs GRPO): the entropy enters the loss (with its gradient)
+                logprobs, entropy = completion_logprobs(
+                    model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature,
+                    with_entropy=True, entropy_grad=args.entropy_coef > 0,
+                )  # fmt: skip
+                old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
+                per_token_loss, clipped = clipped_surrogate(
+                    logprobs, old, advantages[mb], args.clip_low, args.clip_high
+                )
+                per_token_loss = per_token_loss * weights[mb]  # the sampler/trainer mismatch correction
+                # Modification 2 (vs GRPO): the entropy bonus (then the entropy is a metric again: detached)
+                per_token_loss, entropy = per_token_loss - args.entropy_coef * entropy, entropy.detach()
+                if ref_logprobs is not None:
+                    kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
+                    per_token_loss = per_token_loss + args.kl_coef * kl
+                    stats["kl"] += float((kl * mask[mb]).sum()) / num_tokens / steps
+                loss = aggregate_loss(
+                    per_token_loss, mask[mb], args.loss_agg, len(rows), num_tokens, args.max_new_tokens
+                )
+                loss.backward()
+                stats["loss"] += loss.item() / steps
+                stats["clip_frac"] += float((clipped * mask[mb]).sum()) / num_tokens / steps
+                if update == 0:  # the first pass: the policy's entropy and its gap to the sampler
+                    sums = {"entropy": float((entropy * mask[mb]).sum()), **sampler_gap(old, rollout, mb)}
+                    for key, value in sums.items():
+                        stats[key] = stats.get(key, 0.0) + value / total_tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(grad_norm) / steps
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return {**stats, **stats_rc}
 
 
 # TRY NOT TO MODIFY: the training loop
@@ -295,223 +375,49 @@ def aggregate_loss(
 
 def validate(args: Args) -> None:
     """Contradictory flags fail here, before anything is loaded."""
-    # Modification 4 (vs GRPO): no group baseline, so one sample per prompt is enough; λ must be >= 0
+    # Modification 5 (vs GRPO): no group baseline, so one sample per prompt is enough; λ must be >= 0
     if args.group_size < 1:
         raise SystemExit(f"--group-size must be >= 1, got {args.group_size}")
-    if args.lam < 0:
-        raise SystemExit(f"--lam must be >= 0 (the weight of the positive samples), got {args.lam}")
-    if args.micro_batch_size < 1 or args.prompts_per_step < 1 or args.num_steps < 0:
-        raise SystemExit("--micro-batch-size and --prompts-per-step must be >= 1 and --num-steps >= 0")
-    if args.updates_per_batch < 1:
-        raise SystemExit(f"--updates-per-batch must be >= 1, got {args.updates_per_batch}")
-    if args.tis_cap > 0 and args.temperature == 0:
+    if args.positive_weight < 0:
         raise SystemExit(
-            "--tis-cap needs sampled behaviour log-probs; it cannot be used with --temperature 0"
+            f"--positive-weight must be >= 0 (the weight of the positive samples), got {args.positive_weight}"
         )
     check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
 
 
 def main(args: Args) -> dict:
     validate(args)
-    run_name = args.run_name or f"{args.exp_name}__{args.seed}"
-    run_dir = Path(args.output_dir) / run_name
-    check_writable(run_dir)
-    wall_start = time.time()
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-
-    # TRY NOT TO MODIFY: data, model, sampler, verifier
-    train_examples = load_examples(
-        args.dataset, "train", args.question_field, args.answer_field, seed=args.seed
-    )
-    eval_name = args.eval_dataset or ("math500" if args.dataset == "math" else args.dataset)
-    eval_examples = load_examples(
-        eval_name, "test", args.question_field, args.answer_field, limit=args.eval_problems
-    )
-    model, tokenizer = load_policy(
-        args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing
-    )
-    ref_model = None
-    if args.kl_coef > 0:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    run = Run(args)  # TRY NOT TO MODIFY: run directory, seeding, data, verifier (common/run.py)
+    model, tokenizer = load_policy(args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing)  # fmt: skip
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if args.kl_coef > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
-    )
-    sampler = make_sampler(
-        args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization
-    )
-    verifier = Verifier()
-
-    def evaluate(n: int, desc: str) -> dict:
-        return evaluate_policy(
-            model, tokenizer, eval_examples, n=n, template=args.template, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, top_p=args.top_p, sampler=sampler, verifier=verifier, desc=desc,
-        )  # fmt: skip
-
-    # TRY NOT TO MODIFY: resume
-    start_step, extra = 0, {}
-    if ckpt := resume_checkpoint(run_dir, args.resume):  # None: a fresh run
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        start_step, extra = state["step"], state["extra"]
-        sampler.update_weights(model)
-        print(f"resumed from {ckpt} (step {start_step})")
-    tracker = Tracker(
-        run_dir, asdict(args), args.track, args.wandb_project, run_name, start_step if ckpt else None
-    )
-    if "base_eval" not in extra:
-        extra["base_eval"] = evaluate(args.eval_n, "eval base")
-        extra["elapsed"] = extra["base_wall_time"] = time.time() - wall_start
-        tracker.log(0, {f"eval/pass@{k}": v for k, v in extra["base_eval"]["curve"].items()})
-    elapsed_before = extra["elapsed"]
-    session_start = time.time()
+    scheduler = warmup_scheduler(optimizer, args.warmup_steps)
+    sampler = make_sampler(args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization)  # fmt: skip
+    run.start(model, tokenizer, optimizer, scheduler, sampler)  # TRY NOT TO MODIFY: resume, base evaluation
     Q, G = args.prompts_per_step, args.group_size
 
-    progress = Progress(args.num_steps - start_step, desc="train")
-    with StopRequest() as stop:
-        for step in range(start_step + 1, args.num_steps + 1):
-            step_start = time.time()
-            # TRY NOT TO MODIFY: pick this step's prompts (a fresh permutation every epoch, so resume is exact)
-            epoch, offset = divmod((step - 1) * Q, len(train_examples))
-            order = torch.randperm(
-                len(train_examples), generator=torch.Generator().manual_seed(args.seed + epoch)
-            )
-            batch = [train_examples[i] for i in order.roll(-offset)[:Q].tolist()]
-            prompts = [build_prompt(e.question, args.template, tokenizer) for e in batch]
+    for step in run.steps():  # TRY NOT TO MODIFY: progress, Ctrl-C, checkpoints, the sample budget
+        # TRY NOT TO MODIFY: sample G completions for each of this step's prompts and score them
+        batch, prompts = run.next_batch(Q)
+        rollout = sampler.generate(prompts, G, args.max_new_tokens, args.temperature, args.top_p)
+        results, correct = run.verify(rollout, batch)
+        rewards = correct.view(Q, G)  # [Q, G]
 
-            # TRY NOT TO MODIFY: sample G completions per prompt and score them
-            rollout = sampler.generate(prompts, G, args.max_new_tokens, args.temperature, args.top_p)
-            results = verifier.verify_batch(rollout.completions, [e.answer for e in batch for _ in range(G)])
-            rewards = torch.tensor([float(r.correct) for r in results]).view(Q, G)  # [Q, G]
+        # ALGO LOGIC: Modification 1 (vs GRPO): no baseline; ±1 (or λ) advantages and the samples to keep
+        advantages, keep = nsr_advantages(rewards.view(-1), args.objective, args.positive_weight)  # [B], [B]
+        # Modification 6 (vs GRPO): the update sees the kept rows only; kept_frac and skipped_steps are logged
+        kept = rollout.select(keep)  # B_kept rows
+        update = {"rollout": kept, "advantages": advantages[keep].to(args.device)}
+        if ref_model is not None and keep.any():
+            update["ref_logprobs"] = rollout_logprobs(ref_model, kept, args.temperature, args.micro_batch_size)  # fmt: skip
+        stats = update_policy(model, optimizer, update, args)
+        run.extra["skipped_steps"] = run.extra.get("skipped_steps", 0) + int(not keep.any())
+        stats.update(kept_frac=keep.float().mean().item(), skipped_steps=run.extra["skipped_steps"])
+        scheduler.step()
+        sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
 
-            # ALGO LOGIC: Modification 1 (vs GRPO): no baseline; ±1 (or λ) advantages and the samples to keep
-            advantages, keep = nsr_advantages(rewards.view(-1), args.objective, args.lam)  # [B], [B] bool
-            kept = rollout.select(keep)  # the rollout restricted to the kept samples (B_kept rows)
-            advantages = advantages[keep].to(args.device)  # [B_kept]
-
-            # ALGO LOGIC: the policy update (PPO-clip surrogate + entropy bonus + optional KL), in micro-batches
-            B = len(rollout.completions)  # all samples (for logging)
-            mask = kept.completion_mask  # [B_kept, C]: the token mean below runs over kept samples only
-            B_kept, C = mask.shape
-            num_tokens = int(mask.sum())
-            micro_batches = [
-                slice(i, i + args.micro_batch_size) for i in range(0, B_kept, args.micro_batch_size)
-            ]
-            # Modification 5 (vs GRPO): nothing to keep (NSR on an all-correct batch, PSR on an all-wrong one)
-            # -> no optimizer step, counted in skipped_steps, never a 0/0 token mean
-            num_updates = args.updates_per_batch if B_kept > 0 else 0
-            extra["skipped_steps"] = extra.get("skipped_steps", 0) + int(B_kept == 0)
-            old_logprobs = ref_logprobs = None
-            if B_kept > 0 and (args.updates_per_batch > 1 or args.kl_coef > 0):
-                with torch.no_grad():
-                    if args.updates_per_batch > 1:
-                        old_logprobs = torch.cat([completion_logprobs(model, kept.input_ids[mb], kept.attention_mask[mb], C, args.temperature)[0] for mb in micro_batches])  # fmt: skip
-                    if ref_model is not None:
-                        ref_logprobs = torch.cat([completion_logprobs(ref_model, kept.input_ids[mb], kept.attention_mask[mb], C, args.temperature)[0] for mb in micro_batches])  # fmt: skip
-            model.train()
-            stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "logprob_mismatch": 0.0}
-            grad_norm = 0.0
-            for update in range(num_updates):
-                for mb in micro_batches:
-                    logprobs, entropy = completion_logprobs(
-                        model,
-                        kept.input_ids[mb],
-                        kept.attention_mask[mb],
-                        C,
-                        args.temperature,
-                        with_entropy=True,
-                        entropy_grad=args.entropy_coef > 0,
-                    )  # [b, C] each
-                    old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
-                    per_token_loss, clipped = clipped_surrogate(
-                        logprobs, old, advantages[mb], args.clip_low, args.clip_high
-                    )
-                    if args.tis_cap > 0:  # sampler/trainer mismatch correction
-                        per_token_loss = per_token_loss * truncated_is_weights(
-                            old, kept.behavior_logprobs[mb], args.tis_cap
-                        )
-                    # Modification 2 (vs GRPO): entropy bonus (paper 1e-4, official code 1e-3)
-                    per_token_loss = per_token_loss - args.entropy_coef * entropy
-                    if ref_logprobs is not None:
-                        kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
-                        per_token_loss = per_token_loss + args.kl_coef * kl
-                        stats["kl"] += float((kl * mask[mb]).sum()) / num_tokens / args.updates_per_batch
-                    loss = aggregate_loss(
-                        per_token_loss, mask[mb], args.loss_agg, B_kept, num_tokens, args.max_new_tokens
-                    )
-                    loss.backward()
-                    stats["loss"] += loss.item() / args.updates_per_batch
-                    stats["clip_frac"] += (
-                        float((clipped * mask[mb]).sum()) / num_tokens / args.updates_per_batch
-                    )
-                    if update == 0:
-                        stats["entropy"] += float((entropy.detach() * mask[mb]).sum()) / num_tokens
-                        gap = (logprobs.detach() - kept.behavior_logprobs[mb]).abs()
-                        stats["logprob_mismatch"] += float((gap * mask[mb]).sum()) / num_tokens
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
-
-            # TRY NOT TO MODIFY: logging
-            lengths = rollout.completion_mask.sum(-1)
-            metrics = {
-                "reward_mean": rewards.mean().item(),
-                "accuracy": rewards.mean().item(),
-                "unparsed_frac": 1 - sum(r.parsed for r in results) / len(results),
-                "zero_std_frac": (rewards.std(dim=1) == 0).float().mean().item(),
-                "completion_len_mean": lengths.mean().item(),
-                "completion_len_max": lengths.max().item(),
-                "truncated_frac": rollout.truncated.float().mean().item(),
-                "grad_norm": float(grad_norm),
-                "lr": scheduler.get_last_lr()[0],
-                "step_time": time.time() - step_start,
-                "samples_per_s": B / (time.time() - step_start),
-                "kept_frac": keep.float().mean().item(),  # Modification 6 (vs GRPO): what was trained on
-                "skipped_steps": extra["skipped_steps"],
-                **stats,
-            }
-            if step == args.num_steps:  # the final evaluation, with the full n
-                extra["final_eval"] = evaluate(args.eval_n, "eval final")
-                metrics.update({f"eval/pass@{k}": v for k, v in extra["final_eval"]["curve"].items()})
-            elif args.eval_every and step % args.eval_every == 0:
-                ev = evaluate(max(1, args.eval_n // 2), f"eval step {step}")
-                metrics.update({f"eval/pass@{k}": v for k, v in ev["curve"].items()})
-            tracker.log(step, metrics)
-            if args.log_completions_every and step % args.log_completions_every == 0:
-                tracker.log_completions(step, [
-                    {"prompt": prompts[i // G], "completion": rollout.completions[i], "answer": results[i].answer,
-                     "gold": batch[i // G].answer, "reward": rewards.view(-1)[i].item()}
-                    for i in range(0, B, G)
-                ])  # fmt: skip
-            progress.update(1, reward=metrics["reward_mean"], len=metrics["completion_len_mean"])
-
-            # TRY NOT TO MODIFY: checkpoint (periodically, at the end, and when asked to stop)
-            extra["elapsed"] = elapsed_before + time.time() - session_start
-            if step % args.save_every == 0 or step == args.num_steps or stop.requested:
-                save_checkpoint(run_dir, step, model, optimizer, scheduler, extra, args.keep_last, tokenizer)
-            if stop.requested:
-                progress.close()
-                print(f"Stopped after step {step}. Resume with the same command plus --resume.")
-                tracker.close()
-                verifier.close()
-                raise SystemExit(130)
-    progress.close()
-
-    # TRY NOT TO MODIFY: before/after table, plots
-    final_eval = extra.get("final_eval") or evaluate(args.eval_n, "eval final")
-    total_time = elapsed_before + time.time() - session_start
-    report_before_after(
-        tracker, args.exp_name, args.num_steps, extra["base_eval"], final_eval, eval_name,
-        extra["base_wall_time"], total_time,
-    )  # fmt: skip
-    tracker.close()
-    verifier.close()
-    return {"base": extra["base_eval"], "final": final_eval, "run_dir": str(run_dir)}
+        run.log(step, rollout, results, rewards, stats)  # TRY NOT TO MODIFY: metrics, evaluation, completions
+    return run.finish()  # TRY NOT TO MODIFY: the before/after table and plots
 
 
 if __name__ == "__main__":

@@ -27,18 +27,27 @@ confidence."), and the completion is the worked solution ending in ``\\boxed{a}`
 {0.2, 0.4, 0.6, 0.8} independently of correctness, so the base policy's confidence is uninformative. It
 maps to the paper's ``<think>…</think><answer>a</answer><analysis>…</analysis><confidence>q</confidence>``
 (format ``tabc``) as: working = think, ``\\boxed{a}`` = answer, no analysis, the same confidence tag. A real
-model needs to be told the format: pass a longer ``--confidence-instruction`` (see the README command);
+model needs to be told the format: pass a longer ``--confidence-instruction`` (see docs/methods/rlcr.md);
 the answer is still read from the last ``\\boxed{}`` and the confidence from the last tag.
 
-Calibration (held-out, before and after training, ``calibration.json`` and ``plots/reliability.png``):
-accuracy, Brier = mean (q − c)², ECE over ``--ece-bins`` (10, as the official ``get_ece``) equal-width
-bins, AUROC of q as a score for c, and the format rate. A missing or invalid confidence counts as q = 0,
-as the official ``confidence_extractor`` does.
+Calibration (held-out, at every evaluation; before and after training also ``calibration.json`` and
+``plots/reliability.png``): accuracy, Brier = mean (q − c)², ECE over ``--ece-bins`` (10, as the official
+``get_ece``) equal-width bins binned exactly as ``get_ece`` does, AUROC of q as a score for c, and the
+format rate. A missing or invalid confidence counts as q = 0, as the official ``confidence_extractor`` does.
 
-Defaults run the CPU demo on the tiny world. Official (Qwen2.5-7B, Big-Math-Digits): G = 32, temperature
-0.7, lr 5e-6 linear with 20% warm-up, β = 0, max completion 4096, 0.5 epoch; reported on Big-Math-Digits
-(``results/``): RLVR acc 65.4, Brier 0.319, ECE 0.30, AUROC 0.50; RLCR acc 68.7, Brier 0.181, ECE 0.05,
-AUROC 0.73.
+Modification 1: room for the confidence tag, the official Dr. GRPO advantages and token-mean loss, the weights
+Modification 2: the reward adds a format term and the Brier score of the stated confidence
+Modification 3: a held-out calibration evaluation (accuracy, Brier, ECE, AUROC) at every evaluation
+Modification 4: every question (train and held-out) asks for a stated confidence
+Modification 5: the batch's calibration is logged every step
+Modification 6: the held-out calibration table, calibration.json and plots/reliability.png at the end
+
+Defaults run the CPU demo on the tiny world; ``--max-new-tokens 112`` (the confidence tag adds about 30
+tokens to the tiny world's working). Official (Qwen2.5-7B, Big-Math-Digits): G = 32, temperature 0.7, lr
+5e-6 linear with 20% warm-up, β = 0, max completion 4096, 0.5 epoch, one optimizer step per generation
+batch; reward weights 0.5 each (the control: ``--brier-weight 0``); ``--ece-bins 10`` is ``get_ece``'s.
+Reported on Big-Math-Digits (``results/``): RLVR acc 65.4, Brier 0.319, ECE 0.30, AUROC 0.50; RLCR acc
+68.7, Brier 0.181, ECE 0.05, AUROC 0.73.
 
 Deviations / choices:
 - The tiny world has no ``<answer>``/``<analysis>`` tags: format = the boxed answer parses and the
@@ -48,35 +57,55 @@ Deviations / choices:
 - The official RLVR run also switches to a prompt without confidence (``sys_prompt_name: gen``, format
   ``ta``); here the control keeps the confidence prompt and the format term, so its calibration can be
   measured on the same format (its confidence is simply never rewarded).
+- The loss's normaliser: the official loss (TRL's ``loss_type="bnpo"``) averages the token losses over each
+  local batch of ``per_device_train_batch_size`` = 6 completions, and gradient accumulation averages those 64
+  local means, so a token's weight depends on the token count of its local batch. Here ``token-mean`` divides
+  by the tokens of the whole mini-batch, so the micro-batch size never changes the gradient; the two agree
+  when the completions have equal lengths.
 - The two 1e-5 logging-only reward terms of the official config are left out; ``mask_truncated_completions``
   is not implemented (the tiny world rarely truncates; ``truncated_frac`` is logged).
+- Confidences are kept in float64, as the official evaluation's Python floats: a float32 0.3 would fall in
+  the bin above the one ``get_ece`` gives it.
 """
 
 import copy
 import json
 import math
-import random
 import re
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import tyro
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from common.checkpoint import StopRequest, check_writable, load_checkpoint, resume_checkpoint, save_checkpoint
-from common.data import build_prompt, load_examples
-from common.evaluate import evaluate_policy
-from common.model import completion_logprobs, load_policy
+from common.model import completion_logprobs, load_policy, rollout_logprobs
 from common.preflight import check_run_args
+from common.registry import MethodInfo
 from common.rollout import make_sampler
-from common.tiny_world import CONFIDENCE_SUFFIX
-from common.tracking import Progress, Tracker, report_before_after
-from common.verify import Verifier, parse_tag
+from common.rollout_correction import rollout_correction
+from common.rollout_types import sampler_gap
+from common.run import Run, warmup_scheduler
+from common.tiny_task import CONFIDENCE_SUFFIX
+from common.verify import parse_tag
+
+METHOD = MethodInfo(
+    name="RLCR",
+    paper="Damani et al., Beyond Binary Rewards: Training LMs to Reason About Their Uncertainty, "
+    "arXiv 2507.16806",
+    arxiv="2507.16806",
+    change="reward = format + correctness + the Brier score of a stated confidence; Dr. GRPO advantages",
+    gradient_tier=1,
+    gradient_claim="biased by design, as Dr. GRPO's: the group mean that includes the sample gives (G − 1)/G "
+    "of the gradient of the expected reward, whose Brier term is a proper scoring rule (maximised by "
+    "stating the true probability of being right)",
+    verl="no (not yet: its reward is a verl reward function, not an estimator)",
+    contradiction=({"ece_bins": 0}, "--ece-bins must be >= 1"),
+    variants={"rlvr": ["--brier-weight", "0"]},
+    min_new_tokens=112,
+)
 
 
 @dataclass
@@ -122,20 +151,30 @@ class Args:
     """prompts per training step"""
     group_size: int = 8
     """G: completions sampled per prompt"""
-    max_new_tokens: int = 112
-    """completion length limit; the confidence tag adds about 30 tokens to the tiny world's working"""
+    max_new_tokens: int = 112  # Modification 1 (vs GRPO): room for the confidence tag after the answer
+    """completion length limit in tokens (also L_max of seq-mean-token-sum-norm)"""
     temperature: float = 1.0
     """sampling temperature (training and evaluation)"""
     top_p: float = 1.0
     """nucleus sampling threshold"""
     vllm_gpu_memory_utilization: float = 0.3
     """share of GPU memory vLLM may take (weights + KV cache) with --rollout vllm"""
-    tis_cap: float = 0.0
-    """C: weight each token's loss by min(π_old / π_sampler, C) to correct the sampler/trainer mismatch (0: off)"""
+    rollout_is: Literal["none", "token-tis", "seq-tis", "token-mis", "seq-mis", "icepop"] = "none"
+    """importance weights for the sampler/trainer mismatch, a function of π_old / π_sampler (common/rollout_correction.py)"""
+    rollout_is_threshold: float = 2.0
+    """upper bound of the ratio π_old / π_sampler: truncation (TIS) or mask (MIS, IcePop) threshold"""
+    rollout_is_threshold_low: float = 0.5
+    """lower bound of the ratio π_old / π_sampler below which MIS and IcePop mask a token or sequence"""
+    rollout_rs: Literal["none", "opsm", "geo-mean", "k3"] = "none"
+    """rejection of sequences too far from the sampler (common/rollout_correction.py)"""
+    rollout_rs_threshold: float = 0.5
+    """δ: the rejection threshold of --rollout-rs"""
 
     # --- optimisation ---
     num_steps: int = 100
     """training steps (one rollout batch each)"""
+    max_samples: int = 0
+    """stop after the step whose generated completions reach this many (0: no budget; bench/compare.py)"""
     learning_rate: float = 1e-4
     """AdamW learning rate (constant after warm-up)"""
     warmup_steps: int = 5
@@ -147,7 +186,9 @@ class Args:
     micro_batch_size: int = 64
     """sequences per forward/backward pass (gradient accumulation over the batch)"""
     updates_per_batch: int = 1
-    """optimizer steps on each rollout batch (μ in the paper); ratios equal 1 when it is 1"""
+    """passes over each rollout batch (μ in the paper, PPO's epochs); the ratio π_θ / π_old is 1 on the first"""
+    num_mini_batches: int = 1
+    """optimizer steps per pass: each pass splits the rollout batch into this many mini-batches"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass to save memory"""
 
@@ -155,24 +196,24 @@ class Args:
     clip_low: float = 0.2
     """ε_low: lower clip of the ratio (1 − ε_low)"""
     clip_high: float = 0.2
-    """ε_high: upper clip of the ratio (1 + ε_high); 0.28 is DAPO's clip-higher"""
+    """ε_high: upper clip of the ratio (1 + ε_high)"""
     kl_coef: float = 0.0
-    """β: weight of the k3 KL to the initial policy; 0 loads no reference model"""
+    """β: weight of the k3 KL to the initial policy, a loss term; 0 loads no reference model"""
     # Modification 1 (vs GRPO): Dr. GRPO advantages and token-mean loss (official), the reward's weights
-    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "token-mean"
-    """how per-token losses are averaged (official: TRL's bnpo = token-mean)"""
+    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "token-mean"  # fmt: skip
+    """how per-token losses are averaged over a mini-batch (grpo.py's module docstring)"""
     scale_rewards: Literal["group", "none"] = "none"
-    """divide advantages by the group std (GRPO) or not (Dr. GRPO; official scale_rewards: false)"""
+    """divide advantages by the group std (GRPO) or not (Dr. GRPO)"""
     format_weight: float = 0.5
-    """w_f: weight of the format term (official 0.5)"""
+    """w_f: weight of the format term"""
     accuracy_weight: float = 0.5
-    """w_a: weight of the correctness term (official 0.5)"""
+    """w_a: weight of the correctness term"""
     brier_weight: float = 0.5
-    """w_b: weight of the Brier term (official 0.5); 0 is the RLVR control"""
+    """w_b: weight of the Brier term; 0 is the RLVR control"""
     confidence_instruction: str = CONFIDENCE_SUFFIX
     """appended to every question (train and held-out): asks for the <confidence> tag"""
     ece_bins: int = 10
-    """equal-width bins of the expected calibration error (official get_ece: 10)"""
+    """equal-width bins of the expected calibration error"""
 
     # --- evaluation, logging, checkpoints ---
     eval_every: int = 20
@@ -230,18 +271,6 @@ def clipped_surrogate(
     return per_token_loss, (clipped < unclipped).detach()
 
 
-def truncated_is_weights(
-    old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, cap: float
-) -> torch.Tensor:
-    """Truncated importance weights min(π_old / π_sampler, C), detached: they correct for the sampler
-    (e.g. vLLM) computing slightly different probabilities than the trainer (as TRL and verl do).
-
-    >>> truncated_is_weights(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])), cap=2.0)
-    tensor([[2., 1.]])
-    """
-    return torch.exp(old_logprobs - behavior_logprobs).clamp(max=cap).detach()
-
-
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0, 0 when equal).
 
@@ -256,15 +285,16 @@ def aggregate_loss(
     per_token_loss: torch.Tensor,  # [b, C] losses of one micro-batch
     mask: torch.Tensor,  # [b, C] completion mask
     mode: str,
-    num_sequences: int,  # sequences in the WHOLE batch (all micro-batches)
-    num_tokens: int,  # completion tokens in the whole batch
+    num_sequences: int,  # sequences in the whole mini-batch (all its micro-batches)
+    num_tokens: int,  # completion tokens in the whole mini-batch
     max_len: int,  # L_max for seq-mean-token-sum-norm
 ) -> torch.Tensor:
-    """Reduce per-token losses to a scalar so that summing over micro-batches gives the batch loss.
+    """Reduce per-token losses to a scalar so that summing over micro-batches gives the mini-batch loss.
 
     Two sequences, losses [[1, 1, 0], [4, 0, 0]] with masks [[1, 1, 0], [1, 0, 0]]:
       seq-mean-token-mean:      ((1+1)/2 + 4/1) / 2 = 2.5
       token-mean:               (1+1+4) / 3        = 2.0
+      seq-mean-token-sum:       ((1+1) + 4) / 2    = 3.0
       seq-mean-token-sum-norm:  (1+1+4) / (2·3)    = 1.0   (L_max = 3)
     """
     masked = per_token_loss * mask
@@ -272,12 +302,15 @@ def aggregate_loss(
         return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_sequences
     if mode == "token-mean":
         return masked.sum() / max(num_tokens, 1)
+    if mode == "seq-mean-token-sum":
+        return masked.sum() / num_sequences
     if mode == "seq-mean-token-sum-norm":
         return masked.sum() / (num_sequences * max_len)
     raise ValueError(f"unknown --loss-agg {mode!r}")
 
 
-# ALGO LOGIC: the calibration reward and the calibration metrics (pure functions)
+# ALGO LOGIC: Modification 2 (vs GRPO): the calibration reward; Modification 3 (vs GRPO): the calibration
+# metrics (pure functions)
 
 
 def parse_confidence(text: str) -> float | None:
@@ -339,18 +372,21 @@ def brier_score(correct: torch.Tensor, confidence: torch.Tensor) -> float:
 
 
 def bin_index(confidence: torch.Tensor, bins: int) -> torch.Tensor:
-    """Equal-width bin of each confidence ``[N]``: floor(q · bins + 1e-6), with q = 1 in the last bin.
+    """Equal-width bin of each confidence ``[N]`` (float64, as parsed), exactly as the official ``get_ece``:
+    its edges are ``np.linspace(0, 1, bins + 1)``, k · (1/bins) in float64, with the first and last opened to
+    ±inf, and ``np.digitize`` puts q in bin k when edge_k <= q < edge_{k+1}. So on 0.1-step confidences 0.3,
+    0.6 and 0.7 fall in the bin BELOW their value (3 · 0.1 = 0.30000000000000004 > 0.3); q = 1 in the last.
 
-    >>> bin_index(torch.tensor([0.0, 0.7, 0.95, 1.0]), 10)
-    tensor([0, 7, 9, 9])
+    >>> bin_index(torch.tensor([0.0, 0.1, 0.3, 0.6, 0.7, 0.8, 0.95, 1.0], dtype=torch.float64), 10)
+    tensor([0, 1, 2, 5, 6, 8, 9, 9])
     """
-    return (confidence.double() * bins + 1e-6).floor().long().clamp(0, bins - 1)
+    inner_edges = torch.arange(1, bins, dtype=torch.float64) * (1.0 / bins)  # [bins − 1] as np.linspace's
+    return torch.bucketize(confidence.double(), inner_edges, right=True)  # edge_{k} <= q < edge_{k+1}
 
 
 def expected_calibration_error(correct: torch.Tensor, confidence: torch.Tensor, bins: int = 10) -> float:
-    """ECE: Σ_b (n_b / N) · |mean q in b − accuracy in b| over ``bins`` equal-width bins [k/bins, (k+1)/bins)
-    (q = 1 falls in the last bin), as the official ``get_ece``. A confidence written as k/bins falls in bin k
-    even after float32 rounding (the 1e-6 below).
+    """ECE: Σ_b (n_b / N) · |mean q in b − accuracy in b| over ``bins`` equal-width bins (``bin_index``: the
+    official ``get_ece``'s binning, q = 1 in the last bin). ``confidence [N]`` in float64, as parsed.
 
     >>> expected_calibration_error(torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([0.2, 0.2, 0.9, 0.7]))
     0.25
@@ -427,6 +463,79 @@ def save_reliability_diagram(
     fig.savefig(png_path, dpi=120)
 
 
+# Modification 3 (vs GRPO): the held-out calibration, run.start's extra evaluation
+def held_out_calibration(run: Run, sampler, n: int) -> dict[str, float]:
+    """Sample ``n`` completions for every held-out problem of ``run`` (their questions ask for a confidence),
+    score them, and return the calibration report as ``eval/`` metrics. The first call's samples (the base
+    policy) are kept in ``run.extra["base_calibration"]``, every later call's in ``"final_calibration"``
+    (the last is the final evaluation), for ``calibration.json`` and the reliability diagram."""
+    a = run.args
+    correct, confidence = [], []
+    for start in range(0, len(run.eval_examples), max(1, 512 // n)):
+        chunk = run.eval_examples[start : start + max(1, 512 // n)]
+        out = sampler.generate(
+            [run.prompt(e.question) for e in chunk], n, a.max_new_tokens, a.temperature, a.top_p
+        )
+        results = run.verifier.verify_batch(out.completions, [e.answer for e in chunk for _ in range(n)])
+        correct += [r.correct for r in results]
+        confidence += [nan_if_none(parse_confidence(t)) if r.parsed else math.nan for t, r in zip(out.completions, results)]  # fmt: skip
+    key = "final_calibration" if "base_calibration" in run.extra else "base_calibration"
+    run.extra[key] = {"correct": correct, "confidence": confidence}  # saved with every checkpoint
+    report = calibration_report(
+        torch.tensor(correct), torch.tensor(confidence, dtype=torch.float64), a.ece_bins
+    )
+    return {f"eval/{k}": v for k, v in report.items() if k != "ece_bins"}
+
+
+# ALGO LOGIC: the policy update (the same signature in every file; callable without main())
+
+
+def update_policy(model, optimizer, batch: dict, args: Args) -> dict[str, float]:
+    """Update the policy on one rollout batch: ``--updates-per-batch`` passes, each split into
+    ``--num-mini-batches`` optimizer steps, each accumulated over micro-batches (the micro-batch size never
+    changes the gradient). ``batch``: ``rollout`` (a ``common.rollout_types.Rollout``), ``advantages [B]`` and,
+    when ``--kl-coef`` > 0, ``ref_logprobs [B, C]``. Returns the update's statistics (means over its steps)."""
+    rollout, advantages, ref_logprobs = batch["rollout"], batch["advantages"], batch.get("ref_logprobs")
+    mask = rollout.completion_mask  # [B, C]
+    B, C = mask.shape
+    steps, stats = args.updates_per_batch * args.num_mini_batches, {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
+    # π_old: the trainer's log-probs before the first optimizer step, needed once the ratio can leave 1
+    needs_old = steps > 1 or args.rollout_is != "none" or args.rollout_rs != "none"
+    old_logprobs = rollout_logprobs(model, rollout, args.temperature, args.micro_batch_size) if needs_old else None  # fmt: skip
+    weights, stats_rc = rollout_correction(old_logprobs, rollout.behavior_logprobs, mask, advantages, args)
+    model.train()
+    total_tokens = mask.sum().item()
+    for update in range(args.updates_per_batch):
+        for rows in torch.arange(B).tensor_split(args.num_mini_batches):  # one optimizer step each
+            num_tokens = int(mask[rows].sum())
+            for mb in rows.split(args.micro_batch_size):
+                logprobs, entropy = completion_logprobs(model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature, with_entropy=True)  # fmt: skip
+                old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
+                per_token_loss, clipped = clipped_surrogate(
+                    logprobs, old, advantages[mb], args.clip_low, args.clip_high
+                )
+                per_token_loss = per_token_loss * weights[mb]  # the sampler/trainer mismatch correction
+                if ref_logprobs is not None:
+                    kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
+                    per_token_loss = per_token_loss + args.kl_coef * kl
+                    stats["kl"] += float((kl * mask[mb]).sum()) / num_tokens / steps
+                loss = aggregate_loss(
+                    per_token_loss, mask[mb], args.loss_agg, len(rows), num_tokens, args.max_new_tokens
+                )
+                loss.backward()
+                stats["loss"] += loss.item() / steps
+                stats["clip_frac"] += float((clipped * mask[mb]).sum()) / num_tokens / steps
+                if update == 0:  # the first pass: the policy's entropy and its gap to the sampler
+                    sums = {"entropy": float((entropy * mask[mb]).sum()), **sampler_gap(old, rollout, mb)}
+                    for key, value in sums.items():
+                        stats[key] = stats.get(key, 0.0) + value / total_tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(grad_norm) / steps
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return {**stats, **stats_rc}
+
+
 # TRY NOT TO MODIFY: the training loop
 
 
@@ -434,18 +543,12 @@ def validate(args: Args) -> None:
     """Contradictory flags fail here, before anything is loaded."""
     if args.group_size < 2:
         raise SystemExit(f"--group-size must be >= 2 for a group-relative advantage, got {args.group_size}")
-    if args.micro_batch_size < 1 or args.prompts_per_step < 1 or args.num_steps < 0:
-        raise SystemExit("--micro-batch-size and --prompts-per-step must be >= 1 and --num-steps >= 0")
-    if args.updates_per_batch < 1:
-        raise SystemExit(f"--updates-per-batch must be >= 1, got {args.updates_per_batch}")
-    if args.tis_cap > 0 and args.temperature == 0:
-        raise SystemExit(
-            "--tis-cap needs sampled behaviour log-probs; it cannot be used with --temperature 0"
-        )
+    # Modification 2 (vs GRPO): the reward's weights, the ECE's bins and the instruction must make sense
     weights = (args.format_weight, args.accuracy_weight, args.brier_weight)
     if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) == 0:
         raise SystemExit(
-            f"--format-weight, --accuracy-weight, --brier-weight must be finite, >= 0 and not all 0, got {weights}"
+            "--format-weight, --accuracy-weight, --brier-weight must be finite, >= 0 and not all 0, "
+            f"got {weights}"
         )
     if args.ece_bins < 1:
         raise SystemExit(f"--ece-bins must be >= 1, got {args.ece_bins}")
@@ -458,261 +561,53 @@ def validate(args: Args) -> None:
 
 def main(args: Args) -> dict:
     validate(args)
-    run_name = args.run_name or f"{args.exp_name}__{args.seed}"
-    run_dir = Path(args.output_dir) / run_name
-    check_writable(run_dir)
-    wall_start = time.time()
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-
-    # TRY NOT TO MODIFY: data, model, sampler, verifier
-    train_examples = load_examples(
-        args.dataset, "train", args.question_field, args.answer_field, seed=args.seed
-    )
-    eval_name = args.eval_dataset or ("math500" if args.dataset == "math" else args.dataset)
-    eval_examples = load_examples(
-        eval_name, "test", args.question_field, args.answer_field, limit=args.eval_problems
-    )
-    # Modification 2 (vs GRPO): every question (train and held-out) asks for a stated confidence
-    train_examples = [replace(e, question=e.question + args.confidence_instruction) for e in train_examples]
-    eval_examples = [replace(e, question=e.question + args.confidence_instruction) for e in eval_examples]
-    model, tokenizer = load_policy(
-        args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing
-    )
-    ref_model = None
-    if args.kl_coef > 0:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    run = Run(args)  # TRY NOT TO MODIFY: run directory, seeding, data, verifier (common/run.py)
+    # ALGO LOGIC: Modification 4 (vs GRPO): every question (train and held-out) asks for a stated confidence
+    for name in ("train_examples", "eval_examples"):
+        setattr(run, name, [replace(e, question=e.question + args.confidence_instruction) for e in getattr(run, name)])  # fmt: skip
+    model, tokenizer = load_policy(args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing)  # fmt: skip
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if args.kl_coef > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
-    )
-    sampler = make_sampler(
-        args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization
-    )
-    verifier = Verifier()
-
-    def evaluate(n: int, desc: str) -> dict:
-        return evaluate_policy(
-            model, tokenizer, eval_examples, n=n, template=args.template, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, top_p=args.top_p, sampler=sampler, verifier=verifier, desc=desc,
-        )  # fmt: skip
-
-    # Modification 3 (vs GRPO): held-out calibration (accuracy, Brier, ECE, AUROC) of n samples per problem
-    def evaluate_calibration(n: int, desc: str) -> dict:
-        correct, confidence = [], []
-        for start in range(0, len(eval_examples), max(1, 512 // n)):
-            chunk = eval_examples[start : start + max(1, 512 // n)]
-            prompts = [build_prompt(e.question, args.template, tokenizer) for e in chunk]
-            out = sampler.generate(prompts, n, args.max_new_tokens, args.temperature, args.top_p)
-            results = verifier.verify_batch(out.completions, [e.answer for e in chunk for _ in range(n)])
-            correct += [r.correct for r in results]
-            confidence += [
-                nan_if_none(parse_confidence(t)) if r.parsed else math.nan
-                for t, r in zip(out.completions, results)
-            ]
-        report = calibration_report(
-            torch.tensor(correct), torch.tensor(confidence, dtype=torch.float64), args.ece_bins
-        )
-        return {
-            "correct": correct,
-            "confidence": confidence,
-            "metrics": {f"eval/{k}": v for k, v in report.items() if k != "ece_bins"},
-        }
-
-    # TRY NOT TO MODIFY: resume
-    start_step, extra = 0, {}
-    if ckpt := resume_checkpoint(run_dir, args.resume):  # None: a fresh run
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        start_step, extra = state["step"], state["extra"]
-        sampler.update_weights(model)
-        print(f"resumed from {ckpt} (step {start_step})")
-    tracker = Tracker(
-        run_dir, asdict(args), args.track, args.wandb_project, run_name, start_step if ckpt else None
-    )
-    if "base_eval" not in extra:
-        extra["base_eval"] = evaluate(args.eval_n, "eval base")
-        extra["elapsed"] = extra["base_wall_time"] = time.time() - wall_start
-        extra["base_calibration"] = evaluate_calibration(args.eval_n, "calibration base")
-        tracker.log(
-            0,
-            {f"eval/pass@{k}": v for k, v in extra["base_eval"]["curve"].items()}
-            | extra["base_calibration"]["metrics"],
-        )
-    elapsed_before = extra["elapsed"]
-    session_start = time.time()
+    scheduler = warmup_scheduler(optimizer, args.warmup_steps)
+    sampler = make_sampler(args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization)  # fmt: skip
+    # Modification 3 (vs GRPO): every evaluation also measures the held-out calibration
+    run.start(model, tokenizer, optimizer, scheduler, sampler, extra_eval=lambda n, desc: held_out_calibration(run, sampler, n))  # fmt: skip
     Q, G = args.prompts_per_step, args.group_size
 
-    progress = Progress(args.num_steps - start_step, desc="train")
-    with StopRequest() as stop:
-        for step in range(start_step + 1, args.num_steps + 1):
-            step_start = time.time()
-            # TRY NOT TO MODIFY: pick this step's prompts (a fresh permutation every epoch, so resume is exact)
-            epoch, offset = divmod((step - 1) * Q, len(train_examples))
-            order = torch.randperm(
-                len(train_examples), generator=torch.Generator().manual_seed(args.seed + epoch)
-            )
-            batch = [train_examples[i] for i in order.roll(-offset)[:Q].tolist()]
-            prompts = [build_prompt(e.question, args.template, tokenizer) for e in batch]
+    for step in run.steps():  # TRY NOT TO MODIFY: progress, Ctrl-C, checkpoints, the sample budget
+        # TRY NOT TO MODIFY: sample G completions for each of this step's prompts and score them
+        batch, prompts = run.next_batch(Q)
+        rollout = sampler.generate(prompts, G, args.max_new_tokens, args.temperature, args.top_p)
+        results, correct = run.verify(rollout, batch)
+        # Modification 2 (vs GRPO): the reward adds a format term and the Brier score of the stated confidence
+        parsed = [nan_if_none(parse_confidence(t)) if r.parsed else math.nan for t, r in zip(rollout.completions, results)]  # fmt: skip
+        confidence = torch.tensor(parsed, dtype=torch.float64)  # [B] nan where the format failed
+        rewards = rlcr_rewards(correct.bool(), confidence, args.format_weight, args.accuracy_weight, args.brier_weight)  # fmt: skip
+        rewards = rewards.float().view(Q, G)  # [Q, G]
 
-            # TRY NOT TO MODIFY: sample G completions per prompt and score them
-            rollout = sampler.generate(prompts, G, args.max_new_tokens, args.temperature, args.top_p)
-            results = verifier.verify_batch(rollout.completions, [e.answer for e in batch for _ in range(G)])
-            # Modification 4 (vs GRPO): the reward adds a format term and the Brier score of the stated confidence
-            correct = torch.tensor([r.correct for r in results])  # [B]
-            confidence = torch.tensor(
-                [
-                    nan_if_none(parse_confidence(t)) if r.parsed else math.nan
-                    for t, r in zip(rollout.completions, results)
-                ]
-            )  # [B] fmt: skip
-            rewards = rlcr_rewards(
-                correct, confidence, args.format_weight, args.accuracy_weight, args.brier_weight
-            )
-            rewards = rewards.view(Q, G)  # [Q, G]
+        # ALGO LOGIC: group-relative advantages, one per completion, then the policy update
+        advantages = grpo_advantages(rewards, args.scale_rewards).view(-1).to(args.device)  # [B]
+        update = {"rollout": rollout, "advantages": advantages}
+        if ref_model is not None:
+            update["ref_logprobs"] = rollout_logprobs(ref_model, rollout, args.temperature, args.micro_batch_size)  # fmt: skip
+        stats = update_policy(model, optimizer, update, args)
+        # Modification 5 (vs GRPO): the batch's calibration (accuracy itself is logged by run.log)
+        stats.update({f"calib/{k}": v for k, v in calibration_report(correct, confidence, args.ece_bins).items() if k not in ("accuracy", "ece_bins")})  # fmt: skip
+        scheduler.step()
+        sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
 
-            # ALGO LOGIC: group-relative advantages, one per completion
-            advantages = grpo_advantages(rewards, args.scale_rewards).view(-1).to(args.device)  # [B]
-
-            # ALGO LOGIC: the policy update (PPO-clip surrogate + optional KL), in micro-batches
-            mask = rollout.completion_mask  # [B, C]
-            B, C = mask.shape
-            num_tokens = int(mask.sum())
-            micro_batches = [slice(i, i + args.micro_batch_size) for i in range(0, B, args.micro_batch_size)]
-            old_logprobs = ref_logprobs = None
-            if args.updates_per_batch > 1 or args.kl_coef > 0:
-                with torch.no_grad():
-                    if args.updates_per_batch > 1:
-                        old_logprobs = torch.cat([completion_logprobs(model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature)[0] for mb in micro_batches])  # fmt: skip
-                    if ref_model is not None:
-                        ref_logprobs = torch.cat([completion_logprobs(ref_model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature)[0] for mb in micro_batches])  # fmt: skip
-            model.train()
-            stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "logprob_mismatch": 0.0}
-            for update in range(args.updates_per_batch):
-                for mb in micro_batches:
-                    logprobs, entropy = completion_logprobs(
-                        model,
-                        rollout.input_ids[mb],
-                        rollout.attention_mask[mb],
-                        C,
-                        args.temperature,
-                        with_entropy=True,
-                    )  # [b, C] each
-                    old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
-                    per_token_loss, clipped = clipped_surrogate(
-                        logprobs, old, advantages[mb], args.clip_low, args.clip_high
-                    )
-                    if args.tis_cap > 0:  # sampler/trainer mismatch correction
-                        per_token_loss = per_token_loss * truncated_is_weights(
-                            old, rollout.behavior_logprobs[mb], args.tis_cap
-                        )
-                    if ref_logprobs is not None:
-                        kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
-                        per_token_loss = per_token_loss + args.kl_coef * kl
-                        stats["kl"] += float((kl * mask[mb]).sum()) / num_tokens / args.updates_per_batch
-                    loss = aggregate_loss(
-                        per_token_loss, mask[mb], args.loss_agg, B, num_tokens, args.max_new_tokens
-                    )
-                    loss.backward()
-                    stats["loss"] += loss.item() / args.updates_per_batch
-                    stats["clip_frac"] += (
-                        float((clipped * mask[mb]).sum()) / num_tokens / args.updates_per_batch
-                    )
-                    if update == 0:
-                        stats["entropy"] += float((entropy * mask[mb]).sum()) / num_tokens
-                        gap = (logprobs.detach() - rollout.behavior_logprobs[mb]).abs()
-                        stats["logprob_mismatch"] += float((gap * mask[mb]).sum()) / num_tokens
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
-
-            # TRY NOT TO MODIFY: logging
-            lengths = mask.sum(-1)
-            metrics = {
-                "reward_mean": rewards.mean().item(),
-                "accuracy": rewards.mean().item(),
-                "unparsed_frac": 1 - sum(r.parsed for r in results) / len(results),
-                "zero_std_frac": (rewards.std(dim=1) == 0).float().mean().item(),
-                "completion_len_mean": lengths.mean().item(),
-                "completion_len_max": lengths.max().item(),
-                "truncated_frac": rollout.truncated.float().mean().item(),
-                "grad_norm": float(grad_norm),
-                "lr": scheduler.get_last_lr()[0],
-                "step_time": time.time() - step_start,
-                "samples_per_s": B / (time.time() - step_start),
-                **stats,
-            }
-            # Modification 5 (vs GRPO): the batch's accuracy (no longer the mean reward) and calibration
-            batch_calibration = calibration_report(correct, confidence, args.ece_bins)
-            metrics.update(
-                {
-                    "accuracy": batch_calibration.pop("accuracy"),
-                    **{f"calib/{k}": v for k, v in batch_calibration.items() if k != "ece_bins"},
-                }
-            )
-            if step == args.num_steps:  # the final evaluation, with the full n
-                extra["final_eval"] = evaluate(args.eval_n, "eval final")
-                extra["final_calibration"] = evaluate_calibration(args.eval_n, "calibration final")
-                metrics.update(extra["final_calibration"]["metrics"])
-                metrics.update({f"eval/pass@{k}": v for k, v in extra["final_eval"]["curve"].items()})
-            elif args.eval_every and step % args.eval_every == 0:
-                ev = evaluate(max(1, args.eval_n // 2), f"eval step {step}")
-                metrics.update({f"eval/pass@{k}": v for k, v in ev["curve"].items()})
-            tracker.log(step, metrics)
-            if args.log_completions_every and step % args.log_completions_every == 0:
-                tracker.log_completions(step, [
-                    {"prompt": prompts[i // G], "completion": rollout.completions[i], "answer": results[i].answer,
-                     "gold": batch[i // G].answer, "reward": rewards.view(-1)[i].item()}
-                    for i in range(0, B, G)
-                ])  # fmt: skip
-            progress.update(1, reward=metrics["reward_mean"], len=metrics["completion_len_mean"])
-
-            # TRY NOT TO MODIFY: checkpoint (periodically, at the end, and when asked to stop)
-            extra["elapsed"] = elapsed_before + time.time() - session_start
-            if step % args.save_every == 0 or step == args.num_steps or stop.requested:
-                save_checkpoint(run_dir, step, model, optimizer, scheduler, extra, args.keep_last, tokenizer)
-            if stop.requested:
-                progress.close()
-                print(f"Stopped after step {step}. Resume with the same command plus --resume.")
-                tracker.close()
-                verifier.close()
-                raise SystemExit(130)
-    progress.close()
-
-    # TRY NOT TO MODIFY: before/after table, plots
-    final_eval = extra.get("final_eval") or evaluate(args.eval_n, "eval final")
-    total_time = elapsed_before + time.time() - session_start
-    report_before_after(
-        tracker, args.exp_name, args.num_steps, extra["base_eval"], final_eval, eval_name,
-        extra["base_wall_time"], total_time,
-    )  # fmt: skip
+        run.log(step, rollout, results, rewards, stats)  # TRY NOT TO MODIFY: metrics, evaluation, completions
+    result = run.finish()  # TRY NOT TO MODIFY: the before/after table and plots
     # Modification 6 (vs GRPO): the held-out calibration table, calibration.json and plots/reliability.png
-    final_calibration = extra.get("final_calibration") or evaluate_calibration(
-        args.eval_n, "calibration final"
-    )
-    samples = {"base": extra["base_calibration"], "final": final_calibration}
-    tensors = {
-        k: (torch.tensor(v["correct"]), torch.tensor(v["confidence"], dtype=torch.float64))
-        for k, v in samples.items()
-    }
+    samples = {k: run.extra[f"{k}_calibration"] for k in ("base", "final")}
+    tensors = {k: (torch.tensor(v["correct"]), torch.tensor(v["confidence"], dtype=torch.float64)) for k, v in samples.items()}  # fmt: skip
     calibration = {k: calibration_report(*t, args.ece_bins) for k, t in tensors.items()}
-    (run_dir / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
-    save_reliability_diagram(tensors, run_dir / "plots" / "reliability.png", args.ece_bins)
+    (run.run_dir / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
+    save_reliability_diagram(tensors, run.run_dir / "plots" / "reliability.png", args.ece_bins)
     print(f"held-out calibration ({args.ece_bins}-bin ECE), base -> final:")
     for key in ["accuracy", "brier", "ece", "auroc", "mean_confidence", "format_rate"]:
         print(f"  {key:16s} {calibration['base'][key]:.3f} -> {calibration['final'][key]:.3f}")
-    tracker.close()
-    verifier.close()
-    return {
-        "base": extra["base_eval"],
-        "final": final_eval,
-        "run_dir": str(run_dir),
-        "calibration": calibration,
-    }
+    return {**result, "calibration": calibration}
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ driver and in every Ray worker; docs/verl.md has the launch recipes.)
       rlvr_reinforce_pp  PPO clip with one advantage per token (REINFORCE++'s)      algos/reinforce_pp.py
 
 Method parameters without a verl key go under ``algorithm.rlvr`` (added with hydra's ``+``):
-``+algorithm.rlvr.lam=0.1`` (W-REINFORCE's λ), ``+algorithm.rlvr.max_weight=1e6`` (BNPO),
+``+algorithm.rlvr.positive_weight=0.1`` (W-REINFORCE's λ), ``+algorithm.rlvr.max_weight=1e6`` (BNPO),
 ``+algorithm.rlvr.baseline=0.0`` (TOPR's c), ``+algorithm.rlvr.correct_rate_clamp=0.02`` (NFT); their defaults
 are the files' own ``Args`` defaults (the losses' parameters too: verl's actor config has no key for them).
 
@@ -265,8 +265,8 @@ def dr_grpo_estimator(rewards, config):
 
 def nsr_estimator(objective: str):
     def advantage_fn(rewards, config):
-        lam = float(rlvr_param(config, "lam", nsr.Args.lam))
-        return nsr.nsr_advantages(rewards.flatten() > 0, objective, lam)[0].view_as(rewards)
+        positive_weight = float(rlvr_param(config, "positive_weight", nsr.Args.positive_weight))
+        return nsr.nsr_advantages(rewards.flatten() > 0, objective, positive_weight)[0].view_as(rewards)
 
     advantage_fn.__doc__ = f"algos/nsr.py nsr_advantages(objective={objective!r}); correct = reward > 0"
     return advantage_fn
@@ -426,7 +426,6 @@ POLICY_LOSSES = {
         "rlvr_bnpo",
         ("seq-mean-token-sum", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
         surrogate=bnpo.dual_clipped_surrogate,
-        aggregate=bnpo.bnpo_aggregate_loss,
     ),
     "rlvr_topr": topr_policy_loss,
     "rlvr_nft": nft_policy_loss,

@@ -615,7 +615,7 @@ def verl_presets_are_modes_of_the_menu():
 # ------------------------------------------------------------------------------------------------------
 
 
-def file_advantages(name: str, rewards: torch.Tensor, lam: float = 0.1) -> torch.Tensor:
+def file_advantages(name: str, rewards: torch.Tensor, positive_weight: float = 0.1) -> torch.Tensor:
     """The advantages [Q, G] that algos/X.py computes for the estimator ``name``."""
     from algos.bnpo import decomposed_advantages
     from algos.grpo import grpo_advantages
@@ -627,7 +627,7 @@ def file_advantages(name: str, rewards: torch.Tensor, lam: float = 0.1) -> torch
         return grpo_advantages(rewards, "none")
     if name in ("rlvr_psr", "rlvr_nsr", "rlvr_w_reinforce", "rlvr_reinforce"):
         objective = name.removeprefix("rlvr_").replace("_", "-")
-        return nsr_advantages(rewards.flatten(), objective, lam)[0].view_as(rewards)
+        return nsr_advantages(rewards.flatten(), objective, positive_weight)[0].view_as(rewards)
     if name == "rlvr_bnpo":
         return decomposed_advantages(rewards[None])[0]
     if name == "rlvr_topr":
@@ -684,17 +684,24 @@ def trainer_compute_advantage_returns_the_files_advantages():
         order = torch.randperm(len(uids), generator=torch.Generator().manual_seed(seed))
         token_level = ("rlvr_reinforce_pp", "rlvr_reinforce_pp_baseline")  # [B, T] advantages, checked below
         for name in [n for n in plugin.ADVANTAGE_ESTIMATORS if n not in token_level]:
-            for lam in (0.1, 0.5):
+            for positive_weight in (0.1, 0.5):
                 config = OmegaConf.create(
-                    {"adv_estimator": name, "gamma": 1.0, "lam": 1.0, "rlvr": {"lam": lam}}
+                    {
+                        "adv_estimator": name,
+                        "gamma": 1.0,
+                        "lam": 1.0,
+                        "rlvr": {"positive_weight": positive_weight},
+                    }
                 )
                 data = DataProto.from_dict(
                     tensors={"token_level_rewards": token_rewards[order], "response_mask": mask[order]},
                     non_tensors={"uid": uids[order.numpy()]},
                 )
                 out = compute_advantage(data, name, gamma=1.0, lam=1.0, num_repeat=6, config=config)
-                expected = (file_advantages(name, rewards, lam).flatten()[:, None] * mask)[order]
-                close(out.batch["advantages"], expected, f"{name} seed {seed} lam {lam}")
+                expected = (file_advantages(name, rewards, positive_weight).flatten()[:, None] * mask)[order]
+                close(
+                    out.batch["advantages"], expected, f"{name} seed {seed} positive_weight {positive_weight}"
+                )
         data = DataProto.from_dict(
             tensors={"token_level_rewards": token_rewards[order], "response_mask": mask[order]},
             non_tensors={"uid": uids[order.numpy()]},
@@ -930,7 +937,7 @@ def docs_recipes_compose_with_verl_config():
             config = compose(config_name="ppo_trainer", overrides=overrides)
         assert config.trainer.experiment_name == name
         if name == "w_reinforce":  # the hydra-added key reaches the estimator through config.algorithm
-            assert integrations.verl.rlvr_param(config.algorithm, "lam", None) == 0.1
+            assert integrations.verl.rlvr_param(config.algorithm, "positive_weight", None) == 0.1
         get_adv_estimator_fn(config.algorithm.adv_estimator)
         get_policy_loss_fn(config.actor_rollout_ref.actor.policy_loss.loss_mode)
         assert (
