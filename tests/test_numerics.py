@@ -234,7 +234,7 @@ def test_topr_curation_and_effective_share(rewards, baseline):
 @PROPERTY
 @given(rewards=binary_rewards(), seed=st.integers(0, 2**31 - 1))
 def test_oreal_advantages_and_pair_filter(rewards, seed):
-    advantages = oreal.rloo_advantages(rewards)
+    advantages = oreal.oreal_advantages(rewards)
     assert finite(advantages)
     assert torch.allclose(advantages.sum(dim=1), torch.zeros(len(rewards)), atol=1e-5)  # leave-one-out
     uniform = (rewards == rewards[:, :1]).all(dim=1)
