@@ -322,9 +322,16 @@ def test_expo_smoke_run_trains_explanations_without_the_hint(tiny_world_dir, tmp
     assert any(row.get("explanation") for row in logged)
 
 
-def test_explanation_weight_zero_run_is_exactly_grpo(tiny_world_dir, tmp_path):
-    expo.main(expo.Args(output_dir=str(tmp_path), run_name="expo0", explanation_weight=0.0, **SMALL))
-    grpo.main(grpo.Args(output_dir=str(tmp_path), run_name="grpo", **SMALL))
+def test_explanation_weight_zero_run_is_exactly_grpo(random_model_dir, tmp_path):
+    """λ = 0 samples no explanation, so the run is grpo.py's metric for metric (the random model: no world needed)."""
+    small = {
+        **SMALL,
+        "model_name_or_path": str(random_model_dir),
+        "max_new_tokens": 16,
+        "updates_per_batch": 2,
+    }
+    expo.main(expo.Args(output_dir=str(tmp_path), run_name="expo0", explanation_weight=0.0, **small))
+    grpo.main(grpo.Args(output_dir=str(tmp_path), run_name="grpo", **small))
     got = read_jsonl(tmp_path / "expo0" / "metrics.jsonl")
     want = read_jsonl(tmp_path / "grpo" / "metrics.jsonl")
     assert [r["step"] for r in got] == [r["step"] for r in want] == [0, 1, 2]

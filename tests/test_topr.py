@@ -443,3 +443,22 @@ def test_sft_on_positives_only_flag_drops_the_negatives(tiny_world_dir, tmp_path
     for r in rows:
         assert r["positive_frac"] == 1.0 and r["negative_taper_weight"] is None and r["taper_frac"] is None
         assert r["dataset_size"] == round(r["accuracy"] * 16) and r["positive_weight_share"] == 1.0
+
+
+@pytest.mark.slow
+def test_topr_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
+    """Two datasets of 32 questions × 8 completions (512 samples), each trained 2 passes × 8 shuffled mini-batches
+    with TOPR's defaults otherwise (seed 1), raise held-out pass@1 (60 problems × 4 samples) by at least 0.06,
+    with the taper acting on the way. Measured over seeds 1 / 2 / 3: +0.125 (0.338 -> 0.463) / +0.129 / +0.154;
+    about 14 s of CPU on one thread."""
+    out = main(
+        Args(num_steps=2, prompts_per_step=32, group_size=8, num_mini_batches=8, max_new_tokens=64,
+             eval_problems=60, eval_n=4, eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
+    )  # fmt: skip
+    rows = [r for r in read_jsonl(tmp_path / "learn" / "metrics.jsonl") if "loss" in r]
+    gain = out["final"]["pass@1"] - out["base"]["pass@1"]
+    print({"base": out["base"]["pass@1"], "final": out["final"]["pass@1"], "taper": [r["negative_taper_weight"] for r in rows]})  # fmt: skip
+    assert all(
+        r["negative_taper_weight"] < 0.9 and r["taper_frac"] > 0.3 for r in rows
+    )  # off the policy: α < 1
+    assert gain >= 0.06, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"
