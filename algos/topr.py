@@ -441,7 +441,8 @@ def update_policy(model, optimizer, batch: dict, args: Args) -> dict[str, float]
     # Modification 5 (vs GRPO): the taper's state over every pass, and the realised share of the positives
     negative = (rewards < 0).cpu()  # [B]
     stats["negative_taper_weight"] = alphas[:, negative].mean().item() if negative.any() else None
-    stats["taper_frac"] = (alphas[:, negative] < 1).float().mean().item() if negative.any() else None
+    tapered = (alphas[:, negative] < 0.99).float()  # by more than 1% (float noise at π = μ is no taper)
+    stats["taper_frac"] = tapered.mean().item() if negative.any() else None
     stats["positive_weight_share"] = positive_weight_share(alphas.flatten(), rewards.cpu().repeat(args.updates_per_batch), args.reward_baseline)  # fmt: skip
     return {**stats, **stats_rc}
 

@@ -369,3 +369,20 @@ def test_importing_the_script_has_no_side_effects(capsys):
 
     importlib.reload(expo)
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.slow
+def test_expo_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
+    """10 steps of 8 prompts × 8 rollouts plus 4 explanation tries per prompt (ExPO's defaults otherwise, seed 1)
+    raise held-out pass@1 (60 problems × 4 samples) by at least 0.04, training on verified self-explanations
+    every step. Measured over seeds 1 / 2 / 3: +0.104 (0.338 -> 0.442) / +0.071 / +0.083; about 14 s of CPU
+    on one thread."""
+    out = expo.main(
+        expo.Args(num_steps=10, prompts_per_step=8, group_size=8, max_new_tokens=64, eval_problems=60, eval_n=4,
+                  eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
+    )  # fmt: skip
+    rows = [r for r in read_jsonl(tmp_path / "learn" / "metrics.jsonl") if "loss" in r]
+    gain = out["final"]["pass@1"] - out["base"]["pass@1"]
+    print({"base": out["base"]["pass@1"], "final": out["final"]["pass@1"], "explained": [r["explained"] for r in rows]})  # fmt: skip
+    assert all(r["explained"] > 0 and r["samples_generated"] == 8 * (8 + 4) for r in rows)  # the term acts
+    assert gain >= 0.04, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"
