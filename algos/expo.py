@@ -544,11 +544,11 @@ def update_policy(model, optimizer, batch: dict, args: Args) -> dict[str, float]
     mask = rollout.completion_mask  # [B, C]
     B, C = mask.shape
     steps, stats = args.updates_per_batch * args.num_mini_batches, {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
-    # π_old: the trainer's log-probs before the first optimizer step, needed once the ratio can leave 1
-    # Modification 3 (vs GRPO): only for the GRPO term (ExP-DPO has no ratio); the explanation term's statistics
+    # Modification 3 (vs GRPO): the explanation term's statistics; π_old for the GRPO term only
     stats.update(
         {"explanation_nll": 0.0} if args.variant == "grpo" else {"dpo_margin": 0.0, "dpo_accuracy": 0.0}
     )
+    # π_old: the trainer's log-probs before the first optimizer step, needed once the ratio can leave 1
     needs_old = args.variant == "grpo" and (
         steps > 1 or args.rollout_is != "none" or args.rollout_rs != "none"
     )
@@ -581,10 +581,9 @@ def update_policy(model, optimizer, batch: dict, args: Args) -> dict[str, float]
                     sums = {"entropy": float((entropy * mask[mb]).sum()), **sampler_gap(old, rollout, mb)}
                     for key, value in sums.items():
                         stats[key] = stats.get(key, 0.0) + value / total_tokens
-            if batch.get("explanations") is not None:  # Modification 3 (vs GRPO): the explanation term of the
-                questions = rollout.group_index[
-                    rows[rows % args.group_size == 0]
-                ]  # questions whose rollouts start here
+            if batch.get("explanations") is not None:  # Modification 3 (vs GRPO): the explanation term of
+                first_rows = rows[rows % args.group_size == 0]  # the questions whose first rollout is here
+                questions = rollout.group_index[first_rows]
                 sums = explanation_term(model, batch["explanations"], batch.get("explanation_ref_logprobs"), questions, args, update == 0)  # fmt: skip
                 for key, value in sums.items():
                     stats[key] = stats.get(key, 0.0) + value / (steps if key == "loss" else 1)

@@ -313,7 +313,8 @@ def topr_policy_loss(
     if rollout_is_weights is not None:
         per_token_loss = per_token_loss * rollout_is_weights
     dp_size, sequences, tokens, _ = batch_sizes(mask, config)
-    loss = topr.aggregate_loss(per_token_loss, mask, loss_agg_mode, sequences, tokens, mask.shape[1]) * dp_size
+    T = mask.shape[1]  # L_max of seq-mean-token-sum-norm (not one of rlvr_topr's modes)
+    loss = topr.aggregate_loss(per_token_loss, mask, loss_agg_mode, sequences, tokens, T) * dp_size
     negative = shifted_rewards < 0
     mean_negative_weight = weights[negative].mean().item() if negative.any() else 1.0
     return loss, {"actor/topr_negative_weight": mean_negative_weight}
