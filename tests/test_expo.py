@@ -323,7 +323,8 @@ def test_expo_smoke_run_trains_explanations_without_the_hint(tiny_world_dir, tmp
 
 
 def test_explanation_weight_zero_run_is_exactly_grpo(random_model_dir, tmp_path):
-    """λ = 0 samples no explanation, so the run is grpo.py's metric for metric (the random model: no world needed)."""
+    """λ = 0 samples no explanation, so the run is grpo.py's metric for metric (the random model: no world
+    needed)."""
     small = {
         **SMALL,
         "model_name_or_path": str(random_model_dir),
@@ -373,10 +374,10 @@ def test_importing_the_script_has_no_side_effects(capsys):
 
 @pytest.mark.slow
 def test_expo_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
-    """10 steps of 8 prompts × 8 rollouts plus 4 explanation tries per prompt (ExPO's defaults otherwise, seed 1)
-    raise held-out pass@1 (60 problems × 4 samples) by at least 0.04, training on verified self-explanations
-    every step. Measured over seeds 1 / 2 / 3: +0.104 (0.338 -> 0.442) / +0.071 / +0.083; about 20 s of CPU
-    on one thread (pytest's start excluded)."""
+    """10 steps of 8 prompts × 8 rollouts plus 4 explanation tries per prompt (ExPO's defaults otherwise, seed
+    1) raise held-out pass@1 (60 problems × 4 samples) by at least 0.04, training on verified
+    self-explanations every step. Measured over seeds 1 / 2 / 3: +0.104 (0.338 -> 0.442) / +0.071 / +0.083;
+    about 20 s of CPU on one thread (pytest's start excluded)."""
     out = expo.main(
         expo.Args(num_steps=10, prompts_per_step=8, group_size=8, max_new_tokens=64, eval_problems=60, eval_n=4,
                   eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)

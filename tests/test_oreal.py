@@ -359,12 +359,12 @@ def test_oreal_without_token_rm_keeping_all_samples_runs(tiny_world_dir, tmp_pat
 @pytest.mark.slow
 def test_oreal_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
     """10 steps of 16 prompts × 8 with OREAL's objective (RLOO on ±1 rewards, the pair filter, cloning the
-    positive and reshaped REINFORCE on the negative, the KL), without the token RM (seed 1), raise held-out pass@1
-    (60 problems × 4 samples) by at least 0.05. Measured over seeds 1 / 2 / 3: +0.092 (0.338 -> 0.429) / +0.100 /
-    +0.171; about 16 s of CPU on one thread (pytest's start excluded). With the token RM (the default) the same
-    budget moved pass@1 by -0.038 / +0.042 / 0.000: its weights ω = clamp(±(2q - 1), 0, 1) start near 0 (q ≈ 0.5
-    until the RM separates the outcomes; mean ω of 0.02 to 0.17 in these 10 steps), so the actor learns later
-    (docs/methods/oreal.md)."""
+    positive and reshaped REINFORCE on the negative, the KL), without the token RM (seed 1), raise held-out
+    pass@1 (60 problems × 4 samples) by at least 0.05. Measured over seeds 1 / 2 / 3: +0.092 (0.338 -> 0.429)
+    / +0.100 / +0.171; about 16 s of CPU on one thread (pytest's start excluded). With the token RM (the
+    default) the same budget moved pass@1 by -0.038 / +0.042 / 0.000: its weights ω = clamp(±(2q - 1), 0, 1)
+    start near 0 (q ≈ 0.5 until the RM separates the outcomes; mean ω of 0.02 to 0.17 in these 10 steps), so
+    the actor learns later (docs/methods/oreal.md)."""
     out = main(
         Args(num_steps=10, prompts_per_step=16, group_size=8, token_rm=False, max_new_tokens=64, eval_problems=60,
              eval_n=4, eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)

@@ -447,10 +447,10 @@ def test_sft_on_positives_only_flag_drops_the_negatives(tiny_world_dir, tmp_path
 
 @pytest.mark.slow
 def test_topr_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
-    """Two datasets of 32 questions × 8 completions (512 samples), each trained 2 passes × 8 shuffled mini-batches
-    with TOPR's defaults otherwise (seed 1), raise held-out pass@1 (60 problems × 4 samples) by at least 0.06,
-    with the taper acting on the way. Measured over seeds 1 / 2 / 3: +0.125 (0.338 -> 0.463) / +0.129 / +0.154;
-    about 18 s of CPU on one thread (pytest's start excluded)."""
+    """Two datasets of 32 questions × 8 completions (512 samples), each trained 2 passes × 8 shuffled
+    mini-batches with TOPR's defaults otherwise (seed 1), raise held-out pass@1 (60 problems × 4 samples) by
+    at least 0.06, with the taper acting on the way. Measured over seeds 1 / 2 / 3: +0.125 (0.338 -> 0.463) /
+    +0.129 / +0.154; about 18 s of CPU on one thread (pytest's start excluded)."""
     out = main(
         Args(num_steps=2, prompts_per_step=32, group_size=8, num_mini_batches=8, max_new_tokens=64,
              eval_problems=60, eval_n=4, eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
