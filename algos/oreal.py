@@ -422,13 +422,14 @@ def update_policy(model, optimizer, batch: dict, args: Args) -> dict[str, float]
     ``--num-mini-batches`` optimizer steps, each accumulated over micro-batches (the micro-batch size never
     changes the gradient). ``batch``: ``rollout`` (a ``common.rollout_types.Rollout``), ``advantages [B]`` and,
     when ``--kl-coef`` > 0, ``ref_logprobs [B, C]``. Returns the update's statistics (means over its steps).
-    Modification 3 (vs GRPO): also ``positive [B]`` (bool), ``token_weights [B, C]`` (ω) and ``update_actor``
-    (False while the actor is frozen: the losses and statistics without a backward pass, so no step)."""
+    Modification 3 (vs GRPO): also ``positive [B]`` (bool), ``token_weights [B, C]`` (ω; default 1) and
+    ``update_actor`` (False while the actor is frozen: the losses and statistics, no backward, no step)."""
     rollout, advantages, ref_logprobs = batch["rollout"], batch["advantages"], batch.get("ref_logprobs")
     mask = rollout.completion_mask  # [B, C]
     B, C = mask.shape
     # Modification 3 (vs GRPO): which rows are correct, the token weights ω, the actor's freeze
-    positive, omega, update_actor = batch["positive"], batch["token_weights"], batch["update_actor"]
+    positive, omega = batch["positive"], batch.get("token_weights", mask)  # ω ≡ 1 without the token RM
+    update_actor = batch.get("update_actor", True)
     steps, stats = args.updates_per_batch * args.num_mini_batches, {"loss": 0.0, "kl": 0.0}
     stats.update(positive_loss=0.0, negative_loss=0.0)
     # π_old: the trainer's log-probs before the first optimizer step, needed once the ratio can leave 1
@@ -545,7 +546,6 @@ def main(args: Args) -> dict:
         train, positive = rollout.select(rows), (correct[rows] > 0).to(args.device)  # N rows, [N]
         update_actor = step > args.actor_freeze_steps or not args.token_rm
         update = {"rollout": train, "advantages": advantages[rows], "positive": positive, "update_actor": update_actor}  # fmt: skip
-        update["token_weights"] = train.completion_mask  # [N, C] ω ≡ 1 without the token RM
         stats = {"kept_frac": len(rows) / (Q * G), "actor_frozen": float(not update_actor)}
         run.extra["skipped_batches"] = run.extra.get("skipped_batches", 0) + int(len(rows) == 0)
         if len(rows):  # else no mixed group in this batch: nothing to learn from, no update (counted)
