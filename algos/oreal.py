@@ -13,7 +13,7 @@ head, trained on the outcomes) decides which tokens matter: positive samples lea
 it finds promising, negative samples mostly on the tokens it finds wrong.
 
 Objective (minimised; D⁺/D⁻ the kept correct/incorrect samples, N⁺/N⁻/N their completion tokens,
-ℓ_{i,t} = log π_θ(o_{i,t} | q, o_{i,<t}), sg = stop-gradient, r_i = ±1):
+ℓ_{i,t} = log π_θ(o_{i,t} | q, o_{i,<t}), sg = stop-gradient, r_i = ±1, G = K the group):
 
     A_i     = r_i − mean_{j≠i} r_j                                (RLOO over all K samples of the group)
     L(θ)    = η⁺ · Σ_{i∈D⁺} Σ_t ω⁺_{i,t} · A_i · (−ℓ_{i,t}) / N⁺                     behaviour cloning
@@ -26,11 +26,21 @@ With c = pK correct in a group, A⁺ = 2K(1−p)/(K−1) and A⁻ = −2Kp/(K−
 paper's reshaping of negative rewards. The exp(ℓ − sg ℓ) factor equals 1 but carries the gradient
 −η⁻·ω⁻·A⁻·∇ℓ/N⁻ (REINFORCE; A⁻ < 0, so a descent step lowers the log-prob of a wrong token).
 
-Defaults: η⁺ = 1 (positive_loss_factor), η⁻ = 0.5 (negative_loss_factor), β = 0.01 (k3, "unbias"),
-BC scaled by A⁺ (pos_mult_adv), RM threshold 0.5, one optimizer step per batch, actor frozen for the
-first steps while the RM learns: all from the official OREAL-7B-SFT config with token RM. The paper
-scale (K = 16, 64 prompts, actor lr 5e-7, RM lr 2e-6, 10 frozen steps of 90) is the README's command
-line; the tiny world keeps grpo.py's rollout budget (16 prompts × 8) and a larger learning rate.
+Modification 1: OREAL's flags (η⁺, η⁻, the filter, the token RM, the freeze) replace the clip and the scaling
+Modification 2: RLOO on ±1 rewards, the pair filter, the token RM and its weights, OREAL's losses
+Modification 3: the update: cloning on the positives, reshaped REINFORCE on the negatives, token-weighted
+Modification 4: the token RM's own update, whose scores (before its step) weight the actor's tokens
+Modification 5: validate: the freeze
+Modification 6: the token RM and its optimizer, checkpointed with the policy (``run.start(modules=...)``)
+Modification 7: the step: ±1 rewards, RLOO advantages, the pair filter, the RM step, the actor's freeze
+
+Defaults: η⁺ = 1 (positive_loss_factor), η⁻ = 0.5 (negative_loss_factor), β = ``--kl-coef`` 0.01 (k3,
+"unbias"), BC scaled by A⁺ (pos_mult_adv), RM threshold 0.5, one optimizer step per batch (on the policy),
+actor frozen for the first steps while the RM learns: all from the official OREAL-7B-SFT config with token
+RM. Weight decay (``--weight-decay``, actor and RM): OREAL 0.01; the tiny world uses 0. The paper scale
+(K = 16, 64 prompts, actor lr 5e-7, RM lr 2e-6, 10 frozen steps of 90) is the command line of
+docs/methods/oreal.md; the tiny world keeps grpo.py's rollout budget (16 prompts × 8) and a larger
+learning rate.
 
 Deviations / choices:
 - Positive term: the paper describes pure behaviour cloning; the code (and this file, by default)
@@ -45,47 +55,57 @@ Deviations / choices:
   ``--rm-alignment before``. Scores are averaged cumulatively as in the code (the paper writes w(s_t)
   per token).
 - The RM head is a bias-free ``nn.Linear(hidden, 1)`` on the copied transformer body (the code replaces
-  the LM head the same way), trained in the same forward pass that gives the weights of this step (as
-  in the code; Algorithm 1 in the paper updates the RM first). Its own AdamW, warm-up and grad clip.
+  the LM head the same way); its scores of this step's rows, before its own optimizer step, weight the
+  actor's tokens (as in the code; Algorithm 1 in the paper updates the RM first). Its own AdamW, warm-up
+  and grad clip.
 - Learning rates are constant after warm-up for both models (the code decays both with a cosine).
-  Weight decay: the official configs use 0.01 for both the actor and the RM (``wd``); the tiny world
-  uses 0 (as grpo.py), the README's paper-scale command passes ``--weight-decay 0.01`` (and the
-  official sampling ``--top-p 0.9``).
 - Not implemented: the official data pipeline's difficulty-balanced prompt repetition. Its prompt set
   carries a precomputed pass rate per question, and each question is repeated by its pass-rate bucket
   before shuffling (6x for [0, 0.2), 4x for [0.2, 0.6), 2x for [0.6, 0.8); questions at 0.8 or above
   are dropped). Here every training question appears once per epoch; a dataset with such pass rates
   can be repeated the same way before it is passed as a ``.jsonl`` file.
 - The actor's warm-up starts when it unfreezes [ours]; the code's schedule runs during the freeze, so
-  its actor starts at the full learning rate. The freeze is ignored with ``--no-token-rm``.
+  its actor starts at the full learning rate. While frozen its losses are computed and logged (no
+  backward; ``lr`` logs 0). The freeze is ignored with ``--no-token-rm``.
 - A batch with no kept sample (no mixed group) makes no update and is counted in ``skipped_batches``.
-- Checkpoints: the RM's weights, optimizer and scheduler states are stored in the checkpoint's
-  ``extra`` dict (``state.pt``) and restored on ``--resume``.
+- Checkpoints: the RM's weights, optimizer and scheduler states are saved by name beside the policy's
+  (``run.start(modules=...)``, ``state.pt``) and restored on ``--resume``.
 - Verifier rewards are 1 (correct) / −1 (wrong or unparsable), as the code maps a missing judgement to −1.
-- No importance ratio against the sampler: one update per batch, on-policy, as in the code, so the
-  PPO clip of grpo.py and ``--updates-per-batch`` are gone.
+- On the policy by design: one update per batch, as in the code, so π_old = π_θ and the exp(ℓ − sg ℓ)
+  factor is 1. With ``--updates-per-batch`` or ``--num-mini-batches`` above 1 [ours] the factor becomes
+  the ratio exp(ℓ − ℓ_old) against π_old (no clip), and the cloning term stays as it is.
 """
 
 import copy
-import random
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import tyro
 
-from common.checkpoint import StopRequest, check_writable, load_checkpoint, resume_checkpoint, save_checkpoint
-from common.data import build_prompt, load_examples
-from common.evaluate import evaluate_policy
-from common.model import completion_logprobs, load_policy, position_ids_from_mask
+from common.model import completion_logprobs, load_policy, position_ids_from_mask, rollout_logprobs
 from common.preflight import check_run_args
+from common.registry import MethodInfo
 from common.rollout import make_sampler
-from common.tracking import Progress, Tracker, report_before_after
-from common.verify import Verifier
+from common.rollout_correction import rollout_correction
+from common.rollout_types import sampler_gap
+from common.run import Run, warmup_scheduler
+
+METHOD = MethodInfo(
+    name="OREAL",
+    paper="Lyu et al., Exploring the Limit of Outcome Reward for Learning Mathematical Reasoning, "
+    "arXiv 2502.06781",
+    arxiv="2502.06781",
+    change="cloning on a positive of each mixed group, reshaped REINFORCE on a negative, token RM weights",
+    gradient_tier=3,
+    gradient_claim="no exact form: the token weights come from a token-level reward model trained beside the "
+    "policy; without it (--no-token-rm --keep-all) it is behaviour cloning scaled by the RLOO advantage on "
+    "the positives plus REINFORCE at half weight on the negatives, each normalised by its own token count",
+    verl="no (token reward model)",
+    contradiction=({"group_size": 1}, "--group-size must be >= 2"),
+    compare_default=True,
+)
 
 
 @dataclass
@@ -130,38 +150,52 @@ class Args:
     prompts_per_step: int = 16
     """prompts per training step"""
     group_size: int = 8
-    """K: completions sampled per prompt (the RLOO group)"""
+    """G: completions sampled per prompt"""
     max_new_tokens: int = 80
-    """completion length limit"""
+    """completion length limit in tokens (also L_max of seq-mean-token-sum-norm)"""
     temperature: float = 1.0
     """sampling temperature (training and evaluation)"""
     top_p: float = 1.0
     """nucleus sampling threshold"""
     vllm_gpu_memory_utilization: float = 0.3
     """share of GPU memory vLLM may take (weights + KV cache) with --rollout vllm"""
-    tis_cap: float = 0.0
-    """C: weight each token's loss by min(π_old / π_sampler, C) to correct the sampler/trainer mismatch (0: off)"""
+    rollout_is: Literal["none", "token-tis", "seq-tis", "token-mis", "seq-mis", "icepop"] = "none"
+    """importance weights for the sampler/trainer mismatch, a function of π_old / π_sampler (common/rollout_correction.py)"""
+    rollout_is_threshold: float = 2.0
+    """upper bound of the ratio π_old / π_sampler: truncation (TIS) or mask (MIS, IcePop) threshold"""
+    rollout_is_threshold_low: float = 0.5
+    """lower bound of the ratio π_old / π_sampler below which MIS and IcePop mask a token or sequence"""
+    rollout_rs: Literal["none", "opsm", "geo-mean", "k3"] = "none"
+    """rejection of sequences too far from the sampler (common/rollout_correction.py)"""
+    rollout_rs_threshold: float = 0.5
+    """δ: the rejection threshold of --rollout-rs"""
 
     # --- optimisation ---
     num_steps: int = 100
     """training steps (one rollout batch each)"""
+    max_samples: int = 0
+    """stop after the step whose generated completions reach this many (0: no budget; bench/compare.py)"""
     learning_rate: float = 1e-4
-    """actor AdamW learning rate (constant after warm-up)"""
+    """AdamW learning rate (constant after warm-up)"""
     warmup_steps: int = 5
-    """linear learning-rate warm-up steps (token RM from step 1, actor from its first unfrozen step)"""
+    """linear learning-rate warm-up steps"""
     weight_decay: float = 0.0
-    """AdamW weight decay (actor and token RM; OREAL: 0.01)"""
+    """AdamW weight decay"""
     max_grad_norm: float = 1.0
-    """gradient clipping threshold (actor and token RM)"""
+    """gradient clipping threshold"""
     micro_batch_size: int = 64
     """sequences per forward/backward pass (gradient accumulation over the batch)"""
+    updates_per_batch: int = 1
+    """passes over each rollout batch (μ in the paper, PPO's epochs); the ratio π_θ / π_old is 1 on the first"""
+    num_mini_batches: int = 1
+    """optimizer steps per pass: each pass splits the rollout batch into this many mini-batches"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass to save memory"""
 
     # --- algorithm ---
-    # Modification 1 (vs GRPO): no PPO clip, no loss-aggregation or reward-scaling choice; OREAL's own knobs.
+    # Modification 1 (vs GRPO): no PPO clip, no loss-aggregation or reward-scaling choice; OREAL's own knobs
     kl_coef: float = 0.01
-    """β: weight of the k3 KL to the initial policy (OREAL: 0.01); 0 loads no reference model"""
+    """β: weight of the k3 KL to the initial policy, a loss term; 0 loads no reference model"""
     positive_coef: float = 1.0
     """η⁺: weight of the behaviour-cloning term on correct samples (positive_loss_factor)"""
     negative_coef: float = 0.5
@@ -195,15 +229,56 @@ class Args:
     """checkpoints kept on disk"""
 
 
-# ALGO LOGIC: RLOO advantages, the pair filter, the token reward model and its weights, the losses
+# ALGO LOGIC: the KL penalty and the loss aggregation (grpo.py's); Modification 2 (vs GRPO): OREAL's functions
+# (RLOO on ±1 rewards, the pair filter, the token RM, its weights, the losses) replace advantages and clip
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0, 0 when equal).
+
+    >>> k3_kl(torch.tensor([0.0]), torch.tensor([0.0]))
+    tensor([0.])
+    """
+    log_ratio = ref_logprobs - logprobs
+    return torch.exp(log_ratio) - log_ratio - 1
 
 
-def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    """Leave-one-out advantages A_i = r_i − mean_{j≠i} r_j. ``rewards [Q, G]`` -> ``advantages [Q, G]``.
+def aggregate_loss(
+    per_token_loss: torch.Tensor,  # [b, C] losses of one micro-batch
+    mask: torch.Tensor,  # [b, C] completion mask
+    mode: str,
+    num_sequences: int,  # sequences in the whole mini-batch (all its micro-batches)
+    num_tokens: int,  # completion tokens in the whole mini-batch
+    max_len: int,  # L_max for seq-mean-token-sum-norm
+) -> torch.Tensor:
+    """Reduce per-token losses to a scalar so that summing over micro-batches gives the mini-batch loss.
+
+    Two sequences, losses [[1, 1, 0], [4, 0, 0]] with masks [[1, 1, 0], [1, 0, 0]]:
+      seq-mean-token-mean:      ((1+1)/2 + 4/1) / 2 = 2.5
+      token-mean:               (1+1+4) / 3        = 2.0
+      seq-mean-token-sum:       ((1+1) + 4) / 2    = 3.0
+      seq-mean-token-sum-norm:  (1+1+4) / (2·3)    = 1.0   (L_max = 3)
+    """
+    masked = per_token_loss * mask
+    if mode == "seq-mean-token-mean":
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_sequences
+    if mode == "token-mean":
+        return masked.sum() / max(num_tokens, 1)
+    if mode == "seq-mean-token-sum":
+        return masked.sum() / num_sequences
+    if mode == "seq-mean-token-sum-norm":
+        return masked.sum() / (num_sequences * max_len)
+    raise ValueError(f"unknown --loss-agg {mode!r}")
+
+
+# Modification 2 (vs GRPO): OREAL's pure functions
+
+
+def oreal_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """Modification 2 (vs GRPO): RLOO's leave-one-out advantages A_i = r_i − mean_{j≠i} r_j on OREAL's ±1
+    rewards. ``rewards [Q, G]`` -> ``advantages [Q, G]``.
 
     One correct of four (K = 4, p = 1/4): A⁺ = 2K(1−p)/(K−1) = 2, A⁻ = −2Kp/(K−1) = −2/3.
 
-    >>> rloo_advantages(torch.tensor([[1.0, -1.0, -1.0, -1.0]]))
+    >>> oreal_advantages(torch.tensor([[1.0, -1.0, -1.0, -1.0]]))
     tensor([[ 2.0000, -0.6667, -0.6667, -0.6667]])
     """
     G = rewards.shape[1]
@@ -212,7 +287,7 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def pair_filter(correct: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Keep one random correct and one random incorrect sample of every mixed group (0 < p < 1).
+    """Modification 2 (vs GRPO): keep one random correct and one random incorrect sample of every mixed group.
 
     ``correct [Q, G]`` bool -> ``keep [Q, G]`` bool; uniform groups keep nothing.
 
@@ -236,7 +311,8 @@ def pair_filter(correct: torch.Tensor, generator: torch.Generator | None = None)
 
 
 class TokenRewardModel(torch.nn.Module):
-    """A copy of the policy's transformer body with a bias-free scalar head: one score per token.
+    """Modification 2 (vs GRPO): a copy of the policy's transformer body with a bias-free scalar head: one
+    score per token.
 
     ``scores(input_ids [B, P + C], attention_mask [B, P + C], C)`` -> ``[B, C]``: the score of completion
     token t is the head applied to the hidden state that has read token t (``alignment="after"``), or
@@ -263,8 +339,8 @@ class TokenRewardModel(torch.nn.Module):
 
 
 def token_weights(rm_scores: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """OREAL's token weights from RM scores, detached. ``rm_scores [N, T]``, ``mask [N, T]``, ``positive [N]``
-    bool -> ``weights [N, T]`` in [0, 1], 0 on padding.
+    """Modification 2 (vs GRPO): OREAL's token weights from RM scores, detached. ``rm_scores [N, T]``,
+    ``mask [N, T]``, ``positive [N]`` bool -> ``weights [N, T]`` in [0, 1], 0 on padding.
 
     q_t = σ(mean_{u≤t} s_u) over the masked tokens; positives get clamp(2q − 1, 0, 1) (tokens the RM finds
     promising), negatives clamp(1 − 2q, 0, 1) (tokens it finds wrong).
@@ -289,7 +365,8 @@ def token_rm_loss(
     positive: torch.Tensor,  # [b] bool: the sample is correct
     num_sequences: int,  # kept sequences in the WHOLE batch
 ) -> torch.Tensor:
-    """BCE of the sequence logit (mean token score) against the outcome, summed, divided by the batch size.
+    """Modification 2 (vs GRPO): the token RM's loss, BCE of the sequence logit (mean token score) against
+    the outcome, summed, divided by the batch size.
 
     >>> token_rm_loss(torch.zeros(2, 3), torch.ones(2, 3), torch.tensor([True, False]), num_sequences=2)
     tensor(0.6931)
@@ -305,20 +382,24 @@ def oreal_policy_loss(
     positive: torch.Tensor,  # [b] bool: the sample is correct
     advantages: torch.Tensor,  # [b] RLOO advantage of each sample
     weights: torch.Tensor,  # [b, C] token weights ω (ω⁺ on positive rows, ω⁻ on negative rows; detached)
-    num_positive_tokens: int,  # completion tokens of correct samples in the WHOLE batch
-    num_negative_tokens: int,  # completion tokens of incorrect samples in the whole batch
+    num_positive_tokens: int,  # completion tokens of correct samples in the whole mini-batch
+    num_negative_tokens: int,  # completion tokens of incorrect samples in the whole mini-batch
     positive_coef: float = 1.0,
     negative_coef: float = 0.5,
     advantage_scaled_bc: bool = True,
+    old_logprobs: torch.Tensor | None = None,  # [b, C] log π_old (detached)
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The behaviour-cloning loss on positives and the REINFORCE loss on negatives, each summed over tokens
-    and divided by its global token count, so summing micro-batches gives the batch loss.
+    """Modification 2 (vs GRPO): the behaviour-cloning loss on positives and the REINFORCE loss on negatives,
+    each summed over tokens and divided by its mini-batch token count, so summing micro-batches gives the
+    mini-batch loss. ``old_logprobs`` (π_old; default: ``logprobs`` detached, on the policy) makes the
+    negatives' factor exp(ℓ − ℓ_old), 1 on the policy.
 
     One positive row (ℓ = [−1, −1], A = 2, ω = 1) and one negative row (A = −0.5, ω = [1, 0.5]):
       positive: 1.0 · 2 · (1 + 1) / 2           = 2.0
       negative: −0.5 · (−0.5) · (1 + 0.5) / 2   = 0.1875   (the ratio term equals 1)
 
-    >>> oreal_policy_loss(-torch.ones(2, 2), torch.ones(2, 2), torch.tensor([True, False]), torch.tensor([2.0, -0.5]),
+    >>> positive, advantages = torch.tensor([True, False]), torch.tensor([2.0, -0.5])
+    >>> oreal_policy_loss(-torch.ones(2, 2), torch.ones(2, 2), positive, advantages,
     ...                   torch.tensor([[1.0, 1.0], [1.0, 0.5]]), 2, 2)
     (tensor(2.), tensor(0.1875))
     """
@@ -327,31 +408,97 @@ def oreal_policy_loss(
     adv = advantages[:, None]  # [b, 1]
     bc_scale = adv if advantage_scaled_bc else 1.0
     positive_loss = (positive_mask * weights * bc_scale * -logprobs).sum() / max(num_positive_tokens, 1)
-    ratio = torch.exp(logprobs - logprobs.detach())  # [b, C] value 1, gradient ∇ℓ
+    old = logprobs.detach() if old_logprobs is None else old_logprobs
+    ratio = torch.exp(logprobs - old)  # [b, C] value 1 on the policy, gradient ∇ℓ
     negative_loss = -(negative_mask * weights * adv * ratio).sum() / max(num_negative_tokens, 1)
     return positive_coef * positive_loss, negative_coef * negative_loss
 
 
-def truncated_is_weights(
-    old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, cap: float
-) -> torch.Tensor:
-    """Truncated importance weights min(π_old / π_sampler, C), detached: they correct for the sampler
-    (e.g. vLLM) computing slightly different probabilities than the trainer (as TRL and verl do).
-
-    >>> truncated_is_weights(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])), cap=2.0)
-    tensor([[2., 1.]])
-    """
-    return torch.exp(old_logprobs - behavior_logprobs).clamp(max=cap).detach()
+# ALGO LOGIC: the policy update (the same signature in every file; callable without main())
 
 
-def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0, 0 when equal).
+def update_policy(model, optimizer, batch: dict, args: Args) -> dict[str, float]:
+    """Update the policy on one rollout batch: ``--updates-per-batch`` passes, each split into
+    ``--num-mini-batches`` optimizer steps, each accumulated over micro-batches (the micro-batch size never
+    changes the gradient). ``batch``: ``rollout`` (a ``common.rollout_types.Rollout``), ``advantages [B]`` and,
+    when ``--kl-coef`` > 0, ``ref_logprobs [B, C]``. Returns the update's statistics (means over its steps).
+    Modification 3 (vs GRPO): also ``positive [B]`` (bool), ``token_weights [B, C]`` (ω; default 1) and
+    ``update_actor`` (False while the actor is frozen: the losses and statistics, no backward, no step)."""
+    rollout, advantages, ref_logprobs = batch["rollout"], batch["advantages"], batch.get("ref_logprobs")
+    mask = rollout.completion_mask  # [B, C]
+    B, C = mask.shape
+    # Modification 3 (vs GRPO): which rows are correct, the token weights ω, the actor's freeze
+    positive, omega = batch["positive"], batch.get("token_weights", mask)  # ω ≡ 1 without the token RM
+    update_actor = batch.get("update_actor", True)
+    steps, stats = args.updates_per_batch * args.num_mini_batches, {"loss": 0.0, "kl": 0.0}
+    stats.update(positive_loss=0.0, negative_loss=0.0)
+    # π_old: the trainer's log-probs before the first optimizer step, needed once the ratio can leave 1
+    needs_old = steps > 1 or args.rollout_is != "none" or args.rollout_rs != "none"
+    old_logprobs = rollout_logprobs(model, rollout, args.temperature, args.micro_batch_size) if needs_old else None  # fmt: skip
+    weights, stats_rc = rollout_correction(old_logprobs, rollout.behavior_logprobs, mask, advantages, args)
+    model.train()
+    total_tokens = mask.sum().item()
+    for update in range(args.updates_per_batch):
+        for rows in torch.arange(B).tensor_split(args.num_mini_batches):  # one optimizer step each
+            num_tokens = int(mask[rows].sum())
+            num_positive_tokens = int(mask[rows][positive[rows]].sum())  # Modification 3 (vs GRPO): N⁺
+            for mb in rows.split(args.micro_batch_size):
+                logprobs, entropy = completion_logprobs(model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature, with_entropy=True)  # fmt: skip
+                old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
+                # Modification 3 (vs GRPO): cloning on the positives and reshaped REINFORCE on the negatives,
+                # each token weighted by ω times the sampler/trainer mismatch correction
+                positive_loss, negative_loss = oreal_policy_loss(
+                    logprobs, mask[mb], positive[mb], advantages[mb], omega[mb] * weights[mb],
+                    num_positive_tokens, num_tokens - num_positive_tokens,
+                    args.positive_coef, args.negative_coef, args.advantage_scaled_bc, old,
+                )  # fmt: skip
+                loss = positive_loss + negative_loss
+                if ref_logprobs is not None:  # Modification 3 (vs GRPO): the KL, a token mean, added to it
+                    kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
+                    loss = loss + args.kl_coef * aggregate_loss(
+                        kl, mask[mb], "token-mean", len(rows), num_tokens, C
+                    )
+                    stats["kl"] += float((kl * mask[mb]).sum()) / num_tokens / steps
+                if update_actor:  # frozen: no backward, so the step below changes nothing
+                    loss.backward()
+                stats["loss"] += loss.item() / steps
+                stats["positive_loss"] += positive_loss.item() / steps
+                stats["negative_loss"] += negative_loss.item() / steps
+                if update == 0:  # the first pass: the policy's entropy and its gap to the sampler
+                    sums = {"entropy": float((entropy * mask[mb]).sum()), **sampler_gap(old, rollout, mb)}
+                    for key, value in sums.items():
+                        stats[key] = stats.get(key, 0.0) + value / total_tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(grad_norm) / steps
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    # Modification 3 (vs GRPO): the mean token weight ω over the positive and over the negative tokens
+    for name, rows in (("positive_token_weight", positive), ("negative_token_weight", ~positive)):
+        stats[name] = float(omega[rows].sum()) / max(float(mask[rows].sum()), 1.0)
+    return {**stats, **stats_rc}
 
-    >>> k3_kl(torch.tensor([0.0]), torch.tensor([0.0]))
-    tensor([0.])
-    """
-    log_ratio = ref_logprobs - logprobs
-    return torch.exp(log_ratio) - log_ratio - 1
+
+def update_token_rm(reward_model, rm_optimizer, rollout, positive: torch.Tensor, args: Args) -> tuple:
+    """Modification 4 (vs GRPO): one optimizer step of the token RM on the kept rows (BCE of each row's mean
+    score against its outcome), in micro-batches. Returns the token weights ω ``[N, C]`` from the scores
+    before the step (detached, 0 on padding) and the RM's statistics."""
+    mask = rollout.completion_mask  # [N, C]
+    N, C = mask.shape
+    weights, stats = [], {"rm_loss": 0.0, "rm_accuracy": 0.0}
+    for mb in torch.arange(N).split(args.micro_batch_size):
+        rm_scores = reward_model(rollout.input_ids[mb], rollout.attention_mask[mb], C)  # [b, C]
+        weights.append(token_weights(rm_scores, mask[mb], positive[mb]))
+        rm_loss = token_rm_loss(rm_scores, mask[mb], positive[mb], N)
+        rm_loss.backward()  # reaches only the RM: it shares no parameter with the actor
+        sequence_logit = (rm_scores.detach() * mask[mb]).sum(-1) / mask[mb].sum(-1).clamp(min=1)
+        stats["rm_loss"] += rm_loss.item()
+        stats["rm_accuracy"] += float(((sequence_logit > 0) == positive[mb]).sum()) / N
+    stats["rm_grad_norm"] = float(
+        torch.nn.utils.clip_grad_norm_(reward_model.parameters(), args.max_grad_norm)
+    )
+    rm_optimizer.step()
+    rm_optimizer.zero_grad(set_to_none=True)
+    return torch.cat(weights), stats
 
 
 # TRY NOT TO MODIFY: the training loop
@@ -360,264 +507,65 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 def validate(args: Args) -> None:
     """Contradictory flags fail here, before anything is loaded."""
     if args.group_size < 2:
-        raise SystemExit(f"--group-size must be >= 2 for a leave-one-out advantage, got {args.group_size}")
-    if args.micro_batch_size < 1 or args.prompts_per_step < 1 or args.num_steps < 0:
-        raise SystemExit("--micro-batch-size and --prompts-per-step must be >= 1 and --num-steps >= 0")
-    if args.tis_cap > 0 and args.temperature == 0:
-        raise SystemExit(
-            "--tis-cap needs sampled behaviour log-probs; it cannot be used with --temperature 0"
-        )
-    if args.actor_freeze_steps < 0:
+        raise SystemExit(f"--group-size must be >= 2 for a group-relative advantage, got {args.group_size}")
+    if args.actor_freeze_steps < 0:  # Modification 5 (vs GRPO): the freeze
         raise SystemExit(f"--actor-freeze-steps must be >= 0, got {args.actor_freeze_steps}")
     check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
 
 
 def main(args: Args) -> dict:
     validate(args)
-    run_name = args.run_name or f"{args.exp_name}__{args.seed}"
-    run_dir = Path(args.output_dir) / run_name
-    check_writable(run_dir)
-    wall_start = time.time()
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-
-    # TRY NOT TO MODIFY: data, model, sampler, verifier
-    train_examples = load_examples(
-        args.dataset, "train", args.question_field, args.answer_field, seed=args.seed
-    )
-    eval_name = args.eval_dataset or ("math500" if args.dataset == "math" else args.dataset)
-    eval_examples = load_examples(
-        eval_name, "test", args.question_field, args.answer_field, limit=args.eval_problems
-    )
-    model, tokenizer = load_policy(
-        args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing
-    )
-    ref_model = None
-    if args.kl_coef > 0:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    run = Run(args)  # TRY NOT TO MODIFY: run directory, seeding, data, verifier (common/run.py)
+    model, tokenizer = load_policy(args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing)  # fmt: skip
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if args.kl_coef > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
-    )
-    # Modification 2 (vs GRPO): the token-level reward model, a copy of the initial policy with a scalar head.
-    reward_model = rm_optimizer = rm_scheduler = None
+    scheduler = warmup_scheduler(optimizer, args.warmup_steps)
+    # Modification 6 (vs GRPO): the token RM (a copy of the initial policy with a scalar head), its own AdamW
+    # and warm-up, saved and restored by name with every checkpoint
+    modules = {}
     if args.token_rm:
         reward_model = TokenRewardModel(model, args.rm_alignment).train()
-        rm_optimizer = torch.optim.AdamW(
-            reward_model.parameters(), lr=args.rm_learning_rate, weight_decay=args.weight_decay
-        )
-        rm_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            rm_optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
-        )
-    sampler = make_sampler(
-        args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization
-    )
-    verifier = Verifier()
-
-    def evaluate(n: int, desc: str) -> dict:
-        return evaluate_policy(
-            model, tokenizer, eval_examples, n=n, template=args.template, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, top_p=args.top_p, sampler=sampler, verifier=verifier, desc=desc,
-        )  # fmt: skip
-
-    # TRY NOT TO MODIFY: resume
-    start_step, extra = 0, {}
-    if ckpt := resume_checkpoint(run_dir, args.resume):  # None: a fresh run
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        start_step, extra = state["step"], state["extra"]
-        # Modification 3 (vs GRPO): the token RM and its optimizer come back from the checkpoint's extra dict.
-        if reward_model is not None:
-            rm_state = extra.pop("token_rm")
-            reward_model.load_state_dict(rm_state["model"])
-            rm_optimizer.load_state_dict(rm_state["optimizer"])
-            rm_scheduler.load_state_dict(rm_state["scheduler"])
-        sampler.update_weights(model)
-        print(f"resumed from {ckpt} (step {start_step})")
-    tracker = Tracker(
-        run_dir, asdict(args), args.track, args.wandb_project, run_name, start_step if ckpt else None
-    )
-    if "base_eval" not in extra:
-        extra["base_eval"] = evaluate(args.eval_n, "eval base")
-        extra["elapsed"] = extra["base_wall_time"] = time.time() - wall_start
-        tracker.log(0, {f"eval/pass@{k}": v for k, v in extra["base_eval"]["curve"].items()})
-    elapsed_before = extra["elapsed"]
-    extra.setdefault("skipped_batches", 0)
-    session_start = time.time()
+        rm_optimizer = torch.optim.AdamW(reward_model.parameters(), lr=args.rm_learning_rate, weight_decay=args.weight_decay)  # fmt: skip
+        modules = {"token_rm": reward_model, "token_rm_optimizer": rm_optimizer, "token_rm_scheduler": warmup_scheduler(rm_optimizer, args.warmup_steps)}  # fmt: skip
+    sampler = make_sampler(args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization)  # fmt: skip
+    run.start(model, tokenizer, optimizer, scheduler, sampler, modules=modules)  # resume, base evaluation
     Q, G = args.prompts_per_step, args.group_size
 
-    progress = Progress(args.num_steps - start_step, desc="train")
-    with StopRequest() as stop:
-        for step in range(start_step + 1, args.num_steps + 1):
-            step_start = time.time()
-            # TRY NOT TO MODIFY: pick this step's prompts (a fresh permutation every epoch, so resume is exact)
-            epoch, offset = divmod((step - 1) * Q, len(train_examples))
-            order = torch.randperm(
-                len(train_examples), generator=torch.Generator().manual_seed(args.seed + epoch)
-            )
-            batch = [train_examples[i] for i in order.roll(-offset)[:Q].tolist()]
-            prompts = [build_prompt(e.question, args.template, tokenizer) for e in batch]
+    for step in run.steps():  # TRY NOT TO MODIFY: progress, Ctrl-C, checkpoints, the sample budget
+        # TRY NOT TO MODIFY: sample G completions for each of this step's prompts and score them
+        batch, prompts = run.next_batch(Q)
+        rollout = sampler.generate(prompts, G, args.max_new_tokens, args.temperature, args.top_p)
+        results, correct = run.verify(rollout, batch)
+        rewards = correct.view(Q, G) * 2 - 1  # [Q, G] Modification 7 (vs GRPO): ±1
 
-            # TRY NOT TO MODIFY: sample G completions per prompt and score them
-            rollout = sampler.generate(prompts, G, args.max_new_tokens, args.temperature, args.top_p)
-            results = verifier.verify_batch(rollout.completions, [e.answer for e in batch for _ in range(G)])
-            # Modification 4 (vs GRPO): rewards ±1 and RLOO advantages over the whole group (before filtering).
-            correct = torch.tensor([r.correct for r in results]).view(Q, G)  # [Q, G] bool
-            rewards = correct.float() * 2 - 1  # [Q, G]
-            advantages = rloo_advantages(rewards)  # [Q, G]
+        # ALGO LOGIC: Modification 7 (vs GRPO): RLOO advantages over the whole group; one correct and one
+        # incorrect sample of each mixed group (or all); the token RM's step gives ω; the actor's freeze
+        advantages = oreal_advantages(rewards).view(-1).to(args.device)  # [B]
+        keep = torch.ones(Q, G, dtype=torch.bool) if args.keep_all else pair_filter(rewards > 0)  # [Q, G]
+        rows = keep.view(-1).nonzero().squeeze(-1)  # [N] kept rows of the rollout
+        train, positive = rollout.select(rows), (correct[rows] > 0).to(args.device)  # N rows, [N]
+        update_actor = step > args.actor_freeze_steps or not args.token_rm
+        update = {"rollout": train, "advantages": advantages[rows], "positive": positive, "update_actor": update_actor}  # fmt: skip
+        stats = {"kept_frac": len(rows) / (Q * G), "actor_frozen": float(not update_actor)}
+        run.extra["skipped_batches"] = run.extra.get("skipped_batches", 0) + int(len(rows) == 0)
+        if len(rows):  # else no mixed group in this batch: nothing to learn from, no update (counted)
+            if args.token_rm:
+                update["token_weights"], rm_stats = update_token_rm(modules["token_rm"], modules["token_rm_optimizer"], train, positive, args)  # fmt: skip
+                stats.update(rm_stats)
+            if ref_model is not None:
+                update["ref_logprobs"] = rollout_logprobs(ref_model, train, args.temperature, args.micro_batch_size)  # fmt: skip
+            stats.update(update_policy(model, optimizer, update, args))
+        stats["skipped_batches"] = run.extra["skipped_batches"]
+        if args.token_rm:
+            modules["token_rm_scheduler"].step()
+        if update_actor:  # the actor's warm-up starts when it unfreezes
+            scheduler.step()
+        else:
+            stats["lr"] = 0.0  # the frozen actor does not move
+        sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
 
-            # Modification 5 (vs GRPO): keep one correct + one incorrect sample per mixed group (or all).
-            keep = torch.ones(Q, G, dtype=torch.bool) if args.keep_all else pair_filter(correct)  # [Q, G]
-            rows = keep.view(-1).nonzero().squeeze(-1)  # [N] kept rows of the rollout
-            train = rollout.select(rows)
-            positive = correct.view(-1)[rows].to(args.device)  # [N] bool
-            train_advantages = advantages.view(-1)[rows].to(args.device)  # [N]
-            update_actor = step > args.actor_freeze_steps or reward_model is None
-
-            # ALGO LOGIC: the OREAL update (cloning + reshaped negatives + KL) and the token RM, in micro-batches
-            mask = train.completion_mask  # [N, C]
-            N, C = mask.shape
-            num_tokens = int(mask.sum())
-            num_positive_tokens = int(mask[positive].sum())
-            num_negative_tokens = num_tokens - num_positive_tokens
-            micro_batches = [slice(i, i + args.micro_batch_size) for i in range(0, N, args.micro_batch_size)]
-            ref_logprobs = None
-            if ref_model is not None and N > 0:
-                with torch.no_grad():
-                    ref_logprobs = torch.cat([completion_logprobs(ref_model, train.input_ids[mb], train.attention_mask[mb], C, args.temperature)[0] for mb in micro_batches])  # fmt: skip
-            model.train()
-            stats = {"loss": 0.0, "positive_loss": 0.0, "negative_loss": 0.0, "kl": 0.0, "rm_loss": 0.0,
-                     "rm_accuracy": 0.0, "positive_weight_mean": 0.0, "negative_weight_mean": 0.0,
-                     "entropy": 0.0, "logprob_mismatch": 0.0}  # fmt: skip
-            for mb in micro_batches:
-                mb_mask, pos = mask[mb], positive[mb]  # [b, C], [b]
-                if reward_model is not None:
-                    rm_scores = reward_model(train.input_ids[mb], train.attention_mask[mb], C)  # [b, C]
-                    weights = token_weights(rm_scores, mb_mask, pos)  # [b, C] detached
-                    rm_loss = token_rm_loss(rm_scores, mb_mask, pos, N)
-                    rm_loss.backward()  # reaches only the RM: it shares no parameter with the actor
-                    sequence_logit = (rm_scores.detach() * mb_mask).sum(-1) / mb_mask.sum(-1).clamp(min=1)
-                    stats["rm_loss"] += rm_loss.item()
-                    stats["rm_accuracy"] += float(((sequence_logit > 0) == pos).sum()) / N
-                else:
-                    weights = mb_mask  # [b, C] ω ≡ 1
-                with torch.set_grad_enabled(update_actor):  # no actor graph while it is frozen
-                    logprobs, entropy = completion_logprobs(
-                        model,
-                        train.input_ids[mb],
-                        train.attention_mask[mb],
-                        C,
-                        args.temperature,
-                        with_entropy=True,
-                    )  # [b, C] each
-                    if args.tis_cap > 0:  # sampler/trainer mismatch correction, on the token weights
-                        weights = weights * truncated_is_weights(
-                            logprobs.detach(), train.behavior_logprobs[mb], args.tis_cap
-                        )
-                    positive_loss, negative_loss = oreal_policy_loss(
-                        logprobs, mb_mask, pos, train_advantages[mb], weights,
-                        num_positive_tokens, num_negative_tokens, args.positive_coef, args.negative_coef,
-                        args.advantage_scaled_bc,
-                    )  # fmt: skip
-                    loss = positive_loss + negative_loss
-                    if ref_logprobs is not None:
-                        kl_sum = (k3_kl(logprobs, ref_logprobs[mb]) * mb_mask).sum()  # over [b, C]
-                        loss = loss + args.kl_coef * kl_sum / num_tokens
-                        stats["kl"] += kl_sum.item() / num_tokens
-                if update_actor:
-                    loss.backward()
-                stats["loss"] += loss.item()
-                stats["positive_loss"] += positive_loss.item()
-                stats["negative_loss"] += negative_loss.item()
-                # weights are 0 on padding, so these are means over the positive / negative tokens
-                stats["positive_weight_mean"] += float(weights[pos].sum()) / max(num_positive_tokens, 1)
-                stats["negative_weight_mean"] += float(weights[~pos].sum()) / max(num_negative_tokens, 1)
-                stats["entropy"] += float((entropy * mb_mask).sum()) / num_tokens
-                gap = (logprobs.detach() - train.behavior_logprobs[mb]).abs()
-                stats["logprob_mismatch"] += float((gap * mb_mask).sum()) / num_tokens
-            grad_norm = rm_grad_norm = torch.tensor(0.0)
-            if N == 0:  # no mixed group in this batch: nothing to learn from, no update (counted)
-                extra["skipped_batches"] += 1
-            else:
-                if update_actor:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                if reward_model is not None:
-                    rm_grad_norm = torch.nn.utils.clip_grad_norm_(
-                        reward_model.parameters(), args.max_grad_norm
-                    )
-                    rm_optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if reward_model is not None:
-                rm_optimizer.zero_grad(set_to_none=True)
-                rm_scheduler.step()
-            if update_actor:  # the actor's warm-up starts when it unfreezes
-                scheduler.step()
-            sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
-
-            # TRY NOT TO MODIFY: logging
-            lengths = rollout.completion_mask.sum(-1)
-            metrics = {
-                "reward_mean": rewards.mean().item(),
-                "accuracy": correct.float().mean().item(),
-                "unparsed_frac": 1 - sum(r.parsed for r in results) / len(results),
-                "zero_std_frac": (rewards.std(dim=1) == 0).float().mean().item(),
-                "kept_frac": N / (Q * G),
-                "skipped_batches": extra["skipped_batches"],
-                "actor_frozen": float(not update_actor),
-                "completion_len_mean": lengths.mean().item(),
-                "completion_len_max": lengths.max().item(),
-                "truncated_frac": rollout.truncated.float().mean().item(),
-                "grad_norm": float(grad_norm),
-                "rm_grad_norm": float(rm_grad_norm),
-                "lr": scheduler.get_last_lr()[0] if update_actor else 0.0,
-                "step_time": time.time() - step_start,
-                "samples_per_s": Q * G / (time.time() - step_start),
-                **stats,
-            }
-            if step == args.num_steps:  # the final evaluation, with the full n
-                extra["final_eval"] = evaluate(args.eval_n, "eval final")
-                metrics.update({f"eval/pass@{k}": v for k, v in extra["final_eval"]["curve"].items()})
-            elif args.eval_every and step % args.eval_every == 0:
-                ev = evaluate(max(1, args.eval_n // 2), f"eval step {step}")
-                metrics.update({f"eval/pass@{k}": v for k, v in ev["curve"].items()})
-            tracker.log(step, metrics)
-            if args.log_completions_every and step % args.log_completions_every == 0:
-                tracker.log_completions(step, [
-                    {"prompt": prompts[i // G], "completion": rollout.completions[i], "answer": results[i].answer,
-                     "gold": batch[i // G].answer, "reward": rewards.view(-1)[i].item()}
-                    for i in range(0, Q * G, G)
-                ])  # fmt: skip
-            progress.update(1, reward=metrics["reward_mean"], len=metrics["completion_len_mean"])
-
-            # TRY NOT TO MODIFY: checkpoint (periodically, at the end, and when asked to stop)
-            extra["elapsed"] = elapsed_before + time.time() - session_start
-            if step % args.save_every == 0 or step == args.num_steps or stop.requested:
-                if reward_model is not None:  # Modification 3 (vs GRPO): the token RM travels in extra
-                    extra["token_rm"] = {"model": reward_model.state_dict(), "optimizer": rm_optimizer.state_dict(),
-                                         "scheduler": rm_scheduler.state_dict()}  # fmt: skip
-                save_checkpoint(run_dir, step, model, optimizer, scheduler, extra, args.keep_last, tokenizer)
-                extra.pop("token_rm", None)
-            if stop.requested:
-                progress.close()
-                print(f"Stopped after step {step}. Resume with the same command plus --resume.")
-                tracker.close()
-                verifier.close()
-                raise SystemExit(130)
-    progress.close()
-
-    # TRY NOT TO MODIFY: before/after table, plots
-    final_eval = extra.get("final_eval") or evaluate(args.eval_n, "eval final")
-    total_time = elapsed_before + time.time() - session_start
-    report_before_after(
-        tracker, args.exp_name, args.num_steps, extra["base_eval"], final_eval, eval_name,
-        extra["base_wall_time"], total_time,
-    )  # fmt: skip
-    tracker.close()
-    verifier.close()
-    return {"base": extra["base_eval"], "final": final_eval, "run_dir": str(run_dir)}
+        run.log(step, rollout, results, rewards, stats)  # TRY NOT TO MODIFY: metrics, evaluation, completions
+    return run.finish()  # TRY NOT TO MODIFY: the before/after table and plots
 
 
 if __name__ == "__main__":

@@ -4,15 +4,14 @@ Paper: Le Roux, Bellemare, Lebensold, Bergeron, Greaves, Fréchette, Pelletier, 
 Work, "Tapered Off-Policy REINFORCE: Stable and efficient reinforcement learning for LLMs",
 arXiv 2503.14286. No official code; third-party versions exist in ROLL and Trinity-RFT.
 
-Idea: off-policy by construction. A dataset of n completions per question is sampled ONCE from a
-behaviour policy μ (here: the model at the start of the iteration), with μ's per-token log-probs stored,
-then trained on for several epochs in shuffled mini-batches. Rewards are ±1. Positives get weight 1 (plain
-SFT, however unlikely they have become under π); negatives get the stop-gradient weight clip(π/μ, 0, 1),
-which fades to 0 once a wrong answer has been unlearned, so the negative push stops by itself and the
-objective stays bounded without KL or PPO clipping (naive off-policy REINFORCE drives log π → −∞).
-``--iterations`` regenerates the dataset with the current policy (iterated offline).
+Idea: off-policy by construction. A dataset of n completions per question is sampled from a behaviour
+policy μ (here: the policy at the start of the step), with μ's per-token log-probs stored, then trained on
+for several passes in shuffled mini-batches. Rewards are ±1. Positives get weight 1 (plain SFT, however
+unlikely they have become under π); negatives get the stop-gradient weight clip(π/μ, 0, 1), which fades to
+0 once a wrong answer has been unlearned, so the negative push stops by itself and the objective stays
+bounded without KL or PPO clipping (naive off-policy REINFORCE drives log π → −∞).
 
-Objective (gradient, maximised; R ∈ {+1, −1}, c = ``--baseline``):
+Objective (gradient, maximised; R ∈ {+1, −1}, c = ``--reward-baseline``):
 
     ∇J = Σ_{τ∈T⁺} μ(τ) (R − c) ∇log π(τ)  +  Σ_{τ∈T⁻} μ(τ) clip(π(τ)/μ(τ), 0, 1) (R − c) ∇log π(τ)
 
@@ -23,58 +22,88 @@ The baseline c weights positives by (1 − c) and negatives by (1 + c): off-poli
 effective share of positives p̃ = p (1 − c) / (1 + (1 − 2p) c), p = the dataset's positive fraction
 (logged as ``effective_positive_share``; the paper reports p̃ as the lever that matters).
 
-Defaults: n = 16 completions per question, c = 0, sequence-level ratio, no KL (paper). The tiny world
-uses 4 iterations × 160 questions × 16 samples = 10,240 completions (grpo.py's default rollout budget),
-2 epochs per dataset, 64 sequences per optimizer step and AdamW at 2e-4 [ours; the paper trained Llama 3
-8B Instruct with Adafactor at a constant 5e-7, batch 1 per GPU on 8 GPUs [2nd], a rate at which a
-0.9M-parameter model does not move].
+The paper's datasets map onto grpo.py's loop: each step samples one dataset (``--prompts-per-step``
+questions × ``--group-size`` completions from the current policy, μ) and trains ``--updates-per-batch``
+passes of ``--num-mini-batches`` optimizer steps on it. The flags of the earlier TOPR script map so:
+--iterations → --num-steps, --questions-per-iteration → --prompts-per-step, --samples-per-question →
+--group-size, --epochs → --updates-per-batch, --batch-size b → --num-mini-batches (dataset rows / b),
+--baseline → --reward-baseline, --tis-cap C → --taper-mu trainer --rollout-is token-tis
+--rollout-is-threshold C, --log-completions → --log-completions-every.
+
+Modification 1: the off-policy schedule's defaults: per step a dataset of 160 × 16, 2 passes × 40 mini-batches
+Modification 2: TOPR's flags (c, ratio level, curation, negatives, μ) replace the clip and the std scaling
+Modification 3: evaluation, completions and checkpoints once per dataset (every step)
+Modification 4: the taper, the TOPR loss, curation, the dataset and the baseline's effect (pure functions)
+Modification 5: the update reads ±1 rewards, shuffles its mini-batches and logs the taper's state
+Modification 6: the loss −sg(α)(R − c) log π, α tapered on π/μ, in place of the clipped surrogate
+Modification 7: validate: no group needed, |c| < 1, sampled behaviour log-probs, one view of μ
+Modification 8: rewards ±1 and the step's curated dataset; a step with an empty one makes no update
+
+Defaults: n = 16 completions per question, c = 0, sequence-level ratio, no KL (paper). The tiny world uses
+4 steps × 160 questions × 16 samples = 10,240 completions, 2 passes over each dataset in 40 mini-batches of
+64 sequences, AdamW at 2e-4 with no warm-up [ours; the paper trained Llama 3 8B Instruct with Adafactor at a
+constant 5e-7, batch 1 per GPU on 8 GPUs [2nd], a rate at which a 0.9M-parameter model does not move].
+``--loss-agg`` defaults to seq-mean-token-sum (the paper's sequence log-likelihood, averaged over the
+mini-batch); evaluation, completions and checkpoints come once per dataset (``--eval-every 1``,
+``--log-completions-every 1``, ``--save-every 1``).
 
 Deviations / choices:
 - Ratio granularity (``--ratio-level``): ``seq`` (paper: the product over tokens, computed in log space),
   ``seq-mean`` (exp of the mean token log-ratio, as the verl PR) or ``token`` (per-token ratios, as ROLL).
-- Loss normalisation (``--loss-agg``): ``seq-mean-token-sum`` (default, the paper's form: the sequence
-  log-likelihood Σ_t, averaged over the mini-batch) or ``token-mean``. Within a mini-batch both weigh
-  every token alike; they differ by a per-batch constant (the token count), which AdamW largely absorbs.
-  We keep the paper's form because the tapered weight is defined on the sequence likelihood.
-- The optimizer and its state carry over from one iteration to the next (the paper does not say).
+- Loss normalisation: ``seq-mean-token-sum`` (default, the paper's form) or ``token-mean``. Within a
+  mini-batch both weigh every token alike; they differ by a per-batch constant (the token count), which
+  AdamW largely absorbs. We keep the paper's form because the tapered weight is defined on the sequence
+  likelihood.
+- The optimizer and its state carry over from one dataset to the next (the paper does not say).
 - ``--curation anna-karenina`` keeps one correct (the first sampled) and every incorrect completion per
   question [2nd: the paper's description as reported by digests]; ``uniform`` keeps everything.
-- ``--negatives drop`` is SFT on the positives only, from the same generated data (STaR/RFT-style; fewer
-  optimizer steps, since the negatives are removed from the dataset); ``--negatives reinforce`` is naive
-  off-policy REINFORCE (α = 1 for negatives, the paper's unstable baseline). Both are for comparisons.
+- ``--negatives drop`` is SFT on the positives only, from the same generated data (STaR/RFT-style: the same
+  number of optimizer steps on the positive rows); ``--negatives reinforce`` is naive off-policy REINFORCE
+  (α = 1 for negatives, the paper's unstable baseline). Both are for comparisons.
 - Sampler/trainer mismatch (``--rollout vllm``). The taper clip(π/μ, 0, 1) is already a truncated
-  importance ratio, so by default (``--tis-cap 0``) μ is the sampler's own log-probs: the behaviour policy
-  is whatever drew the data, vLLM included, and its numerical gap to the trainer enters π/μ like any
+  importance ratio, so by default (``--taper-mu sampler``) μ is the sampler's own log-probs: the behaviour
+  policy is whatever drew the data, vLLM included, and its numerical gap to the trainer enters π/μ like any
   other difference between the policies (positives get weight 1 whatever μ is, as in the paper).
-  ``--tis-cap C`` [ours] takes the trainer's view instead: μ = the trainer's log-probs of the same samples
-  under the policy that drew them (one extra forward pass per dataset, stored with it), the taper is
-  taken against that μ, and every token's loss (positives too) is multiplied by min(μ / π_sampler, C),
-  grpo.py's truncated IS correction. ``sampler_logprob_mismatch`` logs that dataset's mean
-  |log μ − log π_sampler|; with HF rollouts both views coincide (up to float32 rounding between
-  generate's cached forward and a full forward). ``logprob_mismatch`` is
-  |log π − log π_sampler| on each mini-batch: the policy's drift since the dataset was drawn plus that gap.
-- The iteration's dataset is written to ``run_dir/dataset.pt`` so a run stopped mid-iteration resumes
-  exactly (it is overwritten by the next iteration). Mini-batches are not trimmed to their longest row.
+  ``--taper-mu trainer`` [ours] takes the trainer's view instead: μ = π_old, the trainer's log-probs of the
+  same samples under the policy that drew them; the shared ``--rollout-is``/``--rollout-rs`` then correct the
+  gap between π_old and the sampler on every token (positives too). With ``--taper-mu sampler`` they would
+  count that gap twice on the negatives, so ``validate`` refuses them there. ``logprob_mismatch`` is
+  |log π_old − log π_sampler| (the sampler gap alone, as in every file).
+- The learning rate's warm-up counts steps (datasets), as in every file; the tiny world uses none.
+- A dataset is trained within its step, so a stop (Ctrl-C) finishes the dataset before it saves; a dataset
+  with no row (``--negatives drop`` without a positive) makes no update and is counted (``skipped_batches``).
 """
 
-import random
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+import copy
+from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import tyro
 
-from common.checkpoint import StopRequest, check_writable, load_checkpoint, resume_checkpoint, save_checkpoint
-from common.data import build_prompt, load_examples
-from common.evaluate import evaluate_policy
-from common.model import completion_logprobs, load_policy
+from common.model import completion_logprobs, load_policy, rollout_logprobs
 from common.preflight import check_run_args
-from common.rollout import Rollout, make_sampler
-from common.tracking import Progress, Tracker, report_before_after
-from common.verify import Verifier
+from common.registry import MethodInfo
+from common.rollout import make_sampler
+from common.rollout_correction import rollout_correction
+from common.rollout_types import Rollout, sampler_gap
+from common.run import Run, warmup_scheduler
+
+METHOD = MethodInfo(
+    name="TOPR",
+    paper="Le Roux et al., Tapered Off-Policy REINFORCE, arXiv 2503.14286",
+    arxiv="2503.14286",
+    change="off-policy REINFORCE on ±1 rewards: weight 1 on positives, tapered clip(π/μ, 0, 1) on negatives",
+    gradient_tier=1,
+    gradient_claim="biased by design: at π = μ it is REINFORCE on R − c with R = ±1 (c a constant "
+    "baseline, so unbiased there); off the policy positives keep weight 1 (no importance ratio) and "
+    "negatives take the truncated ratio clip(π/μ, 0, 1): bounded, tilted towards the positives",
+    verl="loss only: `rlvr_topr` on on-policy batches (not its off-policy passes)",
+    contradiction=({"reward_baseline": 1.0}, "--reward-baseline must be in (-1, 1)"),
+    variants={"topr-sft": ["--negatives", "drop"]},
+    compare_default=True,
+    smoke_flags=("--num-mini-batches=2",),
+)
 
 
 @dataclass
@@ -114,47 +143,62 @@ class Args:
     """prompt template: plain, qwen-math, r1"""
 
     # --- rollout ---
-    # Modification 1 (vs GRPO): one dataset per iteration (questions × n) instead of a batch per step
     rollout: Literal["hf", "vllm"] = "hf"
     """rollout engine: HF generate or vLLM"""
-    questions_per_iteration: int = 160
-    """training questions in each iteration's dataset (capped at the training set's size)"""
-    samples_per_question: int = 16
-    """n: completions sampled from the behaviour policy per question (paper: 16)"""
+    # Modification 1 (vs GRPO): each step's rollout batch is one dataset from μ, 160 questions × 16 samples
+    prompts_per_step: int = 160
+    """prompts per training step"""
+    group_size: int = 16
+    """G: completions sampled per prompt"""
     max_new_tokens: int = 80
-    """completion length limit"""
+    """completion length limit in tokens (also L_max of seq-mean-token-sum-norm)"""
     temperature: float = 1.0
-    """sampling temperature (training and evaluation); must be > 0, μ's log-probs are needed"""
+    """sampling temperature (training and evaluation)"""
     top_p: float = 1.0
     """nucleus sampling threshold"""
     vllm_gpu_memory_utilization: float = 0.3
     """share of GPU memory vLLM may take (weights + KV cache) with --rollout vllm"""
-    tis_cap: float = 0.0
-    """C: take μ from the trainer's log-probs and weight each token's loss by min(μ / π_sampler, C) to correct the sampler/trainer mismatch (0: off, μ = the sampler's log-probs; see Deviations)"""
+    rollout_is: Literal["none", "token-tis", "seq-tis", "token-mis", "seq-mis", "icepop"] = "none"
+    """importance weights for the sampler/trainer mismatch, a function of π_old / π_sampler (common/rollout_correction.py)"""
+    rollout_is_threshold: float = 2.0
+    """upper bound of the ratio π_old / π_sampler: truncation (TIS) or mask (MIS, IcePop) threshold"""
+    rollout_is_threshold_low: float = 0.5
+    """lower bound of the ratio π_old / π_sampler below which MIS and IcePop mask a token or sequence"""
+    rollout_rs: Literal["none", "opsm", "geo-mean", "k3"] = "none"
+    """rejection of sequences too far from the sampler (common/rollout_correction.py)"""
+    rollout_rs_threshold: float = 0.5
+    """δ: the rejection threshold of --rollout-rs"""
 
     # --- optimisation ---
-    iterations: int = 4
-    """datasets generated in turn, each by the current policy (1 = fully offline, the paper's main setting)"""
-    epochs: int = 2
-    """passes over each iteration's dataset"""
-    batch_size: int = 64
-    """sequences per optimizer step (a shuffled mini-batch of the dataset)"""
+    # Modification 1 (vs GRPO): 4 datasets, each trained 2 passes × 40 mini-batches, no warm-up
+    num_steps: int = 4
+    """training steps (one rollout batch each)"""
+    max_samples: int = 0
+    """stop after the step whose generated completions reach this many (0: no budget; bench/compare.py)"""
     learning_rate: float = 2e-4
     """AdamW learning rate (constant after warm-up)"""
-    warmup_steps: int = 5
+    warmup_steps: int = 0
     """linear learning-rate warm-up steps"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
     max_grad_norm: float = 1.0
     """gradient clipping threshold"""
     micro_batch_size: int = 64
-    """sequences per forward/backward pass (gradient accumulation over the mini-batch)"""
+    """sequences per forward/backward pass (gradient accumulation over the batch)"""
+    updates_per_batch: int = 2
+    """passes over each rollout batch (μ in the paper, PPO's epochs); the ratio π_θ / π_old is 1 on the first"""
+    num_mini_batches: int = 40
+    """optimizer steps per pass: each pass splits the rollout batch into this many mini-batches"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass to save memory"""
 
     # --- algorithm ---
-    # Modification 2 (vs GRPO): TOPR's knobs replace the PPO clip, the KL and the group normalisation
-    baseline: float = 0.0
+    # Modification 2 (vs GRPO): TOPR's knobs replace the PPO clip and the group normalisation
+    kl_coef: float = 0.0
+    """β: weight of the k3 KL to the initial policy, a loss term; 0 loads no reference model"""
+    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "seq-mean-token-sum"  # fmt: skip
+    """how per-token losses are averaged over a mini-batch (grpo.py's module docstring)"""
+    reward_baseline: float = 0.0
     """c: rewards become R − c (positives 1 − c, negatives −1 − c); sets the effective positive share p̃"""
     ratio_level: Literal["seq", "seq-mean", "token"] = "seq"
     """granularity of π/μ: sequence (paper), length-normalised sequence, or per token"""
@@ -162,30 +206,71 @@ class Args:
     """keep every completion, or per question one correct and all incorrect ones"""
     negatives: Literal["topr", "drop", "reinforce"] = "topr"
     """negatives' weight: tapered clip(π/μ, 0, 1) (TOPR); dropped (SFT on positives); 1 (naive REINFORCE)"""
-    loss_agg: Literal["seq-mean-token-sum", "token-mean"] = "seq-mean-token-sum"
-    """Σ_t per sequence averaged over the mini-batch (paper), or a mean over the mini-batch's tokens"""
+    taper_mu: Literal["sampler", "trainer"] = "sampler"
+    """μ of the taper clip(π/μ, 0, 1): the sampler's log-probs (paper) or the trainer's π_old of them"""
 
     # --- evaluation, logging, checkpoints ---
-    eval_every: int = 80
-    """evaluate held-out pass@k every N optimizer steps (0: only before and after training)"""
+    # Modification 3 (vs GRPO): evaluation, completions and a checkpoint once per dataset
+    eval_every: int = 1
+    """evaluate held-out pass@k every N steps (0: only before and after training)"""
     eval_problems: int = 300
     """held-out problems per evaluation"""
     eval_n: int = 8
     """samples per held-out problem (pass@k for k up to eval_n)"""
-    log_completions: int = 16  # Modification 1 (vs GRPO): once per dataset, not every N steps
-    """completions of each new dataset written to completions.jsonl (one per question)"""
-    save_every: int = 20
-    """checkpoint every N optimizer steps (and at the end of every iteration)"""
+    log_completions_every: int = 1
+    """write a sample of completions to completions.jsonl every N steps"""
+    save_every: int = 1
+    """checkpoint every N steps (and at the end)"""
     keep_last: int = 2
     """checkpoints kept on disk"""
 
 
-# ALGO LOGIC: the tapered weights, the loss, its aggregation, curation and the baseline's effect (pure functions)
+# ALGO LOGIC: the KL penalty and loss aggregation (grpo.py's); Modification 4 (vs GRPO): TOPR's functions
+# (the taper, the loss, curation, the dataset, the baseline's effect) replace the advantages and the clip
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0, 0 when equal).
+
+    >>> k3_kl(torch.tensor([0.0]), torch.tensor([0.0]))
+    tensor([0.])
+    """
+    log_ratio = ref_logprobs - logprobs
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def aggregate_loss(
+    per_token_loss: torch.Tensor,  # [b, C] losses of one micro-batch
+    mask: torch.Tensor,  # [b, C] completion mask
+    mode: str,
+    num_sequences: int,  # sequences in the whole mini-batch (all its micro-batches)
+    num_tokens: int,  # completion tokens in the whole mini-batch
+    max_len: int,  # L_max for seq-mean-token-sum-norm
+) -> torch.Tensor:
+    """Reduce per-token losses to a scalar so that summing over micro-batches gives the mini-batch loss.
+
+    Two sequences, losses [[1, 1, 0], [4, 0, 0]] with masks [[1, 1, 0], [1, 0, 0]]:
+      seq-mean-token-mean:      ((1+1)/2 + 4/1) / 2 = 2.5
+      token-mean:               (1+1+4) / 3        = 2.0
+      seq-mean-token-sum:       ((1+1) + 4) / 2    = 3.0
+      seq-mean-token-sum-norm:  (1+1+4) / (2·3)    = 1.0   (L_max = 3)
+    """
+    masked = per_token_loss * mask
+    if mode == "seq-mean-token-mean":
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_sequences
+    if mode == "token-mean":
+        return masked.sum() / max(num_tokens, 1)
+    if mode == "seq-mean-token-sum":
+        return masked.sum() / num_sequences
+    if mode == "seq-mean-token-sum-norm":
+        return masked.sum() / (num_sequences * max_len)
+    raise ValueError(f"unknown --loss-agg {mode!r}")
+
+
+# Modification 4 (vs GRPO): TOPR's pure functions
 
 
 def ratio_logprobs(token_logprobs: torch.Tensor, mask: torch.Tensor, ratio_level: str) -> torch.Tensor:
-    """The log-probability on which π/μ is taken: ``token_logprobs [N, C]`` -> ``[N]`` (seq, seq-mean) or
-    ``[N, C]`` (token; padding set to 0).
+    """Modification 4 (vs GRPO): the log-probability on which π/μ is taken: ``token_logprobs [N, C]`` ->
+    ``[N]`` (seq, seq-mean) or ``[N, C]`` (token; padding set to 0).
 
     >>> lp, m = torch.tensor([[-1.0, -2.0, -9.0]]), torch.tensor([[1.0, 1.0, 0.0]])
     >>> ratio_logprobs(lp, m, "seq"), ratio_logprobs(lp, m, "seq-mean"), ratio_logprobs(lp, m, "token")
@@ -202,14 +287,16 @@ def ratio_logprobs(token_logprobs: torch.Tensor, mask: torch.Tensor, ratio_level
 
 
 def topr_weights(logp: torch.Tensor, behavior_logp: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
-    """TOPR's stop-gradient weight α: 1 for positives (R > 0), clip(π/μ, 0, 1) for negatives (R < 0).
+    """Modification 4 (vs GRPO): TOPR's stop-gradient weight α: 1 for positives (R > 0), clip(π/μ, 0, 1)
+    for negatives (R < 0).
 
     ``logp [N]`` = log π(y|x), ``behavior_logp [N]`` = log μ(y|x), ``rewards [N]`` -> ``weights [N]``
     (detached). The ratio is taken in log space, exp(min(0, log π − log μ)), so it never overflows and
     an unlearned negative reaches exactly 0 instead of inf·0. Token-level ratios: pass ``[N, C]`` log-probs;
     ``rewards [N]`` broadcasts over the tokens.
 
-    >>> topr_weights(torch.tensor([-1.0, -5.0, -5.0]), torch.tensor([-3.0, -3.0, -6.0]), torch.tensor([1.0, -1.0, -1.0]))
+    >>> logp, behavior_logp = torch.tensor([-1.0, -5.0, -5.0]), torch.tensor([-3.0, -3.0, -6.0])
+    >>> topr_weights(logp, behavior_logp, torch.tensor([1.0, -1.0, -1.0]))
     tensor([1.0000, 0.1353, 1.0000])
     """
     log_ratio = (logp - behavior_logp).detach()  # [N] (or [N, C])
@@ -218,26 +305,14 @@ def topr_weights(logp: torch.Tensor, behavior_logp: torch.Tensor, rewards: torch
     return torch.where(rewards < 0, tapered, torch.ones_like(tapered))
 
 
-def truncated_is_weights(
-    old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, cap: float
-) -> torch.Tensor:
-    """Truncated importance weights min(π_old / π_sampler, C), detached: they correct for the sampler
-    (e.g. vLLM) computing slightly different probabilities than the trainer (as TRL and verl do).
-
-    >>> truncated_is_weights(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])), cap=2.0)
-    tensor([[2., 1.]])
-    """
-    return torch.exp(old_logprobs - behavior_logprobs).clamp(max=cap).detach()
-
-
 def topr_token_loss(
     logprobs: torch.Tensor,  # [N, C] log π_θ of the completion tokens (with gradient)
     weights: torch.Tensor,  # [N] or [N, C] α from topr_weights
     rewards: torch.Tensor,  # [N] ±1
     baseline: float,  # c
 ) -> torch.Tensor:
-    """Per-token loss −sg(α) · (R − c) · log π(y_t | ...) ``[N, C]``; summing over t gives Algorithm 1's
-    −sg(α) (R − c) log π(y|x).
+    """Modification 4 (vs GRPO): the per-token loss −sg(α) · (R − c) · log π(y_t | ...) ``[N, C]``;
+    summing over t gives Algorithm 1's −sg(α) (R − c) log π(y|x).
 
     A positive (R = 1, c = 0.5) and a negative (R = −1, α = 0.3), one token each of log-prob −2:
 
@@ -251,30 +326,9 @@ def topr_token_loss(
     return -coef * logprobs
 
 
-def topr_aggregate_loss(
-    per_token_loss: torch.Tensor,  # [b, C] losses of one micro-batch
-    mask: torch.Tensor,  # [b, C] completion mask
-    mode: str,
-    num_sequences: int,  # sequences in the WHOLE mini-batch (all micro-batches)
-    num_tokens: int,  # completion tokens in the whole mini-batch
-) -> torch.Tensor:
-    """Reduce per-token losses to a scalar so that summing over micro-batches gives the mini-batch loss.
-
-    Two sequences, losses [[1, 1, 0], [4, 0, 0]] with masks [[1, 1, 0], [1, 0, 0]]:
-      seq-mean-token-sum:  (1+1+4) / 2 = 3.0   (the paper: sequence log-likelihood, batch mean)
-      token-mean:          (1+1+4) / 3 = 2.0
-    """
-    masked = per_token_loss * mask
-    if mode == "seq-mean-token-sum":
-        return masked.sum() / max(num_sequences, 1)
-    if mode == "token-mean":
-        return masked.sum() / max(num_tokens, 1)
-    raise ValueError(f"unknown --loss-agg {mode!r}")
-
-
 def anna_karenina_keep(correct: torch.Tensor) -> torch.Tensor:
-    """Anna Karenina curation: per question keep the first correct completion and every incorrect one.
-    ``correct [Q, n]`` bool -> ``keep [Q, n]`` bool.
+    """Modification 4 (vs GRPO): Anna Karenina curation: per question keep the first correct completion and
+    every incorrect one. ``correct [Q, n]`` bool -> ``keep [Q, n]`` bool.
 
     >>> anna_karenina_keep(torch.tensor([[True, False, True], [False, False, False], [True, True, True]]))
     tensor([[ True,  True, False],
@@ -285,9 +339,21 @@ def anna_karenina_keep(correct: torch.Tensor) -> torch.Tensor:
     return first_correct | ~correct
 
 
+def curate(correct: torch.Tensor, curation: str, negatives: str) -> torch.Tensor:
+    """Modification 4 (vs GRPO): the dataset's rows: ``correct [Q, n]`` bool -> ``keep [Q, n]`` bool
+    (``--curation``, then ``--negatives drop`` removes the incorrect ones: SFT on the positives).
+
+    >>> correct = torch.tensor([[True, False, True]])
+    >>> curate(correct, "anna-karenina", "topr"), curate(correct, "uniform", "drop")
+    (tensor([[ True,  True, False]]), tensor([[ True, False,  True]]))
+    """
+    keep = anna_karenina_keep(correct) if curation == "anna-karenina" else torch.ones_like(correct)
+    return keep & correct if negatives == "drop" else keep
+
+
 def effective_positive_share(p: float, baseline: float) -> float:
-    """p̃ = p (1 − c) / (1 + (1 − 2p) c): the share of the gradient weight on positives when a fraction p
-    of the data is positive and the rewards are R − c with R = ±1 (at π = μ).
+    """Modification 4 (vs GRPO): p̃ = p (1 − c) / (1 + (1 − 2p) c), the share of the gradient weight on
+    positives when a fraction p of the data is positive and the rewards are R − c with R = ±1 (at π = μ).
 
     >>> effective_positive_share(0.3, 0.0), round(effective_positive_share(0.3, 0.2), 4)
     (0.3, 0.2222)
@@ -296,8 +362,8 @@ def effective_positive_share(p: float, baseline: float) -> float:
 
 
 def positive_weight_share(weights: torch.Tensor, rewards: torch.Tensor, baseline: float) -> float | None:
-    """Realised share of the weight on positives, Σ_{R>0} |α (R − c)| / Σ |α (R − c)|, over ``[N]``
-    sequences; equals p̃ when every α = 1. None when every weight is 0 (nothing to share).
+    """Modification 4 (vs GRPO): the realised share of the weight on positives, Σ_{R>0} |α (R − c)| /
+    Σ |α (R − c)|, over ``[N]`` sequences; equals p̃ when every α = 1. None when every weight is 0.
 
     >>> positive_weight_share(torch.ones(4), torch.tensor([1.0, -1.0, -1.0, -1.0]), 0.0)
     0.25
@@ -307,287 +373,129 @@ def positive_weight_share(weights: torch.Tensor, rewards: torch.Tensor, baseline
     return float(magnitude[rewards > 0].sum()) / total if total > 0 else None
 
 
+def build_dataset(rollout: Rollout, correct: torch.Tensor, args: Args) -> dict:
+    """Modification 4 (vs GRPO): the step's dataset: the curated rows of ``rollout`` (μ's behaviour log-probs
+    travel with them), their ±1 rewards ``[D]`` and its statistics. ``correct [Q, n]`` bool."""
+    keep = curate(correct, args.curation, args.negatives).view(-1)  # [Q·n]
+    device = rollout.completion_mask.device
+    rewards = torch.where(correct.view(-1)[keep], 1.0, -1.0).to(device)  # [D]
+    p = float((rewards > 0).float().mean()) if len(rewards) else 0.0
+    stats = {"dataset_size": len(rewards), "positive_frac": p, "effective_positive_share": effective_positive_share(p, args.reward_baseline)}  # fmt: skip
+    return {"rollout": rollout.select(keep.to(device)), "rewards": rewards, "stats": stats}
+
+
+# ALGO LOGIC: the policy update (the same signature in every file; callable without main())
+
+
+def update_policy(model, optimizer, batch: dict, args: Args) -> dict[str, float]:
+    """Update the policy on one rollout batch: ``--updates-per-batch`` passes, each split into
+    ``--num-mini-batches`` optimizer steps, each accumulated over micro-batches (the micro-batch size never
+    changes the gradient). ``batch``: ``rollout`` (a ``common.rollout_types.Rollout``), ``rewards [B]`` and,
+    when ``--kl-coef`` > 0, ``ref_logprobs [B, C]``. Returns the update's statistics (means over its steps).
+    Modification 5 (vs GRPO): ``rewards`` are ±1 (no advantages); the mini-batches are shuffled."""
+    # Modification 5 (vs GRPO): ±1 rewards; every pass's sequence weight α, for the statistics
+    rollout, rewards, ref_logprobs = batch["rollout"], batch["rewards"], batch.get("ref_logprobs")
+    mask = rollout.completion_mask  # [B, C]
+    B, C = mask.shape
+    steps, stats = args.updates_per_batch * args.num_mini_batches, {"loss": 0.0, "kl": 0.0}
+    alphas = torch.ones(args.updates_per_batch, B)  # [passes, B]
+    # π_old: the trainer's log-probs before the first optimizer step, needed once the ratio can leave 1
+    needs_old = steps > 1 or args.rollout_is != "none" or args.rollout_rs != "none"
+    old_logprobs = rollout_logprobs(model, rollout, args.temperature, args.micro_batch_size) if needs_old else None  # fmt: skip
+    weights, stats_rc = rollout_correction(old_logprobs, rollout.behavior_logprobs, mask, rewards, args)
+    model.train()
+    total_tokens = mask.sum().item()
+    for update in range(args.updates_per_batch):
+        # Modification 5 (vs GRPO): the dataset's rows in a fresh random order every pass
+        for rows in torch.randperm(B).tensor_split(args.num_mini_batches):  # one optimizer step each
+            num_tokens = int(mask[rows].sum())
+            for mb in rows.split(args.micro_batch_size):
+                logprobs, entropy = completion_logprobs(model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature, with_entropy=True)  # fmt: skip
+                old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
+                # Modification 6 (vs GRPO): α tapered on π/μ (μ: --taper-mu), loss −sg(α)(R − c) log π
+                mu = old if args.taper_mu == "trainer" else rollout.behavior_logprobs[mb]  # [b, C] log μ
+                level = args.ratio_level
+                alpha = topr_weights(ratio_logprobs(logprobs, mask[mb], level), ratio_logprobs(mu, mask[mb], level), rewards[mb])  # fmt: skip
+                if args.negatives == "reinforce":  # naive off-policy REINFORCE: no taper
+                    alpha = torch.ones_like(alpha)
+                per_token_loss = topr_token_loss(logprobs, alpha, rewards[mb], args.reward_baseline)
+                alphas[update, mb] = (ratio_logprobs(alpha, mask[mb], "seq-mean") if level == "token" else alpha).cpu()  # fmt: skip
+                per_token_loss = per_token_loss * weights[mb]  # the sampler/trainer mismatch correction
+                if ref_logprobs is not None:
+                    kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
+                    per_token_loss = per_token_loss + args.kl_coef * kl
+                    stats["kl"] += float((kl * mask[mb]).sum()) / num_tokens / steps
+                loss = aggregate_loss(
+                    per_token_loss, mask[mb], args.loss_agg, len(rows), num_tokens, args.max_new_tokens
+                )
+                loss.backward()
+                stats["loss"] += loss.item() / steps
+                if update == 0:  # the first pass: the policy's entropy and its gap to the sampler
+                    sums = {"entropy": float((entropy * mask[mb]).sum()), **sampler_gap(old, rollout, mb)}
+                    for key, value in sums.items():
+                        stats[key] = stats.get(key, 0.0) + value / total_tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(grad_norm) / steps
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    # Modification 5 (vs GRPO): the taper's state over every pass, and the realised share of the positives
+    negative = (rewards < 0).cpu()  # [B]
+    stats["negative_taper_weight"] = alphas[:, negative].mean().item() if negative.any() else None
+    tapered = (alphas[:, negative] < 0.99).float()  # by more than 1% (float noise at π = μ is no taper)
+    stats["taper_frac"] = tapered.mean().item() if negative.any() else None
+    stats["positive_weight_share"] = positive_weight_share(alphas.flatten(), rewards.cpu().repeat(args.updates_per_batch), args.reward_baseline)  # fmt: skip
+    return {**stats, **stats_rc}
+
+
 # TRY NOT TO MODIFY: the training loop
 
 
 def validate(args: Args) -> None:
     """Contradictory flags fail here, before anything is loaded."""
-    if args.samples_per_question < 1 or args.questions_per_iteration < 1:
-        raise SystemExit("--samples-per-question and --questions-per-iteration must be >= 1")
-    if args.micro_batch_size < 1 or args.batch_size < 1 or args.iterations < 0 or args.epochs < 1:
-        raise SystemExit("--micro-batch-size, --batch-size and --epochs must be >= 1 and --iterations >= 0")
-    if not -1 < args.baseline < 1:  # Modification 3 (vs GRPO): |c| < 1 keeps every sign as the reward's
-        raise SystemExit(f"--baseline must be in (-1, 1), got {args.baseline}")
+    # Modification 7 (vs GRPO): no group needed; |c| < 1 keeps every sign as the reward's; μ's log-probs
+    if not -1 < args.reward_baseline < 1:
+        raise SystemExit(f"--reward-baseline must be in (-1, 1), got {args.reward_baseline}")
     if args.temperature <= 0:
         raise SystemExit("--temperature must be > 0: TOPR needs the behaviour policy's sampling log-probs")
+    if args.taper_mu == "sampler" and (args.rollout_is != "none" or args.rollout_rs != "none"):
+        raise SystemExit(
+            "--rollout-is/--rollout-rs correct the trainer/sampler gap, which the taper already holds with "
+            "--taper-mu sampler: add --taper-mu trainer"
+        )
     check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
-
-
-def build_dataset(args, sampler, verifier, tokenizer, questions) -> dict:
-    """Sample n completions per question from the current policy (μ), score them ±1 and curate them.
-
-    Returns ``{"rollout": Rollout [D rows], "rewards": [D] ±1, "stats": {...}, "log": [rows]}``.
-    """
-    n, Q = args.samples_per_question, len(questions)
-    prompts = [build_prompt(e.question, args.template, tokenizer) for e in questions]
-    rollout = sampler.generate(prompts, n, args.max_new_tokens, args.temperature, args.top_p)
-    results = verifier.verify_batch(rollout.completions, [e.answer for e in questions for _ in range(n)])
-    correct = torch.tensor([r.correct for r in results]).view(Q, n)  # [Q, n] bool
-    keep = anna_karenina_keep(correct) if args.curation == "anna-karenina" else torch.ones_like(correct)
-    if args.negatives == "drop":
-        keep = keep & correct  # SFT on the positives only
-    keep = keep.view(-1)  # [Q·n]
-    dataset = rollout.select(keep.to(rollout.completion_mask.device))  # [D rows]
-    rewards = torch.where(correct.view(-1)[keep], 1.0, -1.0).to(rollout.completion_mask.device)  # [D]
-    lengths = rollout.completion_mask.sum(-1)
-    p = float((rewards > 0).float().mean()) if len(rewards) else 0.0
-    stats = {
-        "accuracy": correct.float().mean().item(),  # of μ's samples, before curation
-        "reward_mean": 2 * correct.float().mean().item() - 1,  # mean ±1 reward, before curation
-        "unparsed_frac": 1 - sum(r.parsed for r in results) / len(results),
-        "zero_std_frac": (correct.float().std(dim=1) == 0).float().mean().item() if n > 1 else 1.0,
-        "completion_len_mean": lengths.float().mean().item(),
-        "completion_len_max": lengths.max().item(),
-        "truncated_frac": rollout.truncated.float().mean().item(),
-        "dataset_size": len(rewards),
-        "positive_frac": p,  # p, after curation
-        "effective_positive_share": effective_positive_share(p, args.baseline),  # p̃
-    }
-    log = [
-        {"prompt": prompts[i // n], "completion": rollout.completions[i], "answer": results[i].answer,
-         "gold": questions[i // n].answer, "reward": 1.0 if correct.view(-1)[i] else -1.0}
-        for i in range(0, Q * n, n)[: args.log_completions]
-    ]  # fmt: skip
-    return {"rollout": dataset, "rewards": rewards, "stats": stats, "log": log}
 
 
 def main(args: Args) -> dict:
     validate(args)
-    run_name = args.run_name or f"{args.exp_name}__{args.seed}"
-    run_dir = Path(args.output_dir) / run_name
-    check_writable(run_dir)
-    wall_start = time.time()
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-
-    # TRY NOT TO MODIFY: data, model, sampler, verifier
-    train_examples = load_examples(
-        args.dataset, "train", args.question_field, args.answer_field, seed=args.seed
-    )
-    eval_name = args.eval_dataset or ("math500" if args.dataset == "math" else args.dataset)
-    eval_examples = load_examples(
-        eval_name, "test", args.question_field, args.answer_field, limit=args.eval_problems
-    )
-    model, tokenizer = load_policy(
-        args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing
-    )
-    # Modification 3 (vs GRPO): no reference model and no KL (TOPR is stable without one)
+    run = Run(args)  # TRY NOT TO MODIFY: run directory, seeding, data, verifier (common/run.py)
+    model, tokenizer = load_policy(args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing)  # fmt: skip
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if args.kl_coef > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
-    )
-    sampler = make_sampler(
-        args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization
-    )
-    verifier = Verifier()
+    scheduler = warmup_scheduler(optimizer, args.warmup_steps)
+    sampler = make_sampler(args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization)  # fmt: skip
+    run.start(model, tokenizer, optimizer, scheduler, sampler)  # TRY NOT TO MODIFY: resume, base evaluation
+    Q, G = args.prompts_per_step, args.group_size
 
-    def evaluate(n: int, desc: str) -> dict:
-        return evaluate_policy(
-            model, tokenizer, eval_examples, n=n, template=args.template, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, top_p=args.top_p, sampler=sampler, verifier=verifier, desc=desc,
-        )  # fmt: skip
+    for step in run.steps():  # TRY NOT TO MODIFY: progress, Ctrl-C, checkpoints, the sample budget
+        # TRY NOT TO MODIFY: sample G completions for each of this step's prompts and score them
+        batch, prompts = run.next_batch(Q)
+        rollout = sampler.generate(prompts, G, args.max_new_tokens, args.temperature, args.top_p)
+        results, correct = run.verify(rollout, batch)
+        rewards = correct.view(Q, G) * 2 - 1  # [Q, G] Modification 8 (vs GRPO): ±1
 
-    # TRY NOT TO MODIFY: resume
-    start_step, extra = 0, {}
-    if ckpt := resume_checkpoint(run_dir, args.resume):  # None: a fresh run
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        start_step, extra = state["step"], state["extra"]
-        sampler.update_weights(model)
-        print(f"resumed from {ckpt} (step {start_step})")
-    tracker = Tracker(
-        run_dir, asdict(args), args.track, args.wandb_project, run_name, start_step if ckpt else None
-    )
-    if "base_eval" not in extra:
-        extra["base_eval"] = evaluate(args.eval_n, "eval base")
-        extra["elapsed"] = extra["base_wall_time"] = time.time() - wall_start
-        tracker.log(0, {f"eval/pass@{k}": v for k, v in extra["base_eval"]["curve"].items()})
-    elapsed_before = extra["elapsed"]
-    session_start = time.time()
-    Q = min(args.questions_per_iteration, len(train_examples))
-    dataset_path = run_dir / "dataset.pt"
+        # ALGO LOGIC: Modification 8 (vs GRPO): the step's dataset from μ, curated, then the off-policy update
+        data = build_dataset(rollout, correct.view(Q, G).bool(), args)
+        update = {"rollout": data["rollout"], "rewards": data["rewards"]}
+        run.extra["skipped_batches"] = run.extra.get("skipped_batches", 0) + int(len(data["rewards"]) == 0)
+        if ref_model is not None and len(data["rewards"]):
+            update["ref_logprobs"] = rollout_logprobs(ref_model, data["rollout"], args.temperature, args.micro_batch_size)  # fmt: skip
+        stats = update_policy(model, optimizer, update, args) if len(data["rewards"]) else {}
+        stats.update(data["stats"], skipped_batches=run.extra["skipped_batches"])
+        scheduler.step()
+        sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
 
-    # Modification 4 (vs GRPO): the loop is iterations → (generate a dataset) → epochs → mini-batches.
-    # extra["iteration"] = (iteration, its first step, its number of steps) of the newest dataset; a run
-    # stopped inside an iteration reloads that dataset from dataset.pt and continues at the same mini-batch.
-    step = start_step
-    first_iteration = 1
-    if "iteration" in extra:
-        last, last_first_step, last_num_steps = extra["iteration"]
-        first_iteration = last if step < last_first_step + last_num_steps else last + 1
-    with StopRequest() as stop:
-        for iteration in range(first_iteration, args.iterations + 1):
-            gen_start = time.time()
-            if "iteration" in extra and extra["iteration"][0] == iteration:  # resumed inside this iteration
-                data = torch.load(dataset_path, map_location=args.device, weights_only=False)
-                if data["iteration"] != iteration:
-                    raise RuntimeError(f"{dataset_path} holds iteration {data['iteration']}, not {iteration}")
-                data["rollout"] = Rollout(**data["rollout"])
-            else:
-                # Modification 1 (vs GRPO): sample this iteration's questions once from μ = the current policy
-                epoch, offset = divmod((iteration - 1) * Q, len(train_examples))
-                order = torch.randperm(
-                    len(train_examples), generator=torch.Generator().manual_seed(args.seed + epoch)
-                )
-                questions = [train_examples[i] for i in order.roll(-offset)[:Q].tolist()]
-                data = build_dataset(args, sampler, verifier, tokenizer, questions)
-                D = len(data["rewards"])
-                if args.tis_cap > 0 and D > 0:  # Modification 5 (vs GRPO): μ as the trainer computes it
-                    ds, mbs = data["rollout"], [slice(i, i + args.micro_batch_size) for i in range(0, D, args.micro_batch_size)]  # fmt: skip
-                    with torch.no_grad():
-                        trainer_logprobs = [
-                            completion_logprobs(model, ds.input_ids[mb], ds.attention_mask[mb], ds.completion_ids.shape[1], args.temperature)[0]
-                            for mb in mbs
-                        ]  # fmt: skip
-                        data["trainer_logprobs"] = ds.completion_mask * torch.cat(trainer_logprobs)
-                    gap = (data["trainer_logprobs"] - ds.behavior_logprobs).abs()  # [D, C], 0 on padding
-                    data["stats"]["sampler_logprob_mismatch"] = float(gap.sum() / ds.completion_mask.sum())
-                num_steps = args.epochs * -(-D // args.batch_size)
-                extra["iteration"] = (iteration, step, num_steps)
-                to_save = {**data, "rollout": vars(data["rollout"]), "iteration": iteration}
-                torch.save(to_save, dataset_path.with_suffix(".tmp"))
-                dataset_path.with_suffix(".tmp").replace(dataset_path)
-                tracker.log_completions(step + 1, data["log"])
-            dataset, rewards, D = data["rollout"], data["rewards"], len(data["rewards"])  # [D rows], [D]
-            _, first_step, num_steps = extra["iteration"]
-            if D == 0:
-                extra["skipped_iterations"] = extra.get("skipped_iterations", 0) + 1
-                print(f"iteration {iteration}: the curated dataset is empty (no positives?); skipped")
-                continue
-            # Modification 4 (vs GRPO): epochs of shuffled mini-batches, seeded per (iteration, epoch) for resume
-            schedule = []
-            for epoch in range(args.epochs):
-                gen = torch.Generator().manual_seed(args.seed * 1_000_003 + iteration * 1_009 + epoch)
-                schedule += torch.randperm(D, generator=gen).split(args.batch_size)
-            progress = Progress(num_steps, desc=f"train iteration {iteration}/{args.iterations}")
-            if step > first_step:
-                progress.update(step - first_step)
-            generation_time = time.time() - gen_start
-
-            for index in range(step - first_step, num_steps):
-                step += 1
-                step_start = time.time()
-                rows = schedule[index].to(rewards.device)  # [B] dataset rows of this mini-batch
-                batch, batch_rewards = dataset.select(rows), rewards[rows]  # B rows, [B]
-                # log μ [B, C]: the sampler's log-probs, or the trainer's with --tis-cap (Modification 5)
-                behavior = data["trainer_logprobs"][rows] if args.tis_cap > 0 else batch.behavior_logprobs
-
-                # ALGO LOGIC: the TOPR update on one mini-batch, in micro-batches
-                mask = batch.completion_mask  # [B, C]
-                B, C = mask.shape
-                num_tokens = int(mask.sum())
-                micro_batches = [
-                    slice(i, i + args.micro_batch_size) for i in range(0, B, args.micro_batch_size)
-                ]
-                model.train()
-                stats = {"loss": 0.0, "entropy": 0.0, "logprob_mismatch": 0.0}
-                seq_weights = []
-                for mb in micro_batches:
-                    logprobs, entropy = completion_logprobs(
-                        model,
-                        batch.input_ids[mb],
-                        batch.attention_mask[mb],
-                        C,
-                        args.temperature,
-                        with_entropy=True,
-                    )  # [b, C] each
-                    m, r = mask[mb], batch_rewards[mb]  # [b, C], [b]
-                    weights = topr_weights(
-                        ratio_logprobs(logprobs.detach(), m, args.ratio_level),
-                        ratio_logprobs(behavior[mb], m, args.ratio_level),
-                        r,
-                    )  # [b] (or [b, C] for --ratio-level token)
-                    if args.negatives == "reinforce":  # naive off-policy REINFORCE: no taper
-                        weights = torch.ones_like(weights)
-                    per_token_loss = topr_token_loss(logprobs, weights, r, args.baseline)  # [b, C]
-                    if args.tis_cap > 0:  # sampler/trainer mismatch correction (π_old: the trainer's μ)
-                        per_token_loss = per_token_loss * truncated_is_weights(
-                            behavior[mb], batch.behavior_logprobs[mb], args.tis_cap
-                        )
-                    loss = topr_aggregate_loss(per_token_loss, m, args.loss_agg, B, num_tokens)
-                    loss.backward()
-                    stats["loss"] += loss.item()
-                    stats["entropy"] += float((entropy * m).sum()) / num_tokens
-                    # how far π has moved from μ on this data (0 at the first step of an HF iteration)
-                    gap = (logprobs.detach() - batch.behavior_logprobs[mb]).abs()
-                    stats["logprob_mismatch"] += float((gap * m).sum()) / num_tokens
-                    if weights.dim() == 2:  # token-level: a sequence's weight is its tokens' mean
-                        weights = (weights * m).sum(-1) / m.sum(-1).clamp(min=1)
-                    seq_weights.append(weights)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
-
-                # TRY NOT TO MODIFY: logging
-                seq_weights = torch.cat(seq_weights)  # [B]
-                negative = batch_rewards < 0  # [B]
-                metrics = {
-                    **data["stats"],  # of this iteration's dataset (constant within the iteration)
-                    "iteration": iteration,
-                    "epoch": index * args.epochs // num_steps + 1,
-                    # Modification 6 (vs GRPO): the taper's state and the realised share of positives
-                    "negative_weight_mean": seq_weights[negative].mean().item() if negative.any() else None,
-                    "clip_frac": (seq_weights[negative] < 1).float().mean().item()
-                    if negative.any()
-                    else None,
-                    "positive_weight_share": positive_weight_share(seq_weights, batch_rewards, args.baseline),
-                    "skipped_iterations": extra.get("skipped_iterations", 0),
-                    "grad_norm": float(grad_norm),
-                    "lr": scheduler.get_last_lr()[0],
-                    "step_time": time.time() - step_start,
-                    "generation_time": generation_time,
-                    "samples_per_s": B / (time.time() - step_start),
-                    **stats,
-                }
-                is_last = iteration == args.iterations and index == num_steps - 1
-                if is_last:  # the final evaluation, with the full n
-                    extra["final_eval"] = evaluate(args.eval_n, "eval final")
-                    metrics.update({f"eval/pass@{k}": v for k, v in extra["final_eval"]["curve"].items()})
-                elif args.eval_every and step % args.eval_every == 0:
-                    ev = evaluate(max(1, args.eval_n // 2), f"eval step {step}")
-                    metrics.update({f"eval/pass@{k}": v for k, v in ev["curve"].items()})
-                tracker.log(step, metrics)
-                progress.update(1, loss=metrics["loss"], neg_w=metrics["negative_weight_mean"] or 0.0)
-
-                # TRY NOT TO MODIFY: checkpoint (periodically, at the end, and when asked to stop)
-                extra["elapsed"] = elapsed_before + time.time() - session_start
-                # Modification 7 (vs GRPO): also at the end of every iteration, before dataset.pt is replaced
-                if step % args.save_every == 0 or index == num_steps - 1 or stop.requested:
-                    save_checkpoint(
-                        run_dir, step, model, optimizer, scheduler, extra, args.keep_last, tokenizer
-                    )
-                if stop.requested:
-                    progress.close()
-                    print(f"Stopped after step {step}. Resume with the same command plus --resume.")
-                    tracker.close()
-                    verifier.close()
-                    raise SystemExit(130)
-            progress.close()
-
-    # TRY NOT TO MODIFY: before/after table, plots
-    final_eval = extra.get("final_eval") or evaluate(args.eval_n, "eval final")
-    total_time = elapsed_before + time.time() - session_start
-    report_before_after(
-        tracker, args.exp_name, step, extra["base_eval"], final_eval, eval_name,
-        extra["base_wall_time"], total_time,
-    )  # fmt: skip
-    tracker.close()
-    verifier.close()
-    return {"base": extra["base_eval"], "final": final_eval, "run_dir": str(run_dir)}
+        run.log(step, rollout, results, rewards, stats)  # TRY NOT TO MODIFY: metrics, evaluation, completions
+    return run.finish()  # TRY NOT TO MODIFY: the before/after table and plots
 
 
 if __name__ == "__main__":

@@ -116,7 +116,8 @@ class Run:
     ) -> None:
         """Resume from the newest checkpoint with ``--resume`` (``modules``: further trained modules, saved by
         name), open the tracker and evaluate the base policy. ``extra_eval(n, desc)`` returns further held-out
-        measures of the policy (logged as given, e.g. ``{"eval/brier": ..}``) at every evaluation."""
+        measures of the policy (logged as given, e.g. ``{"eval/brier": ..}``) at every evaluation. Anything with
+        ``state_dict``/``load_state_dict`` can go in ``modules``: a second model's optimizer and scheduler too."""
         args = self.args
         self.model, self.tokenizer, self.optimizer, self.scheduler = model, tokenizer, optimizer, scheduler
         self.sampler, self.modules, self.extra_eval = sampler, modules or {}, extra_eval

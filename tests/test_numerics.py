@@ -189,8 +189,8 @@ def test_topr_weights_are_one_for_positives_in_zero_one_for_negatives_and_the_lo
     per_token_loss = topr.topr_token_loss(logprobs, weights, rewards, baseline)
     size = data.draw(st.integers(1, B))
     for mode in ("seq-mean-token-sum", "token-mean"):
-        whole = topr.topr_aggregate_loss(per_token_loss, mask, mode, B, int(mask.sum()))
-        parts = [topr.topr_aggregate_loss(per_token_loss[mb], mask[mb], mode, B, int(mask.sum())) for mb in micro_batches(B, size)]  # fmt: skip
+        whole = topr.aggregate_loss(per_token_loss, mask, mode, B, int(mask.sum()), batch["C"])
+        parts = [topr.aggregate_loss(per_token_loss[mb], mask[mb], mode, B, int(mask.sum()), batch["C"]) for mb in micro_batches(B, size)]  # fmt: skip
         assert finite(whole) and torch.allclose(sum(parts), whole, rtol=1e-4, atol=1e-3)
     whole.backward()
     assert finite(logprobs.grad)
@@ -198,10 +198,20 @@ def test_topr_weights_are_one_for_positives_in_zero_one_for_negatives_and_the_lo
     assert share is None or 0.0 <= share <= 1.0
 
 
-def test_topr_loss_of_a_batch_with_every_sample_filtered_out_is_zero_not_nan():
-    empty = torch.zeros(0, 5)
-    loss = topr.topr_aggregate_loss(topr.topr_token_loss(empty, torch.zeros(0), torch.zeros(0), 0.0), empty, "seq-mean-token-sum", 0, 0)  # fmt: skip
-    assert loss.item() == 0.0
+def test_topr_dataset_with_every_sample_filtered_out_is_empty_and_finite():
+    """--negatives drop on an all-wrong batch: no row, finite statistics (the loop then makes no update, so
+    no loss divides by zero sequences: test_degenerate_batches_keep_losses_metrics_and_weights_finite)."""
+    from common.rollout_types import Rollout
+
+    B, C = 4, 3
+    rollout = Rollout(
+        torch.zeros(B, 2, dtype=torch.long), torch.ones(B, 2), torch.zeros(B, C, dtype=torch.long), torch.ones(B, C),
+        torch.zeros(B, C), torch.zeros(B, dtype=torch.bool), ["x"] * B, torch.arange(2).repeat_interleave(2),
+    )  # fmt: skip
+    data = topr.build_dataset(rollout, torch.zeros(2, 2, dtype=torch.bool), topr.Args(negatives="drop"))
+    assert len(data["rewards"]) == 0 and data["rollout"].completion_mask.shape == (0, C)
+    assert data["stats"]["dataset_size"] == 0
+    assert all(math.isfinite(v) for v in data["stats"].values())
 
 
 @PROPERTY
@@ -224,7 +234,7 @@ def test_topr_curation_and_effective_share(rewards, baseline):
 @PROPERTY
 @given(rewards=binary_rewards(), seed=st.integers(0, 2**31 - 1))
 def test_oreal_advantages_and_pair_filter(rewards, seed):
-    advantages = oreal.rloo_advantages(rewards)
+    advantages = oreal.oreal_advantages(rewards)
     assert finite(advantages)
     assert torch.allclose(advantages.sum(dim=1), torch.zeros(len(rewards)), atol=1e-5)  # leave-one-out
     uniform = (rewards == rewards[:, :1]).all(dim=1)

@@ -13,9 +13,9 @@ from algos.oreal import (
     TokenRewardModel,
     k3_kl,
     main,
+    oreal_advantages,
     oreal_policy_loss,
     pair_filter,
-    rloo_advantages,
     token_rm_loss,
     token_weights,
 )
@@ -26,7 +26,7 @@ from common.tracking import read_jsonl
 
 def test_rloo_hand_computed():
     # [1, -1, -1, -1]: the correct one's baseline is -1 -> A = 2; a wrong one's is (1 - 2)/3 -> A = -2/3
-    adv = rloo_advantages(torch.tensor([[1.0, -1.0, -1.0, -1.0], [1.0, 1.0, -1.0, -1.0]]))
+    adv = oreal_advantages(torch.tensor([[1.0, -1.0, -1.0, -1.0], [1.0, 1.0, -1.0, -1.0]]))
     assert torch.allclose(adv[0], torch.tensor([2.0, -2 / 3, -2 / 3, -2 / 3]))
     # [1, 1, -1, -1]: correct baseline (1 - 2)/3 = -1/3 -> 4/3; wrong baseline (2 - 1)/3 = 1/3 -> -4/3
     assert torch.allclose(adv[1], torch.tensor([4 / 3, 4 / 3, -4 / 3, -4 / 3]))
@@ -37,7 +37,7 @@ def test_rloo_matches_the_closed_form_for_every_pass_rate(K):
     for c in range(1, K):
         p = c / K
         rewards = torch.tensor([[1.0] * c + [-1.0] * (K - c)])
-        adv = rloo_advantages(rewards)[0]
+        adv = oreal_advantages(rewards)[0]
         assert torch.allclose(adv[:c], torch.full((c,), 2 * K * (1 - p) / (K - 1)))
         assert torch.allclose(adv[c:], torch.full((K - c,), -2 * K * p / (K - 1)))
         # the reshaping: |A⁻| / A⁺ = p / (1 − p)
@@ -46,7 +46,7 @@ def test_rloo_matches_the_closed_form_for_every_pass_rate(K):
 
 def test_uniform_groups_have_zero_advantage_and_are_dropped():
     rewards = torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]])
-    assert torch.equal(rloo_advantages(rewards), torch.zeros(2, 3))
+    assert torch.equal(oreal_advantages(rewards), torch.zeros(2, 3))
     assert not pair_filter(rewards > 0).any()
 
 
@@ -311,12 +311,12 @@ def test_oreal_smoke_run_and_exact_resume_with_the_reward_model(tiny_world_dir, 
     rows = [r for r in read_jsonl(tmp_path / "straight" / "metrics.jsonl") if "reward_mean" in r]
     assert [r["step"] for r in rows] == [1, 2]
     for key in ["accuracy", "kept_frac", "skipped_batches", "actor_frozen", "positive_loss", "negative_loss",
-                "kl", "rm_loss", "rm_accuracy", "positive_weight_mean", "negative_weight_mean", "entropy",
+                "kl", "rm_loss", "rm_accuracy", "positive_token_weight", "negative_token_weight", "entropy",
                 "grad_norm", "rm_grad_norm", "logprob_mismatch", "truncated_frac", "zero_std_frac"]:  # fmt: skip
         assert all(key in r and math.isfinite(r[key]) for r in rows), key
     assert [r["actor_frozen"] for r in rows] == [1.0, 0.0] and rows[0]["grad_norm"] == 0.0
     assert all(r["logprob_mismatch"] < 1e-4 for r in rows), [r["logprob_mismatch"] for r in rows]
-    assert all(0 <= r["positive_weight_mean"] <= 1 and 0 <= r["negative_weight_mean"] <= 1 for r in rows)
+    assert all(0 <= r["positive_token_weight"] <= 1 and 0 <= r["negative_token_weight"] <= 1 for r in rows)
     assert all(r["kept_frac"] in (0.0, 0.125, 0.25, 0.375, 0.5) for r in rows)  # pairs from 4 groups of 4
     assert 0.0 <= out["final"]["pass@1"] <= 1.0
 
@@ -329,10 +329,18 @@ def test_oreal_smoke_run_and_exact_resume_with_the_reward_model(tiny_world_dir, 
         _final_state(tmp_path / "straight"),
         _final_state(tmp_path / "cut"),
     )
-    rm_a, rm_b = state_a["extra"]["token_rm"], state_b["extra"]["token_rm"]
-    assert {"model", "optimizer", "scheduler"} <= set(rm_a) and "head.weight" in rm_a["model"]
-    for name, weight in rm_a["model"].items():
-        assert torch.allclose(weight, rm_b["model"][name], atol=1e-6), name
+    rm_a, rm_b = state_a["modules"], state_b["modules"]
+    assert {"token_rm", "token_rm_optimizer", "token_rm_scheduler"} <= set(rm_a) and "head.weight" in rm_a[
+        "token_rm"
+    ]
+    for name, weight in rm_a["token_rm"].items():
+        assert torch.allclose(weight, rm_b["token_rm"][name], atol=1e-6), name
+    for a, b in zip(
+        rm_a["token_rm_optimizer"]["state"].values(), rm_b["token_rm_optimizer"]["state"].values()
+    ):
+        assert torch.allclose(
+            a["exp_avg_sq"], b["exp_avg_sq"], atol=1e-9
+        )  # the RM's AdamW moments resumed too
     for name, weight in actor_a.items():
         assert torch.allclose(weight, actor_b[name], atol=1e-6), name
 
@@ -341,8 +349,34 @@ def test_oreal_without_token_rm_keeping_all_samples_runs(tiny_world_dir, tmp_pat
     main(Args(num_steps=1, eval_every=0, save_every=10, output_dir=str(tmp_path), run_name="plain",
               token_rm=False, keep_all=True, **SMALL))  # fmt: skip
     (row,) = [r for r in read_jsonl(tmp_path / "plain" / "metrics.jsonl") if "reward_mean" in r]
-    assert row["kept_frac"] == 1.0 and row["rm_loss"] == 0.0
+    assert row["kept_frac"] == 1.0 and "rm_loss" not in row  # no reward model, nothing of it logged
     assert row["actor_frozen"] == 0.0 and row["grad_norm"] > 0  # the freeze needs a reward model to train
-    assert row["positive_weight_mean"] in (0.0, 1.0) and row["negative_weight_mean"] in (0.0, 1.0)  # ω ≡ 1
+    assert row["positive_token_weight"] in (0.0, 1.0) and row["negative_token_weight"] in (0.0, 1.0)  # ω ≡ 1
     state = torch.load(tmp_path / "plain" / "checkpoints" / "step-00000001" / "state.pt", weights_only=False)
-    assert "token_rm" not in state["extra"]
+    assert state["modules"] == {}
+
+
+@pytest.mark.slow
+def test_oreal_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
+    """10 steps of 16 prompts × 8 with OREAL's objective (RLOO on ±1 rewards, the pair filter, cloning the
+    positive and reshaped REINFORCE on the negative, the KL), without the token RM (seed 1), raise held-out
+    pass@1 (60 problems × 4 samples) by at least 0.05. Measured over seeds 1 / 2 / 3: +0.092 (0.338 -> 0.429)
+    / +0.100 / +0.171; about 16 s of CPU on one thread (pytest's start excluded). With the token RM (the
+    default) the same budget moved pass@1 by -0.038 / +0.042 / 0.000: its weights ω = clamp(±(2q - 1), 0, 1)
+    start near 0 (q ≈ 0.5 until the RM separates the outcomes; mean ω of 0.02 to 0.17 in these 10 steps), so
+    the actor learns later (docs/methods/oreal.md)."""
+    out = main(
+        Args(num_steps=10, prompts_per_step=16, group_size=8, token_rm=False, max_new_tokens=64, eval_problems=60,
+             eval_n=4, eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
+    )  # fmt: skip
+    rows = [r for r in read_jsonl(tmp_path / "learn" / "metrics.jsonl") if "loss" in r]
+    gain = out["final"]["pass@1"] - out["base"]["pass@1"]
+    print(
+        {
+            "base": out["base"]["pass@1"],
+            "final": out["final"]["pass@1"],
+            "kept": [r["kept_frac"] for r in rows],
+        }
+    )
+    assert all(0 < r["kept_frac"] <= 0.25 and r["actor_frozen"] == 0.0 for r in rows)  # pairs of mixed groups
+    assert gain >= 0.05, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"

@@ -1,10 +1,8 @@
 """TOPR's pure functions against hand-computed values and gradient identities on a toy policy
-(specs: core-methods.md §3, "CPU tests" 1-5), plus a short end-to-end run and an exact resume on the
-tiny world."""
+(specs: core-methods.md §3, "CPU tests" 1-5), its update on a real batch (the taper fires off the policy,
+the on-policy identity with REINFORCE), a short end-to-end run and a learning run on the tiny world."""
 
 import math
-import os
-import signal
 
 import pytest
 import torch
@@ -12,15 +10,17 @@ import torch
 import algos.topr as topr
 from algos.topr import (
     Args,
+    aggregate_loss,
     anna_karenina_keep,
     build_dataset,
+    curate,
     effective_positive_share,
     main,
     positive_weight_share,
     ratio_logprobs,
-    topr_aggregate_loss,
     topr_token_loss,
     topr_weights,
+    update_policy,
     validate,
 )
 from common.rollout import Rollout
@@ -42,7 +42,7 @@ def topr_loss(logprobs, behavior, mask, rewards, baseline=0.0, level="seq", agg=
         ratio_logprobs(logprobs.detach(), mask, level), ratio_logprobs(behavior, mask, level), rewards
     )
     per_token = topr_token_loss(logprobs, weights, rewards, baseline)
-    return topr_aggregate_loss(per_token, mask, agg, mask.shape[0], int(mask.sum()))
+    return aggregate_loss(per_token, mask, agg, mask.shape[0], int(mask.sum()), mask.shape[1])
 
 
 def toy_batch(seed=0, N=6, C=5, V=7):
@@ -145,9 +145,7 @@ def sgd_on_one_negative(taper: bool, steps=300, lr=1.0):
         )
         if not taper:
             w = torch.ones_like(w)
-        loss = topr_aggregate_loss(
-            topr_token_loss(logprobs, w, rewards, 0.0), mask, "seq-mean-token-sum", 1, C
-        )
+        loss = aggregate_loss(topr_token_loss(logprobs, w, rewards, 0.0), mask, "seq-mean-token-sum", 1, C, C)
         logits.grad = None
         loss.backward()
         norms.append(logits.grad.norm().item())
@@ -178,7 +176,7 @@ def test_weight_sums_reproduce_the_effective_positive_share(c):
     rewards = torch.tensor([1.0] * num_pos + [-1.0] * (N - num_pos))
     logp = torch.linspace(-9.0, -3.0, N).requires_grad_(True)  # one sequence log-likelihood each, π = μ
     weights = topr_weights(logp, logp.detach(), rewards)
-    topr_aggregate_loss(topr_token_loss(logp[:, None], weights, rewards, c), torch.ones(N, 1), "seq-mean-token-sum", N, N).backward()  # fmt: skip
+    aggregate_loss(topr_token_loss(logp[:, None], weights, rewards, c), torch.ones(N, 1), "seq-mean-token-sum", N, N, 1).backward()  # fmt: skip
     grad_share = (
         logp.grad[rewards > 0].abs().sum() / logp.grad.abs().sum()
     )  # the share in the actual gradient
@@ -233,9 +231,9 @@ MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 
 @pytest.mark.parametrize("mode,expected", [("seq-mean-token-sum", 3.0), ("token-mean", 2.0)])
 def test_aggregation_hand_computed(mode, expected):
-    assert topr_aggregate_loss(LOSSES, MASK, mode, num_sequences=2, num_tokens=3).item() == pytest.approx(
-        expected
-    )
+    assert aggregate_loss(
+        LOSSES, MASK, mode, num_sequences=2, num_tokens=3, max_len=3
+    ).item() == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("mode", ["seq-mean-token-sum", "token-mean"])
@@ -244,10 +242,8 @@ def test_micro_batches_sum_to_the_batch_loss(mode):
     losses, mask = torch.randn(6, 5), (torch.rand(6, 5) > 0.3).float()
     mask[:, 0] = 1
     n_tok = int(mask.sum())
-    full = topr_aggregate_loss(losses, mask, mode, 6, n_tok)
-    parts = sum(
-        topr_aggregate_loss(losses[i : i + 2], mask[i : i + 2], mode, 6, n_tok) for i in range(0, 6, 2)
-    )
+    full = aggregate_loss(losses, mask, mode, 6, n_tok, 5)
+    parts = sum(aggregate_loss(losses[i : i + 2], mask[i : i + 2], mode, 6, n_tok, 5) for i in range(0, 6, 2))
     assert parts.item() == pytest.approx(full.item(), rel=1e-6)
 
 
@@ -258,6 +254,14 @@ def test_anna_karenina_keeps_one_correct_and_all_incorrect():
     keep = anna_karenina_keep(correct)
     assert keep.tolist() == [[True, True, True, False], [True, True, True, True], [True, False, False, False]]
     assert (keep & correct).sum(1).tolist() == [1, 0, 1]  # at most one positive per question
+
+
+def test_curate_hand_computed():
+    correct = torch.tensor([[True, False, True], [False, False, False]])
+    assert curate(correct, "uniform", "topr").all()
+    assert curate(correct, "anna-karenina", "topr").tolist() == [[True, True, False], [True, True, True]]
+    assert curate(correct, "uniform", "drop").tolist() == correct.tolist()  # SFT on the positives
+    assert curate(correct, "anna-karenina", "drop").tolist() == [[True, False, False], [False, False, False]]
 
 
 class FakeSampler:
@@ -287,31 +291,36 @@ class FakeSampler:
 )
 def test_build_dataset_curates_and_scores_plus_minus_one(curation, negatives, rows, rewards):
     """Question 1 (gold 5) is solved by samples 0 and 2, question 2 (gold 7) by none."""
-    from common.data import Example
     from common.verify import Verifier
 
-    args = Args(samples_per_question=3, curation=curation, negatives=negatives, baseline=0.5)
+    args = Args(group_size=3, curation=curation, negatives=negatives, reward_baseline=0.5)
+    rollout = FakeSampler().generate(["q1", "q2"], 3, 8)
     verifier = Verifier()
     try:
-        data = build_dataset(args, FakeSampler(), verifier, None, [Example("q1", "5"), Example("q2", "7")])
+        results = verifier.verify_batch(rollout.completions, ["5"] * 3 + ["7"] * 3)
     finally:
         verifier.close()
+    correct = torch.tensor([r.correct for r in results]).view(2, 3)
+    data = build_dataset(rollout, correct, args)
     assert data["rewards"].tolist() == rewards
     assert data["rollout"].completions == [FakeSampler.TEXTS[i] for i in rows]
     assert data["rollout"].behavior_logprobs[:, 0].tolist() == [-float(i) for i in rows]  # μ's log-probs kept
     stats = data["stats"]
-    assert stats["accuracy"] == pytest.approx(2 / 6) and stats["reward_mean"] == pytest.approx(-1 / 3)
-    assert stats["zero_std_frac"] == 0.5  # question 2: all wrong (its negatives are still trained on)
+    assert (correct.float().std(dim=1) == 0).tolist() == [False, True]  # question 2: all wrong (kept)
     p = rewards.count(1) / len(rewards)
-    assert stats["positive_frac"] == pytest.approx(p)
+    assert stats["dataset_size"] == len(rows) and stats["positive_frac"] == pytest.approx(p)
     assert stats["effective_positive_share"] == pytest.approx(effective_positive_share(p, 0.5))
 
 
 def test_validate_rejects_bad_flags():
-    for bad in [dict(baseline=1.0), dict(baseline=-1.0), dict(temperature=0.0), dict(epochs=0)]:
+    for bad in [
+        dict(reward_baseline=1.0), dict(reward_baseline=-1.0), dict(temperature=0.0), dict(updates_per_batch=0),
+        dict(rollout_is="token-tis"),  # the taper against the sampler already holds the sampler gap
+    ]:  # fmt: skip
         with pytest.raises(SystemExit):
             validate(Args(**bad))
     validate(Args())
+    validate(Args(rollout_is="token-tis", taper_mu="trainer"))
 
 
 def test_importing_the_script_has_no_side_effects(capsys):
@@ -321,76 +330,135 @@ def test_importing_the_script_has_no_side_effects(capsys):
     assert capsys.readouterr().out == ""
 
 
-# --- end to end on the tiny world -------------------------------------------------------------------
+# --- the update on a real batch ---------------------------------------------------------------------
 
-# 2 iterations × 16 completions, 2 optimizer steps each
-SMALL = dict(
-    questions_per_iteration=4, samples_per_question=4, iterations=2, epochs=1, batch_size=8,
-    micro_batch_size=8, eval_problems=12, eval_n=2, max_new_tokens=40, log_completions=2, eval_every=0,
-)  # fmt: skip
+
+class RecordingOptimizer:
+    """An optimizer that takes no step: it records the gradient it is given at every step."""
+
+    def __init__(self, model):
+        self.model, self.grads = model, []
+
+    def step(self):
+        self.grads.append(torch.cat([p.grad.flatten().clone() for p in self.model.parameters() if p.grad is not None]))  # fmt: skip
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=set_to_none)
 
 
 @pytest.fixture(scope="module")
-def reference_run(tiny_world_dir, tmp_path_factory):
-    """One small uninterrupted run, shared by the smoke test and the resume test."""
-    out_dir = tmp_path_factory.mktemp("topr")
-    return out_dir, main(Args(output_dir=str(out_dir), run_name="ref", **SMALL))
+def batch_and_model(random_model_dir):
+    """A real rollout of the random model (12 rows, 6 negatives) with ±1 rewards, for update_policy."""
+    from common.model import load_policy
+    from common.rollout import HFSampler
+
+    model, tok = load_policy(str(random_model_dir))
+    torch.manual_seed(0)
+    rollout = HFSampler(model, tok).generate(["1+1=", "2+3=", "7-4="], n=4, max_new_tokens=6)
+    rewards = torch.tensor([1.0, -1, -1, 1, -1, -1, -1, 1, 1, 1, -1, 1])
+    return model, {"rollout": rollout, "rewards": rewards}
 
 
-def test_topr_smoke_run(reference_run):
-    out_dir, out = reference_run
-    rows = [r for r in read_jsonl(out_dir / "ref" / "metrics.jsonl") if "loss" in r]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4] and [r["iteration"] for r in rows] == [1, 1, 2, 2]
+def test_update_on_the_policy_is_reinforce_with_plus_minus_one(batch_and_model):
+    """One pass, one mini-batch (π = μ): TOPR's gradient is REINFORCE's, −(1/B) Σ_i (R_i − c) ∇ log π(y_i),
+    computed here by hand from the model's log-probs; every α is 1 (to float noise)."""
+    from common.model import completion_logprobs
+
+    model, batch = batch_and_model
+    rollout, rewards = batch["rollout"], batch["rewards"]
+    optimizer = RecordingOptimizer(model)
+    args = Args(
+        updates_per_batch=1, num_mini_batches=1, reward_baseline=0.3, max_grad_norm=1e9, micro_batch_size=5
+    )
+    stats = update_policy(model, optimizer, batch, args)
+    assert len(optimizer.grads) == 1
+    assert stats["negative_taper_weight"] == pytest.approx(1.0, abs=1e-4) and stats["taper_frac"] == 0.0
+    model.zero_grad(set_to_none=True)
+    C = rollout.completion_ids.shape[1]
+    logprobs, _ = completion_logprobs(model, rollout.input_ids, rollout.attention_mask, C, 1.0)
+    reinforce = -((rewards - 0.3) * (logprobs * rollout.completion_mask).sum(-1)).sum() / len(rewards)
+    reinforce.backward()
+    want = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    model.zero_grad(set_to_none=True)
+    assert want.abs().sum() > 0 and torch.allclose(optimizer.grads[0], want, rtol=1e-4, atol=1e-7)
+
+
+def test_the_taper_fires_off_the_policy_and_every_pass_takes_its_mini_batch_steps(batch_and_model):
+    """2 passes × 3 mini-batches: six optimizer steps; after the first step the negatives have lost
+    likelihood, so their α = π/μ drops below 1 (the taper acts), while the positives keep weight 1."""
+    import copy
+
+    model, batch = batch_and_model
+    copied = copy.deepcopy(model)
+    steps = []
+
+    class CountingAdamW(torch.optim.AdamW):
+        def step(self, *a, **k):
+            steps.append(1)
+            return super().step(*a, **k)
+
+    optimizer = CountingAdamW(copied.parameters(), lr=1e-2)
+    stats = update_policy(copied, optimizer, batch, Args(updates_per_batch=2, num_mini_batches=3))
+    assert len(steps) == 6
+    assert stats["negative_taper_weight"] < 0.9 and stats["taper_frac"] > 0.3, stats
+    assert stats["positive_weight_share"] > 0.5  # equal counts: the taper tilts the weight to the positives
+    assert stats["logprob_mismatch"] < 1e-4  # π_old against the HF sampler: the same forward
+    assert all(math.isfinite(v) for v in stats.values())
+
+
+# --- end to end on the tiny world -------------------------------------------------------------------
+
+# 2 steps, each a dataset of 4 questions × 4 completions trained in 1 pass of 2 mini-batches
+SMALL = dict(
+    num_steps=2, prompts_per_step=4, group_size=4, updates_per_batch=1, num_mini_batches=2, micro_batch_size=8,
+    eval_problems=12, eval_n=2, max_new_tokens=40, eval_every=0,
+)  # fmt: skip
+
+
+def test_topr_smoke_run(tiny_world_dir, tmp_path):
+    out = main(Args(output_dir=str(tmp_path), run_name="ref", **SMALL))
+    rows = [r for r in read_jsonl(tmp_path / "ref" / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]
     for key in ["loss", "grad_norm", "entropy", "logprob_mismatch", "accuracy", "reward_mean", "dataset_size",
-                "positive_frac", "effective_positive_share", "positive_weight_share", "clip_frac", "lr"]:  # fmt: skip
+                "positive_frac", "effective_positive_share", "positive_weight_share", "taper_frac", "lr"]:  # fmt: skip
         assert key in rows[-1], key
-    assert rows[0]["dataset_size"] == 16
+    assert rows[0]["dataset_size"] == 16 and rows[0]["samples_generated"] == 16
     assert rows[0]["reward_mean"] == pytest.approx(2 * rows[0]["accuracy"] - 1)
-    # each iteration's first mini-batch is on-policy (μ = the policy that just sampled it) ...
-    for first in (rows[0], rows[2]):
-        assert first["logprob_mismatch"] < 1e-4
-        assert first["negative_weight_mean"] in (None, pytest.approx(1.0, abs=1e-4))
-    assert rows[1]["logprob_mismatch"] > rows[0]["logprob_mismatch"]  # ... the second is off-policy
-    assert "eval/pass@1" not in rows[1] and "eval/pass@2" in rows[3]
-    assert (out_dir / "ref" / "dataset.pt").stat().st_size > 0
-    assert (out_dir / "ref" / "results.txt").read_text().count("pass@1") == 1
+    # μ is the policy that just sampled the dataset: the sampler gap is float noise on the HF sampler ...
+    assert all(r["logprob_mismatch"] < 1e-4 for r in rows)
+    # ... and the second mini-batch of each dataset is off the policy: its negatives' α fell below 1
+    assert any(r["negative_taper_weight"] is not None and r["negative_taper_weight"] < 1 for r in rows)
+    assert "eval/pass@1" not in rows[0] and "eval/pass@2" in rows[1]
+    assert [r["step"] for r in read_jsonl(tmp_path / "ref" / "completions.jsonl")] == [1] * 4 + [2] * 4
+    assert (tmp_path / "ref" / "results.txt").read_text().count("pass@1") == 1
     assert 0.0 <= out["final"]["pass@1"] <= 1.0
 
 
 @pytest.mark.slow
-def test_topr_interrupted_inside_an_iteration_resumes_exactly(reference_run, monkeypatch):
-    """Ctrl-C after step 3 (inside iteration 2), then --resume: dataset.pt is reloaded, not resampled,
-    and every step's metrics equal the uninterrupted run's."""
-    out_dir, _ = reference_run
-
-    class InterruptAtStep3(topr.Tracker):
-        def log(self, step, metrics):
-            super().log(step, metrics)
-            if step == 3:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(topr, "Tracker", InterruptAtStep3)
-    with pytest.raises(SystemExit) as stopped:
-        main(Args(output_dir=str(out_dir), run_name="cut", **SMALL))
-    assert stopped.value.code == 130
-    monkeypatch.setattr(topr, "Tracker", InterruptAtStep3.__base__)
-    main(Args(output_dir=str(out_dir), run_name="cut", resume=True, **SMALL))
-    got, want = read_jsonl(out_dir / "cut" / "metrics.jsonl"), read_jsonl(out_dir / "ref" / "metrics.jsonl")
-    assert [r["step"] for r in got] == [r["step"] for r in want] == [0, 1, 2, 3, 4]
-    for g, w in zip(got, want):
-        for key in ["loss", "grad_norm", "accuracy", "negative_weight_mean", "eval/pass@1"]:
-            if w.get(key) is None:  # not logged at this step (or nothing to average): must match too
-                assert g.get(key) is None, (g["step"], key)
-            else:
-                assert g.get(key) == pytest.approx(w[key], rel=1e-5, abs=1e-6), (g["step"], key)
+def test_sft_on_positives_only_flag_drops_the_negatives(tiny_world_dir, tmp_path):
+    small = {**SMALL, "num_steps": 1, "eval_problems": 4, "eval_n": 1}
+    main(Args(output_dir=str(tmp_path), run_name="sft", negatives="drop", **small))
+    rows = [r for r in read_jsonl(tmp_path / "sft" / "metrics.jsonl") if r["step"] > 0]
+    assert rows and rows[0]["dataset_size"] > 0, "no positives among 16 samples: pick another seed"
+    for r in rows:
+        assert r["positive_frac"] == 1.0 and r["negative_taper_weight"] is None and r["taper_frac"] is None
+        assert r["dataset_size"] == round(r["accuracy"] * 16) and r["positive_weight_share"] == 1.0
 
 
 @pytest.mark.slow
-def test_sft_on_positives_only_flag_drops_the_negatives(tiny_world_dir, tmp_path):
-    small = {**SMALL, "iterations": 1, "eval_problems": 4, "eval_n": 1}
-    main(Args(output_dir=str(tmp_path), run_name="sft", negatives="drop", **small))
-    rows = [r for r in read_jsonl(tmp_path / "sft" / "metrics.jsonl") if r["step"] > 0]
-    assert rows, "no positives among 16 samples: pick another seed"
-    for r in rows:
-        assert r["positive_frac"] == 1.0 and r["negative_weight_mean"] is None and r["clip_frac"] is None
-        assert r["dataset_size"] == round(r["accuracy"] * 16) and r["positive_weight_share"] == 1.0
+def test_topr_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
+    """Two datasets of 32 questions × 8 completions (512 samples), each trained 2 passes × 8 shuffled
+    mini-batches with TOPR's defaults otherwise (seed 1), raise held-out pass@1 (60 problems × 4 samples) by
+    at least 0.06, with the taper acting on the way. Measured over seeds 1 / 2 / 3: +0.125 (0.338 -> 0.463) /
+    +0.129 / +0.154; about 18 s of CPU on one thread (pytest's start excluded)."""
+    out = main(
+        Args(num_steps=2, prompts_per_step=32, group_size=8, num_mini_batches=8, max_new_tokens=64,
+             eval_problems=60, eval_n=4, eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
+    )  # fmt: skip
+    rows = [r for r in read_jsonl(tmp_path / "learn" / "metrics.jsonl") if "loss" in r]
+    gain = out["final"]["pass@1"] - out["base"]["pass@1"]
+    print({"base": out["base"]["pass@1"], "final": out["final"]["pass@1"], "taper": [r["negative_taper_weight"] for r in rows]})  # fmt: skip
+    assert all(
+        r["negative_taper_weight"] < 0.9 and r["taper_frac"] > 0.3 for r in rows
+    )  # off the policy: α < 1
+    assert gain >= 0.06, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"

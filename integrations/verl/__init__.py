@@ -280,7 +280,7 @@ def bnpo_estimator(rewards, config):
 
 def topr_estimator(rewards, config):
     """algos/topr.py's rewards: R = ±1 (correct = reward > 0), minus the baseline c"""
-    baseline = float(rlvr_param(config, "baseline", topr.Args.baseline))
+    baseline = float(rlvr_param(config, "baseline", topr.Args.reward_baseline))
     return torch.where(rewards > 0, 1.0, -1.0) - baseline
 
 
@@ -294,7 +294,7 @@ def topr_policy_loss(
     rollout_is_weights=None,
 ):
     """verl policy loss rlvr_topr: algos/topr.py topr_weights (sequence-level π/μ, μ = verl's old_log_prob)
-    and topr_token_loss, aggregated by topr.topr_aggregate_loss; takes rlvr_topr's advantages R − c."""
+    and topr_token_loss, aggregated by topr.aggregate_loss; takes rlvr_topr's advantages R − c."""
     modes = ("seq-mean-token-sum", "token-mean")
     if loss_agg_mode not in modes:
         raise ValueError(
@@ -313,7 +313,8 @@ def topr_policy_loss(
     if rollout_is_weights is not None:
         per_token_loss = per_token_loss * rollout_is_weights
     dp_size, sequences, tokens, _ = batch_sizes(mask, config)
-    loss = topr.topr_aggregate_loss(per_token_loss, mask, loss_agg_mode, sequences, tokens) * dp_size
+    T = mask.shape[1]  # L_max of seq-mean-token-sum-norm (not one of rlvr_topr's modes)
+    loss = topr.aggregate_loss(per_token_loss, mask, loss_agg_mode, sequences, tokens, T) * dp_size
     negative = shifted_rewards < 0
     mean_negative_weight = weights[negative].mean().item() if negative.any() else 1.0
     return loss, {"actor/topr_negative_weight": mean_negative_weight}

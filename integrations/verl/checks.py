@@ -768,7 +768,7 @@ def call_as_ppo_loss(
 def policy_losses_through_get_policy_loss_fn():
     """rlvr_clip / rlvr_dapo equal the files' clipped_surrogate + aggregate_loss and verl's vanilla loss
     (below dual-clip's bound), whole batch and as two micro-batches with the global sizes; rlvr_topr
-    equals topr.py's topr_weights + topr_token_loss + topr_aggregate_loss. Losses and gradients."""
+    equals topr.py's topr_weights + topr_token_loss + aggregate_loss. Losses and gradients."""
     import algos.dapo as dapo
     import algos.grpo as grpo
     import algos.ppo as ppo
@@ -830,8 +830,8 @@ def policy_losses_through_get_policy_loss_fn():
                 weights = topr.topr_weights(
                     topr.ratio_logprobs(b, mask, "seq"), topr.ratio_logprobs(old, mask, "seq"), rewards
                 )
-                ours = topr.topr_aggregate_loss(
-                    topr.topr_token_loss(b, weights, rewards, baseline), mask, mode, B, tokens
+                ours = topr.aggregate_loss(
+                    topr.topr_token_loss(b, weights, rewards, baseline), mask, mode, B, tokens, T
                 )
                 close(theirs, ours, f"rlvr_topr {mode} c={baseline} seed {seed}")
                 theirs.backward(), ours.backward()
