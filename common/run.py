@@ -155,6 +155,9 @@ class Run:
         """The training steps still to run. After each step's body: the checkpoint and the stop request."""
         args = self.args
         progress = self.progress = Progress(args.num_steps - self.start_step, desc="train")
+        if 0 < args.max_samples <= self.extra["samples_total"]:  # resumed after the step that spent the budget
+            progress.close()
+            return
         with StopRequest() as stop:
             for step in range(self.start_step + 1, args.num_steps + 1):
                 self.step_start, self.step_examples, self.last = time.time(), [], step == args.num_steps
