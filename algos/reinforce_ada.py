@@ -80,8 +80,8 @@ METHOD = MethodInfo(
     change="samples in rounds until a prompt's pool has both outcomes; keeps n, class-balanced; pool mean",
     gradient_tier=2,
     gradient_claim="biased by design: the rounds and the class-balanced down-sampling depend on the "
-    "outcomes, so the kept group is not an on-policy sample of n; the baseline is the mean of the whole pool (kept "
-    "samples included)",
+    "outcomes, so the kept group is not an on-policy sample of n; the baseline is the mean of the whole "
+    "pool (kept samples included)",
     verl="no (multi-round sampling loop)",
     contradiction=({"rounds": 0}, "--rounds must be >= 1"),
 )
@@ -284,10 +284,10 @@ def dual_clip_cap(
     advantages: torch.Tensor,  # [B] one advantage per row, broadcast over its tokens
     dual_clip: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Modification 2 (vs GRPO): dual-clip PPO (Ye et al., arXiv 1912.09729) on the clipped surrogate's loss:
-    for A < 0 the per-token loss is capped at −c·A (c = ``dual_clip``; 0 turns it off), so a token whose ratio
-    has grown huge cannot dominate the step; a capped token carries no gradient. Returns the loss and the mask
-    of capped tokens. Below, A = −1 and c = 10: a token at ρ = 20 (loss 20) is capped at 10, one at ρ = 5 is not.
+    """Modification 2 (vs GRPO): dual-clip PPO (Ye et al., arXiv 1912.09729) on the clipped surrogate's
+    loss: for A < 0 the per-token loss is capped at −c·A (c = ``dual_clip``; 0 turns it off), so a token
+    whose ratio has grown huge cannot dominate the step; a capped token carries no gradient. Returns the
+    loss and the mask of capped tokens. A = −1, c = 10: ρ = 20 (loss 20) is capped at 10, ρ = 5 is not.
     >>> dual_clip_cap(torch.tensor([[20.0, 5.0]]), torch.tensor([-1.0]), 10.0)
     (tensor([[10.,  5.]]), tensor([[ True, False]]))
     """
@@ -487,7 +487,8 @@ def validate(args: Args) -> None:
         raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
     if args.round_repeat < args.group_size:
         raise SystemExit(
-            f"--round-repeat ({args.round_repeat}) must be >= --group-size ({args.group_size}): one round must fill a group"
+            f"--round-repeat ({args.round_repeat}) must be >= --group-size ({args.group_size}): one round must "
+            "fill a group"
         )
     if args.temperature == 0:
         raise SystemExit("--temperature 0 draws the same completion every round; adaptive sampling needs > 0")

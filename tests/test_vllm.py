@@ -231,8 +231,8 @@ SCRIPT_FLAGS = {  # script -> (its flags, the training steps it logs)
     "reinforce_ada": (["--prompts-per-step=4", "--group-size=4", "--num-steps=2"], 2),
     "nft": (ON_POLICY + ["--num-steps=2"], 2),
     "rlcr": (ON_POLICY + ["--num-steps=2"], 2),
-    # the hybrid rollout continues a given prefix in vLLM; --tis-cap does not apply to given tokens (refused)
-    "prefix_rft": (ON_POLICY + ["--num-steps=2", "--tis-cap=0"], 2),
+    # the hybrid rollout continues a given prefix in vLLM (the rollout correction does not apply: refused)
+    "prefix_rft": (ON_POLICY + ["--num-steps=2"], 2),
 }
 
 
