@@ -6,7 +6,8 @@ made ready on first use by ``common.tiny_world.ensure_world``, which every scrip
 Hugging Face model id such as ``Qwen/Qwen2.5-Math-1.5B``).
 
 ``completion_logprobs`` is the one place where the policy is evaluated on sampled completions. It runs
-the transformer body once, then applies the LM head to a few rows at a time, so the full
+the transformer body once, then applies the LM head to a few rows at a time (``logprobs_from_hidden``, which
+a script with a head of its own on the same hidden states calls directly), so the full
 ``[batch, length, vocab]`` float32 logits tensor (about 0.6 GB per 1,000 tokens of a 151k-vocabulary
 model) never exists at once.
 """
@@ -101,9 +102,46 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+LM_HEAD_ROWS = 16  # rows of hidden states the LM head turns into float32 logits at a time
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as ``generate`` uses them: mask [0, 0, 1, 1, 1] -> [0, 0, 0, 1, 2]."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def logprobs_from_hidden(
+    lm_head,
+    hidden: torch.Tensor,  # [B, C, H] the hidden states that predict ``targets``
+    targets: torch.Tensor,  # [B, C] token ids
+    temperature: float,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs ``[B, C]`` of ``targets`` (and optionally the entropies ``[B, C]``) under the LM head applied to
+    ``hidden``, at ``temperature``: the head, log-softmax and gather run on ``LM_HEAD_ROWS`` rows at a time, so
+    the float32 ``[B, C, vocab]`` logits never exist at once. The entropy is detached (a metric) unless
+    ``entropy_grad`` is set (an entropy bonus in the loss). A value head on the same ``hidden`` (PPO's critic)
+    costs no second body pass.
+
+    A hidden state of zeros gives equal logits: every token has probability 1/3 and the entropy is log 3.
+
+    >>> head = torch.nn.Linear(2, 3, bias=False).requires_grad_(False)
+    >>> logprobs, entropy = logprobs_from_hidden(head, torch.zeros(1, 1, 2), torch.tensor([[2]]), 1.0, True)
+    >>> logprobs.exp(), entropy.exp()
+    (tensor([[0.3333]]), tensor([[3.]]))
+    """
+    logprob_chunks, entropy_chunks = [], []
+    for start in range(0, hidden.shape[0], LM_HEAD_ROWS):
+        logits = lm_head(hidden[start : start + LM_HEAD_ROWS]).float() / temperature  # [b, C, V]
+        logp_all = F.log_softmax(logits, dim=-1)
+        logprob_chunks.append(logp_all.gather(-1, targets[start : start + LM_HEAD_ROWS, :, None]).squeeze(-1))
+        if with_entropy:
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                entropy_chunks.append(-(logp_all.exp() * logp_all).sum(-1))
+    logprobs = torch.cat(logprob_chunks)  # [B, C]
+    entropy = torch.cat(entropy_chunks) if with_entropy else None  # [B, C]
+    return logprobs, entropy
 
 
 def completion_logprobs(
@@ -114,7 +152,6 @@ def completion_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     entropy_grad: bool = False,
-    chunk_size: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and optionally entropies) of the last ``C`` tokens of each row under ``model``.
 
@@ -132,19 +169,9 @@ def completion_logprobs(
         use_cache=False,
     ).last_hidden_state  # [B, P + C, H]
     hidden = hidden[:, -C - 1 : -1]  # [B, C, H]: the state before each completion token predicts it
-    targets = input_ids[:, -C:]  # [B, C]
-    lm_head = model.get_output_embeddings()
-    logprob_chunks, entropy_chunks = [], []
-    for start in range(0, hidden.shape[0], chunk_size):
-        logits = lm_head(hidden[start : start + chunk_size]).float() / temperature  # [b, C, V]
-        logp_all = F.log_softmax(logits, dim=-1)
-        logprob_chunks.append(logp_all.gather(-1, targets[start : start + chunk_size, :, None]).squeeze(-1))
-        if with_entropy:
-            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-                entropy_chunks.append(-(logp_all.exp() * logp_all).sum(-1))
-    logprobs = torch.cat(logprob_chunks)  # [B, C]
-    entropy = torch.cat(entropy_chunks) if with_entropy else None  # [B, C]
-    return logprobs, entropy
+    return logprobs_from_hidden(
+        model.get_output_embeddings(), hidden, input_ids[:, -C:], temperature, with_entropy, entropy_grad
+    )
 
 
 @torch.no_grad()

@@ -112,10 +112,13 @@ class Run:
         sampler,
         modules: dict[str, torch.nn.Module] | None = None,
         extra_eval: Callable[[int, str], dict[str, float]] | None = None,
+        before_training: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         """Resume from the newest checkpoint with ``--resume`` (``modules``: further trained modules, saved by
         name), open the tracker and evaluate the base policy. ``extra_eval(n, desc)`` returns further held-out
-        measures of the policy (logged as given, e.g. ``{"eval/brier": ..}``) at every evaluation."""
+        measures of the policy (logged as given, e.g. ``{"eval/brier": ..}``) at every evaluation.
+        ``before_training()``: a stage that runs once, on a fresh run, after the base evaluation (PPO's SFT
+        warm-up); the metrics it returns join the step-0 row, and its time is not counted as training time."""
         args = self.args
         self.model, self.tokenizer, self.optimizer, self.scheduler = model, tokenizer, optimizer, scheduler
         self.sampler, self.modules, self.extra_eval = sampler, modules or {}, extra_eval
@@ -134,6 +137,8 @@ class Run:
         if "base_eval" not in self.extra:
             self.extra["base_eval"], metrics = self.evaluate(args.eval_n, "eval base")
             self.extra["elapsed"] = self.extra["base_wall_time"] = time.time() - self.wall_start
+            if before_training is not None:
+                metrics.update(before_training())
             self.tracker.log(0, metrics)
         self.elapsed_before, self.session_start = self.extra["elapsed"], time.time()
 
@@ -155,7 +160,7 @@ class Run:
         """The training steps still to run. After each step's body: the checkpoint and the stop request."""
         args = self.args
         progress = self.progress = Progress(args.num_steps - self.start_step, desc="train")
-        if 0 < args.max_samples <= self.extra["samples_total"]:  # resumed after the step that spent the budget
+        if 0 < args.max_samples <= self.extra["samples_total"]:  # resumed after spending the sample budget
             progress.close()
             return
         with StopRequest() as stop:
