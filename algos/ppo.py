@@ -1,4 +1,4 @@
-"""PPO with a value head after an SFT warm-up (ReFT): a learned per-token critic replaces GRPO's group baseline.
+"""PPO with a value head after an SFT warm-up (ReFT): a per-token critic replaces GRPO's group baseline.
 
 Paper: Luong et al., "ReFT: Reasoning with Reinforced Fine-Tuning", arXiv 2401.08967 (Section 3);
 official code lqtrung1998/mwp_ReFT (train_rl_reft.py, exps/paper_exps/ReFT/_template.sh, gsm8k.sh).
@@ -16,66 +16,94 @@ Stage 2 (PPO):   r_t = −β (log π_old(y_t) − log π_ref(y_t))  + [t = last]
                  L = agg_t −min(ρ_t Â_t, clip(ρ_t, 1 − ε, 1 + ε) Â_t)
                      + c_vf · agg_t ½ max((V_θ − G_t)², (clip(V_θ, V_old ± ε_v) − G_t)²)
 
+Modification 1: one sample per prompt (ReFT), 64 prompts per step; no group: the critic is the baseline
+Modification 2: two PPO epochs on every rollout batch (ReFT's ppo_epochs)
+Modification 3: Stage 1, the SFT warm-up on the dataset's worked solutions, evaluated on its own
+Modification 4: the KL to the warm-up policy is a per-token reward (--kl-reward-coef), not a loss term
+Modification 5: a critic (a value head on the policy's hidden states), GAE, whitening and a clipped value loss
+Modification 6: partial credit for a wrong answer that could be extracted (ReFT's reward)
+
 Defaults run the CPU demo on the tiny built-in world (``./run.sh ppo``); paper-scale settings are the
-README's command line. ReFT's own settings [code, _template.sh and gsm8k.sh]: SFT lr 1e-5 for 2 epochs (the
-RL stage starts from the ``epoch_2`` checkpoint); then lr 3e-7, 1 sample per prompt, pure sampling
-(top_k 0, top_p 1), β = 0.05 for natural-language CoT (0.01 for Python programs), γ = 1, λ = 0.95,
-advantages whitened over the global batch, policy clip 0.2, value clip 0.2, vf_coef 5, 2 PPO epochs
-per batch (one mini-batch each), batch 4 per GPU x 8 GPUs, grad clip 1, max generation 700 tokens.
-Losses are averaged per sequence then over sequences (seq-mean-token-mean) for both terms [code].
+command lines of docs/methods/ppo.md. ReFT's own settings [code, _template.sh and gsm8k.sh]: SFT lr 1e-5 for
+2 epochs (the RL stage starts from the ``epoch_2`` checkpoint); then lr 3e-7, 1 sample per prompt, pure
+sampling (top_k 0, top_p 1), β = 0.05 for natural-language CoT (0.01 for Python programs), γ = 1,
+λ = 0.95, advantages whitened over the global batch, policy clip 0.2, value clip 0.2, vf_coef 5, partial
+reward 0.1, 2 PPO epochs per batch (one mini-batch each), batch 4 per GPU x 8 GPUs, grad clip 1, max
+generation 700 tokens. Losses are averaged per sequence then over sequences (seq-mean-token-mean) for both
+terms [code].
 
 The tiny world: its base policy was already warmed up by the world's builder on workings with 30%
 slips per line (``common.tiny_world``). Stage 1 here trains on the SLIP-FREE workings of the training
 split, so on the tiny world the SFT stage is itself a large improvement (it teaches "do not slip"), not
-ReFT's "teach the format": one epoch at lr 1e-4 (94 steps of 32) took held-out pass@1 from 0.303 to
-0.635 (150 problems x 4 samples; command: ``./run.sh ppo --num-steps 40 --eval-every 0 --eval-problems
-150 --eval-n 4 --learning-rate 1e-4``, its step-0 row). A run therefore reports three policies: the
-given model (``eval/pass@k`` at step 0), the warm-up policy (``eval/warmup_pass@k`` at step 0, also
-printed under the table) and the PPO policy; what PPO adds over the warm-up is the number to read.
-The tiny-world defaults were not tuned: SFT 1 epoch at lr 1e-4 (batch 32), PPO at grpo.py's tiny-world
-lr 1e-4, 64 prompts x 1 sample per step (half grpo.py's 128 samples per step), β = 0.05 (ReFT's),
-vf_coef 0.5 (CleanRL's PPO default: with lr 1e-4 ReFT's 5 lets the value loss dominate the small shared
-backbone's gradient; not measured). ``--skip-warmup`` starts PPO from the given model.
+ReFT's "teach the format". A run therefore reports three policies: the given model (``eval/pass@k`` at
+step 0), the warm-up policy (``eval/warmup_pass@k`` at step 0, also printed under the table) and the PPO
+policy; what PPO adds over the warm-up is the number to read. The tiny-world defaults were not tuned: SFT 1
+epoch (``--sft-epochs``; ReFT: 2) at lr 1e-4 (``--sft-learning-rate``; ReFT: 1e-5) in batches of 32, PPO at
+grpo.py's tiny-world lr 1e-4 (``--learning-rate``, policy and value head; ``--warmup-steps`` is the PPO
+stage's), 64 prompts x 1 sample per step (half grpo.py's 128 samples per step), β = 0.05
+(``--kl-reward-coef``, ReFT's), γ = 1 and λ = 0.95 (``--gamma``, ``--gae-lambda``: ReFT's), ε_v = 0.2
+(``--value-clip``, ReFT's), partial reward 0.1 (ReFT's), ``--vf-coef`` 0.5 (CleanRL's PPO default: with lr
+1e-4 ReFT's 5 lets the value loss dominate the small shared backbone's gradient; not measured).
+``--skip-warmup`` starts PPO from the given model.
 
 Deviations / choices:
 - Value head: a scalar linear head on the SHARED backbone's last hidden state (as ReFT, which uses trl's
   ``AutoModelForCausalLMWithValueHead``), not a separate critic copy: one forward pass gives log-probs and
-  values, one optimizer holds both, and the checkpoint adds only the head. The price is that the value
-  loss moves the policy's backbone; ``--vf-coef`` weighs it (ReFT: 5; the tiny-world default: 0.5). The head is
-  zero-initialised (V ≡ 0 at the start, so the first advantages are whitened λ-returns), where trl
-  draws it at random and adds dropout 0.1; it reads the state before each completion token, as the
-  log-probs do, in float32.
+  values (``common.model.logprobs_from_hidden`` and the head on the same hidden states), one optimizer holds
+  both, and the checkpoint adds only the head. The price is that the value loss moves the policy's backbone;
+  ``--vf-coef`` weighs it. The head is zero-initialised (V ≡ 0 at the start, so the first advantages are
+  whitened λ-returns), where trl draws it at random and adds dropout 0.1; it reads the state before each
+  completion token, as the log-probs do, in float32.
 - The value is that of the state predicting each completion token, EOS included; the terminal reward sits
   on the EOS token (the last unmasked one), or on the last token of a truncated completion (as verl).
 - The KL in the reward is k1 of the rollout-time policy against the warm-up policy (π_ref = the Stage 1
   output, saved in the run directory as ``warmup-model/`` and reloaded on resume); β = 0 loads no reference.
+  ``kl_folded_rewards`` and ``masked_whiten`` are reinforce_pp.py's, byte for byte (verl's semantics).
 - ``--group-size`` is the number of independent samples per prompt (ReFT: 1); they share no baseline
   (the critic is the baseline), so G > 1 only spends more samples on a prompt.
-- ``--updates-per-batch`` is ReFT's ``ppo_epochs`` (2): full-batch updates, as ReFT's mini-batch equals its
-  per-GPU batch; the data order within a step does not matter for a full batch, so there is no shuffle.
+- ``--updates-per-batch`` is ReFT's ``ppo_epochs`` (2), with one mini-batch per epoch (``--num-mini-batches``
+  1), as ReFT's mini-batch equals its per-GPU batch; the data order within a step does not matter for a full
+  batch, so there is no shuffle.
 - No dual clip (verl's ``clip_ratio_c`` = 3 caps the loss for A < 0 and ρ > 3); ReFT has none.
 - No per-token entropy bonus, no adaptive KL controller (ReFT's is fixed).
+- The SFT stage's time is not counted in the run's training time (as the base evaluation's).
 """
 
 import math
-import random
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import tyro
 
-from common.checkpoint import StopRequest, check_writable, load_checkpoint, resume_checkpoint, save_checkpoint
-from common.data import build_prompt, load_examples
-from common.evaluate import evaluate_policy
-from common.model import completion_logprobs, load_policy, position_ids_from_mask
+from common.data import build_prompt
+from common.model import (
+    completion_logprobs,
+    load_policy,
+    logprobs_from_hidden,
+    position_ids_from_mask,
+    rollout_logprobs,
+)
 from common.preflight import check_run_args
+from common.registry import MethodInfo
 from common.rollout import make_sampler
-from common.tracking import Progress, Tracker, report_before_after
-from common.verify import Verifier
+from common.rollout_correction import rollout_correction
+from common.rollout_types import sampler_gap
+from common.run import Run, warmup_scheduler
+from common.tracking import Progress
+
+METHOD = MethodInfo(
+    name="PPO (ReFT)",
+    paper="Luong et al., ReFT: Reasoning with Reinforced Fine-Tuning, arXiv 2401.08967 (Section 3)",
+    arxiv="2401.08967",
+    change="an SFT warm-up, then PPO: a value head, GAE, a clipped value loss, a KL to the warm-up in reward",
+    gradient_tier=3,
+    gradient_claim="no exact form: the learned critic (a value head) is an auxiliary model, and the SFT "
+    "stage trains on demonstrations; with a perfect critic GAE (λ = 1) is an unbiased advantage",
+    verl="RL stage: verl's `gae` + `rlvr_ppo` (SFT stage: verl's SFT trainer)",
+    contradiction=({"group_size": 0}, "--group-size must be >= 1"),
+    smoke_flags=("--sft-epochs", "0.01"),
+)
 
 
 @dataclass
@@ -117,73 +145,84 @@ class Args:
     # --- rollout ---
     rollout: Literal["hf", "vllm"] = "hf"
     """rollout engine: HF generate or vLLM"""
+    # Modification 1 (vs GRPO): 64 prompts of one sample each (ReFT); samples of a prompt share no baseline
     prompts_per_step: int = 64
     """prompts per training step"""
-    # Modification 1 (vs GRPO): one sample per prompt (ReFT); samples of one prompt share no baseline
     group_size: int = 1
-    """completions sampled per prompt, each on its own (the critic is the baseline, not the group)"""
+    """G: completions sampled per prompt"""
     max_new_tokens: int = 80
-    """completion length limit (also L_max of seq-mean-token-sum-norm)"""
+    """completion length limit in tokens (also L_max of seq-mean-token-sum-norm)"""
     temperature: float = 1.0
     """sampling temperature (training and evaluation)"""
     top_p: float = 1.0
     """nucleus sampling threshold"""
     vllm_gpu_memory_utilization: float = 0.3
     """share of GPU memory vLLM may take (weights + KV cache) with --rollout vllm"""
-    tis_cap: float = 0.0
-    """C: weight each token's loss by min(π_old / π_sampler, C) to correct the sampler/trainer mismatch (0: off)"""
+    rollout_is: Literal["none", "token-tis", "seq-tis", "token-mis", "seq-mis", "icepop"] = "none"
+    """importance weights for the sampler/trainer mismatch, a function of π_old / π_sampler (common/rollout_correction.py)"""
+    rollout_is_threshold: float = 2.0
+    """upper bound of the ratio π_old / π_sampler: truncation (TIS) or mask (MIS, IcePop) threshold"""
+    rollout_is_threshold_low: float = 0.5
+    """lower bound of the ratio π_old / π_sampler below which MIS and IcePop mask a token or sequence"""
+    rollout_rs: Literal["none", "opsm", "geo-mean", "k3"] = "none"
+    """rejection of sequences too far from the sampler (common/rollout_correction.py)"""
+    rollout_rs_threshold: float = 0.5
+    """δ: the rejection threshold of --rollout-rs"""
 
     # --- optimisation ---
     num_steps: int = 100
     """training steps (one rollout batch each)"""
+    max_samples: int = 0
+    """stop after the step whose generated completions reach this many (0: no budget; bench/compare.py)"""
     learning_rate: float = 1e-4
-    """AdamW learning rate of the PPO stage, policy and value head (constant after warm-up)"""
+    """AdamW learning rate (constant after warm-up)"""
     warmup_steps: int = 5
-    """linear learning-rate warm-up steps of the PPO stage (not the SFT warm-up stage)"""
+    """linear learning-rate warm-up steps"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
     max_grad_norm: float = 1.0
     """gradient clipping threshold"""
     micro_batch_size: int = 64
     """sequences per forward/backward pass (gradient accumulation over the batch)"""
-    # Modification 2 (vs GRPO): two PPO epochs on every rollout batch (ReFT's ppo_epochs)
-    updates_per_batch: int = 2
-    """optimizer steps (PPO epochs) on each rollout batch, each on the whole batch"""
+    updates_per_batch: int = 2  # Modification 2 (vs GRPO): two PPO epochs on every rollout batch (ReFT)
+    """passes over each rollout batch (μ in the paper, PPO's epochs); the ratio π_θ / π_old is 1 on the first"""
+    num_mini_batches: int = 1
+    """optimizer steps per pass: each pass splits the rollout batch into this many mini-batches"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass to save memory"""
 
-    # --- Modification 3 (vs GRPO): Stage 1, SFT warm-up on the dataset's worked solutions ---
+    # --- Modification 3 (vs GRPO): Stage 1, the SFT warm-up on the dataset's worked solutions ---
     skip_warmup: bool = False
     """skip Stage 1 (the model is already fine-tuned on solutions); PPO then starts from the given model"""
     sft_epochs: float = 1.0
-    """passes over the training solutions in Stage 1 (ReFT: 2)"""
+    """passes over the training solutions in Stage 1 (the SFT warm-up)"""
     sft_learning_rate: float = 1e-4
-    """AdamW learning rate of Stage 1, constant (ReFT: 1e-5)"""
+    """AdamW learning rate of Stage 1 (the SFT warm-up), constant"""
     sft_batch_size: int = 32
-    """(prompt, solution) pairs per Stage 1 optimizer step"""
+    """(prompt, solution) pairs per optimizer step of Stage 1 (the SFT warm-up)"""
 
     # --- algorithm ---
     clip_low: float = 0.2
     """ε_low: lower clip of the ratio (1 − ε_low)"""
     clip_high: float = 0.2
-    """ε_high: upper clip of the ratio (1 + ε_high); 0.28 is DAPO's clip-higher"""
+    """ε_high: upper clip of the ratio (1 + ε_high)"""
     # Modification 4 (vs GRPO): the KL to the warm-up policy is a per-token reward, not a loss term
-    kl_coef: float = 0.05
-    """β: per-token reward −β (log π_old − log π_ref) to the warm-up policy (ReFT: 0.05); 0 loads no reference"""
-    # Modification 5 (vs GRPO): a critic (value head), GAE and a clipped value loss
+    kl_reward_coef: float = 0.05
+    """β: KL to the reference folded into every token's reward, −β (log π_old − log π_ref); 0 loads no reference model"""
+    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "seq-mean-token-mean"  # fmt: skip
+    """how per-token losses are averaged over a mini-batch (grpo.py's module docstring)"""
+    # Modification 5 (vs GRPO): a critic (value head), GAE and a clipped value loss, not the group's z-score
     gamma: float = 1.0
-    """γ: discount of GAE (ReFT: 1)"""
-    lam: float = 0.95
-    """λ: GAE's bias/variance trade-off (ReFT: 0.95; 1 gives Monte-Carlo returns minus V)"""
+    """γ: discount of the per-token rewards in the returns (1: no discount)"""
+    gae_lambda: float = 0.95
+    """λ: GAE's bias/variance trade-off (1: Monte-Carlo returns minus V)"""
     vf_coef: float = 0.5
-    """c_vf: weight of the value loss, which shares the backbone (ReFT: 5)"""
+    """c_vf: weight of the value loss, which shares the backbone with the policy"""
     value_clip: float = 0.2
-    """ε_v: new values are clipped to V_old ± ε_v in the value loss (ReFT: 0.2)"""
+    """ε_v: new values are clipped to V_old ± ε_v in the value loss"""
     # Modification 6 (vs GRPO): partial credit for a wrong answer that could be extracted
     partial_reward: float = 0.1
-    """reward of a parseable but wrong answer (ReFT: 0.1; 0: plain 0/1 reward)"""
-    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "seq-mean-token-mean"
-    """how per-token losses (policy and value) are averaged (grpo.py's docstring; ReFT: seq-mean-token-mean)"""
+    """reward of a parseable but wrong answer (0: plain 0/1 reward)"""
 
     # --- evaluation, logging, checkpoints ---
     eval_every: int = 20
@@ -200,18 +239,46 @@ class Args:
     """checkpoints kept on disk"""
 
 
-# ALGO LOGIC: the SFT batch, the reward, GAE, whitening, the policy and value losses (pure functions)
+# ALGO LOGIC: Modification 5 (vs GRPO): loss aggregation, then the SFT batch, the reward, GAE, PPO's losses
 
 
+# Modification 5 (vs GRPO): no group advantage, sequence-level surrogate or k3 KL: PPO's functions follow
+def aggregate_loss(
+    per_token_loss: torch.Tensor,  # [b, C] losses of one micro-batch
+    mask: torch.Tensor,  # [b, C] completion mask
+    mode: str,
+    num_sequences: int,  # sequences in the whole mini-batch (all its micro-batches)
+    num_tokens: int,  # completion tokens in the whole mini-batch
+    max_len: int,  # L_max for seq-mean-token-sum-norm
+) -> torch.Tensor:
+    """Reduce per-token losses to a scalar so that summing over micro-batches gives the mini-batch loss.
+
+    Two sequences, losses [[1, 1, 0], [4, 0, 0]] with masks [[1, 1, 0], [1, 0, 0]]:
+      seq-mean-token-mean:      ((1+1)/2 + 4/1) / 2 = 2.5
+      token-mean:               (1+1+4) / 3        = 2.0
+      seq-mean-token-sum:       ((1+1) + 4) / 2    = 3.0
+      seq-mean-token-sum-norm:  (1+1+4) / (2·3)    = 1.0   (L_max = 3)
+    """
+    masked = per_token_loss * mask
+    if mode == "seq-mean-token-mean":
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_sequences
+    if mode == "token-mean":
+        return masked.sum() / max(num_tokens, 1)
+    if mode == "seq-mean-token-sum":
+        return masked.sum() / num_sequences
+    if mode == "seq-mean-token-sum-norm":
+        return masked.sum() / (num_sequences * max_len)
+    raise ValueError(f"unknown --loss-agg {mode!r}")
+
+
+# Modification 3 (vs GRPO): the SFT batch, laid out like a rollout
 def sft_batch(
     prompt_ids: list[list[int]], solution_ids: list[list[int]], eos_id: int, pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Modification 3 (vs GRPO): a Stage 1 batch laid out like a rollout, so ``completion_logprobs`` scores it.
-
-    Prompts are left-padded, solutions (+ EOS) right-padded. Returns ``input_ids [B, P + C]``,
+    """Modification 3 (vs GRPO): a Stage 1 batch laid out like a rollout, so ``completion_logprobs`` scores
+    it. Prompts are left-padded, solutions (+ EOS) right-padded. Returns ``input_ids [B, P + C]``,
     ``attention_mask [B, P + C]`` and ``loss_mask [B, C]``, 1 on solution tokens and EOS only: the prompt
     is never a target.
-
     >>> ids, attn, loss_mask = sft_batch([[5, 6], [7]], [[8], [9, 9]], eos_id=0, pad_id=1)
     >>> ids.tolist(), attn.tolist(), loss_mask.tolist()
     ([[5, 6, 8, 0, 1], [1, 7, 9, 9, 0]], [[1, 1, 1, 1, 0], [0, 1, 1, 1, 1]], [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
@@ -226,38 +293,42 @@ def sft_batch(
     return input_ids, attention_mask, attention_mask[:, P:].float()
 
 
+# Modification 6 (vs GRPO): ReFT's reward
 def reft_reward(correct: torch.Tensor, parsed: torch.Tensor, partial_reward: float) -> torch.Tensor:
     """Modification 6 (vs GRPO): ReFT's terminal reward. ``correct [B]``, ``parsed [B]`` (bool) -> ``[B]``:
     1 if right, ``partial_reward`` if an answer was extracted but is wrong, 0 if none was.
-
     >>> reft_reward(torch.tensor([True, False, False]), torch.tensor([True, True, False]), 0.1)
     tensor([1.0000, 0.1000, 0.0000])
     """
     return torch.where(correct, 1.0, torch.where(parsed, partial_reward, 0.0))
 
 
+# Modification 4 (vs GRPO): the KL to the reference folded into the per-token rewards (reinforce_pp.py's)
 def kl_folded_rewards(
-    scores: torch.Tensor,  # [B] terminal reward of each completion
-    old_logprobs: torch.Tensor,  # [B, C] log π_old of the sampled tokens
-    ref_logprobs: torch.Tensor | None,  # [B, C] log π_ref, or None (β = 0)
-    mask: torch.Tensor,  # [B, C] completion mask (right-padded)
-    kl_coef: float,
+    rewards: torch.Tensor,  # [B] outcome reward of each completion
+    kl: torch.Tensor,  # [B, C] per-token k1 = log π_old − log π_ref
+    mask: torch.Tensor,  # [B, C] completion mask (a prefix of each row)
+    beta: float,
 ) -> torch.Tensor:
-    """Modification 4 (vs GRPO): per-token rewards ``[B, C]``: −β (log π_old − log π_ref) on every token,
-    plus the score on the last unmasked token. verl's ``apply_kl_penalty`` with ``kl_penalty="kl"`` (k1) and
-    the score on the last response token, as its reward managers place it.
+    """Per-token rewards ``[B, C]``: −β·kl on every valid token plus the outcome reward on the last one.
 
-    >>> kl_folded_rewards(torch.tensor([1.0]), torch.tensor([[-1.0, -2.0, 0.0]]), torch.tensor([[-1.5, -1.0, 0.0]]),
-    ...                   torch.tensor([[1.0, 1.0, 0.0]]), kl_coef=0.1)
-    tensor([[-0.0500,  1.1000,  0.0000]])
+    verl: ``token_level_scores`` (the score on the last response token) minus β·kld·mask in
+    ``apply_kl_penalty`` with ``kl_penalty="kl"``.
+
+    >>> kl = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5]])
+    >>> kl_folded_rewards(torch.tensor([1.0, 0.0]), kl, torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]), 0.1)
+    tensor([[-0.1000, -0.2000,  0.7000],
+            [-0.0500, -0.0500,  0.0000]])
     """
-    last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)  # [B, C] the last real token
-    rewards = scores[:, None] * last  # [B, C]
-    if ref_logprobs is not None:
-        rewards = rewards - kl_coef * (old_logprobs - ref_logprobs) * mask
-    return rewards
+    token_rewards = -beta * kl * mask  # [B, C]
+    last = (mask.sum(-1).long() - 1).clamp(min=0)  # [B] index of the last valid token
+    outcome = torch.zeros_like(token_rewards).scatter(
+        1, last[:, None], rewards[:, None].to(token_rewards.dtype)
+    )
+    return token_rewards + outcome * mask
 
 
+# Modification 5 (vs GRPO): GAE over the critic's values
 def gae_advantages(
     token_rewards: torch.Tensor,  # [B, C]
     values: torch.Tensor,  # [B, C] V_old(s_t), the state before token t
@@ -265,14 +336,13 @@ def gae_advantages(
     gamma: float,
     lam: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Modification 5 (vs GRPO): generalised advantage estimation, ``advantages [B, C]`` and ``returns [B, C]``
-    (= advantages + values, the critic's target). δ_t = r_t + γ V_{t+1} − V_t, Â_t = δ_t + γλ Â_{t+1}, with
-    V and Â past the end taken as 0; masked positions are skipped (their V and Â carried through), as verl's
-    ``compute_gae_advantage_return``, which is ``(whiten(advantages, mask), returns)`` of this.
-
+    """Modification 5 (vs GRPO): generalised advantage estimation, ``advantages [B, C]`` and
+    ``returns [B, C]`` (= advantages + values, the critic's target). δ_t = r_t + γ V_{t+1} − V_t,
+    Â_t = δ_t + γλ Â_{t+1}, with V and Â past the end taken as 0; masked positions are skipped (their V and
+    Â carried through), as verl's ``compute_gae_advantage_return``, which is
+    ``(masked_whiten(advantages, mask), returns)`` of this.
     Rewards [0, 0, 0, 1], values [0.1, 0.2, 0.3, 0.4], γ = 1, λ = 0.5: δ = [0.1, 0.1, 0.1, 0.6],
     Â_3 = 0.6, Â_2 = 0.1 + 0.3 = 0.4, Â_1 = 0.1 + 0.2 = 0.3, Â_0 = 0.1 + 0.15 = 0.25.
-
     >>> adv, ret = gae_advantages(torch.tensor([[0.0, 0, 0, 1]]), torch.tensor([[0.1, 0.2, 0.3, 0.4]]), torch.ones(1, 4), 1.0, 0.5)
     >>> adv, ret
     (tensor([[0.2500, 0.3000, 0.4000, 0.6000]]), tensor([[0.3500, 0.5000, 0.7000, 1.0000]]))
@@ -290,21 +360,22 @@ def gae_advantages(
     return advantages, advantages + values
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x − mean) / sqrt(var + ε) over the masked entries of the whole batch, unbiased var (verl's and trl's
-    ``masked_whiten``). ``[B, C]`` -> ``[B, C]``; masked entries are shifted too and must stay masked.
-    With a single masked entry the var is taken as 0 (verl raises there).
+# Modification 5 (vs GRPO): whitening over the batch's tokens (reinforce_pp.py's)
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(values − mean)·rsqrt(var + eps) over the valid tokens (mean and unbiased var over ALL of them),
+    0 on the others. ``values [B, C]``, ``mask [B, C]`` -> ``[B, C]``.
 
-    >>> whiten(torch.tensor([[1.0, 2.0, 9.0], [3.0, 0.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
-    tensor([[-1.,  0.,  7.],
-            [ 1., -2., -2.]])
+    >>> masked_whiten(torch.tensor([[1.0, 2.0, 9.0], [3.0, 0.0, 0.0]]), torch.tensor([[1.0, 1, 0], [1, 0, 0]]))
+    tensor([[-1.,  0.,  0.],
+            [ 1.,  0.,  0.]])
     """
-    n = mask.sum()
-    mean = (values * mask).sum() / n
-    var = (((values - mean) ** 2) * mask).sum() / (n - 1).clamp(min=1)
-    return (values - mean) * torch.rsqrt(var + eps)
+    count = mask.sum()
+    mean = (values * mask).sum() / count.clamp(min=1)
+    var = (((values - mean) * mask) ** 2).sum() / (count - 1).clamp(min=1)  # unbiased, as verl
+    return torch.where(mask.bool(), (values - mean) * torch.rsqrt(var + eps), torch.zeros_like(values))
 
 
+# Modification 5 (vs GRPO): the clipped surrogate with one advantage per token
 def ppo_policy_loss(
     logprobs: torch.Tensor,  # [B, C] log π_θ of the sampled tokens
     old_logprobs: torch.Tensor,  # [B, C] log π_old (detached)
@@ -312,10 +383,9 @@ def ppo_policy_loss(
     clip_low: float,
     clip_high: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Modification 7 (vs GRPO): PPO's clipped surrogate with per-token advantages, per-token loss ``[B, C]``
+    """Modification 5 (vs GRPO): PPO's clipped surrogate with per-token advantages, per-token loss ``[B, C]``
     and the mask of clipped tokens. verl's ``compute_policy_loss_vanilla`` before ``agg_loss``, without
     its dual clip (``clip_ratio_c``: for A < 0 verl caps the loss at −3·A, which binds only when ρ > 3).
-
     >>> loss, clipped = ppo_policy_loss(torch.log(torch.tensor([[1.5, 0.5]])), torch.zeros(1, 2), torch.tensor([[2.0, -1.0]]), 0.2, 0.2)
     >>> loss, clipped
     (tensor([[-2.4000,  0.8000]]), tensor([[True, True]]))
@@ -326,6 +396,7 @@ def ppo_policy_loss(
     return -torch.min(unclipped, clipped), (clipped < unclipped).detach()
 
 
+# Modification 5 (vs GRPO): the critic's clipped value loss
 def value_loss(
     values: torch.Tensor,  # [B, C] V_θ (with gradient)
     old_values: torch.Tensor,  # [B, C] V_old, from the rollout-time critic
@@ -335,10 +406,8 @@ def value_loss(
     """Modification 5 (vs GRPO): the clipped value loss ½ max((V − G)², (clip(V, V_old ± ε_v) − G)²) per token
     ``[B, C]``, and the mask of tokens where the clipped branch is the larger. verl's ``compute_value_loss``
     is ``agg_loss`` of this (the ½ is inside here), its ``vf_clipfrac`` the masked mean of the mask.
-
     V = 1.5, V_old = 1, G = 2, ε_v = 0.2: clip(V) = 1.2, max((−0.5)², (−0.8)²) / 2 = 0.32 (clipped);
     V = 0.9: clip(V) = 0.9, (−1.1)² / 2 = 0.605 (not clipped).
-
     >>> value_loss(torch.tensor([[1.5, 0.9]]), torch.ones(1, 2), torch.full((1, 2), 2.0), 0.2)
     (tensor([[0.3200, 0.6050]]), tensor([[ True, False]]))
     """
@@ -348,9 +417,10 @@ def value_loss(
     return 0.5 * torch.max(unclipped_loss, clipped_loss), (clipped_loss > unclipped_loss).detach()
 
 
+# Modification 5 (vs GRPO): how much of the returns' variance the critic explains
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 − Var(G − V) / Var(G) over the masked tokens: 1 for a perfect critic, 0 for a constant one.
-
+    """Modification 5 (vs GRPO): 1 − Var(G − V) / Var(G) over the masked tokens: 1 for a perfect critic, 0
+    for a constant one.
     >>> explained_variance(torch.tensor([[0.0, 1.0, 5.0]]), torch.tensor([[0.0, 2.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.0]]))
     0.75
     """
@@ -362,43 +432,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     return float(1 - var_r / var_g) if var_g > 0 else 0.0
 
 
-def truncated_is_weights(
-    old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, cap: float
-) -> torch.Tensor:
-    """Truncated importance weights min(π_old / π_sampler, C), detached: they correct for the sampler
-    (e.g. vLLM) computing slightly different probabilities than the trainer (as TRL and verl do).
-
-    >>> truncated_is_weights(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])), cap=2.0)
-    tensor([[2., 1.]])
-    """
-    return torch.exp(old_logprobs - behavior_logprobs).clamp(max=cap).detach()
-
-
-def aggregate_loss(
-    per_token_loss: torch.Tensor,  # [b, C] losses of one micro-batch
-    mask: torch.Tensor,  # [b, C] completion mask
-    mode: str,
-    num_sequences: int,  # sequences in the WHOLE batch (all micro-batches)
-    num_tokens: int,  # completion tokens in the whole batch
-    max_len: int,  # L_max for seq-mean-token-sum-norm
-) -> torch.Tensor:
-    """Reduce per-token losses to a scalar so that summing over micro-batches gives the batch loss.
-
-    Two sequences, losses [[1, 1, 0], [4, 0, 0]] with masks [[1, 1, 0], [1, 0, 0]]:
-      seq-mean-token-mean:      ((1+1)/2 + 4/1) / 2 = 2.5
-      token-mean:               (1+1+4) / 3        = 2.0
-      seq-mean-token-sum-norm:  (1+1+4) / (2·3)    = 1.0   (L_max = 3)
-    """
-    masked = per_token_loss * mask
-    if mode == "seq-mean-token-mean":
-        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_sequences
-    if mode == "token-mean":
-        return masked.sum() / max(num_tokens, 1)
-    if mode == "seq-mean-token-sum-norm":
-        return masked.sum() / (num_sequences * max_len)
-    raise ValueError(f"unknown --loss-agg {mode!r}")
-
-
+# Modification 3 (vs GRPO): Stage 1, the SFT warm-up
 def sft_warmup(model, tokenizer, examples: list, args: Args) -> list[float]:
     """Modification 3 (vs GRPO): Stage 1, supervised fine-tuning on (prompt, solution + EOS) with the prompt
     masked, ``--sft-epochs`` passes in a seeded order, AdamW at a constant ``--sft-learning-rate``.
@@ -418,16 +452,11 @@ def sft_warmup(model, tokenizer, examples: list, args: Args) -> list[float]:
     losses, progress = [], Progress(num_steps, desc="sft warm-up")
     for step in range(num_steps):
         rows = order[step * args.sft_batch_size : (step + 1) * args.sft_batch_size].tolist()
-        input_ids, attention_mask, loss_mask = sft_batch(
-            [prompt_ids[i] for i in rows], [solution_ids[i] for i in rows], tokenizer.eos_token_id, tokenizer.pad_token_id
-        )  # fmt: skip
-        input_ids, attention_mask, loss_mask = (
-            input_ids.to(args.device),
-            attention_mask.to(args.device),
-            loss_mask.to(args.device),
-        )
+        pairs_ids = [prompt_ids[i] for i in rows], [solution_ids[i] for i in rows]
+        batch = sft_batch(*pairs_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        input_ids, attention_mask, loss_mask = (t.to(args.device) for t in batch)
         loss_value = 0.0
-        for mb in [slice(i, i + args.micro_batch_size) for i in range(0, len(rows), args.micro_batch_size)]:
+        for mb in torch.arange(len(rows)).split(args.micro_batch_size):
             logprobs, _ = completion_logprobs(model, input_ids[mb], attention_mask[mb], loss_mask.shape[1])
             loss = -(logprobs * loss_mask[mb]).sum() / loss_mask.sum()  # token-mean NLL over the whole batch
             loss.backward()
@@ -441,28 +470,100 @@ def sft_warmup(model, tokenizer, examples: list, args: Args) -> list[float]:
     return losses
 
 
+# Modification 5 (vs GRPO): the policy's log-probs and the critic's values from one body pass
 def logprobs_and_values(
-    model, value_head, input_ids, attention_mask, C: int, temperature: float, with_entropy=False
+    model, value_head, input_ids, attention_mask, C: int, temperature: float, with_entropy: bool = False
 ):
     """Modification 5 (vs GRPO): ``completion_logprobs`` plus the value head on the same hidden states, one
-    body pass: ``logprobs [B, C]``, ``entropy [B, C]`` (or None) and ``values [B, C]`` (float32), each read from
-    the state before completion token t (the state that predicts it)."""
+    body pass: ``logprobs [B, C]``, ``entropy [B, C]`` (or None) and ``values [B, C]`` (float32), each read
+    from the state before completion token t (the state that predicts it)."""
     hidden = model.base_model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
     ).last_hidden_state[:, -C - 1 : -1]  # [B, C, H]
-    logprob_chunks, entropy_chunks = [], []
-    for start in range(0, hidden.shape[0], 16):  # the LM head on 16 rows at a time, as completion_logprobs
-        logits = model.get_output_embeddings()(hidden[start : start + 16]).float() / temperature  # [b, C, V]
-        logp_all = torch.log_softmax(logits, dim=-1)
-        logprob_chunks.append(logp_all.gather(-1, input_ids[start : start + 16, -C:, None]).squeeze(-1))
-        if with_entropy:
-            entropy_chunks.append(-(logp_all.exp() * logp_all).sum(-1).detach())
-    entropy = torch.cat(entropy_chunks) if with_entropy else None  # [B, C]
-    values = value_head(hidden.float()).squeeze(-1)  # [B, C]
-    return torch.cat(logprob_chunks), entropy, values
+    lm_head = model.get_output_embeddings()
+    logprobs, entropy = logprobs_from_hidden(lm_head, hidden, input_ids[:, -C:], temperature, with_entropy)
+    return logprobs, entropy, value_head(hidden.float()).squeeze(-1)  # [B, C] each
+
+
+# Modification 5 (vs GRPO): π_old and V_old of a whole rollout, before the update
+@torch.no_grad()
+def rollout_logprobs_and_values(model, value_head, rollout, temperature: float, micro_batch_size: int):
+    """Modification 5 (vs GRPO): ``common.model.rollout_logprobs`` plus the critic: ``[B, C]`` log-probs and
+    values (0 past each completion's end) of a rollout's completion tokens, no gradient, in micro-batches."""
+    mask = rollout.completion_mask  # [B, C]
+    parts = [
+        logprobs_and_values(
+            model, value_head, rollout.input_ids[mb], rollout.attention_mask[mb], mask.shape[1], temperature
+        )  # fmt: skip
+        for mb in torch.arange(len(mask)).split(micro_batch_size)
+    ]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[2] for p in parts]) * mask
+
+
+# ALGO LOGIC: the policy update (the same signature in every file; callable without main())
+
+
+def update_policy(model, optimizer, batch: dict, args: Args) -> dict[str, float]:
+    """Update the policy on one rollout batch: ``--updates-per-batch`` passes, each split into
+    ``--num-mini-batches`` optimizer steps, each accumulated over micro-batches (the micro-batch size never
+    changes the gradient). ``batch``: ``rollout`` (a ``common.rollout_types.Rollout``), ``advantages [B, C]``
+    (Modification 5 (vs GRPO): GAE's, one per token), ``returns [B, C]``, ``old_logprobs [B, C]`` and
+    ``old_values [B, C]`` of the rollout-time pass, and the ``value_head``. Returns the update's
+    statistics (means over its steps)."""
+    rollout, advantages, value_head = batch["rollout"], batch["advantages"], batch["value_head"]
+    mask = rollout.completion_mask  # [B, C]
+    B, C = mask.shape
+    steps, stats = (
+        args.updates_per_batch * args.num_mini_batches,
+        {"loss": 0.0, "value_loss": 0.0, "clip_frac": 0.0},
+    )
+    # Modification 5 (vs GRPO): π_old and V_old are the rollout-time pass that GAE read
+    old_logprobs, old_values, returns = batch["old_logprobs"], batch["old_values"], batch["returns"]
+    weights, stats_rc = rollout_correction(old_logprobs, rollout.behavior_logprobs, mask, advantages, args)
+    model.train()
+    total_tokens = mask.sum().item()
+    for update in range(args.updates_per_batch):
+        for rows in torch.arange(B).tensor_split(args.num_mini_batches):  # one optimizer step each
+            num_tokens = int(mask[rows].sum())
+            for mb in rows.split(args.micro_batch_size):
+                # Modification 5 (vs GRPO): log-probs and values in one pass, per-token surrogate, value loss
+                logprobs, entropy, values = logprobs_and_values(model, value_head, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature, with_entropy=True)  # fmt: skip
+                old = old_logprobs[mb]
+                per_token_loss, clipped = ppo_policy_loss(
+                    logprobs, old, advantages[mb], args.clip_low, args.clip_high
+                )
+                per_token_loss = per_token_loss * weights[mb]  # the sampler/trainer mismatch correction
+                per_token_vf, vf_clipped = value_loss(
+                    values, old_values[mb], returns[mb], args.value_clip
+                )  # [b, C]
+                vf = aggregate_loss(
+                    per_token_vf, mask[mb], args.loss_agg, len(rows), num_tokens, args.max_new_tokens
+                )
+                loss = aggregate_loss(
+                    per_token_loss, mask[mb], args.loss_agg, len(rows), num_tokens, args.max_new_tokens
+                )
+                (
+                    loss + args.vf_coef * vf
+                ).backward()  # Modification 5 (vs GRPO): the critic learns with the policy
+                stats["loss"] += loss.item() / steps
+                stats["clip_frac"] += float((clipped * mask[mb]).sum()) / num_tokens / steps
+                stats["value_loss"] += vf.item() / steps  # Modification 5 (vs GRPO): the critic's statistics
+                stats["value_clip_frac"] = (
+                    stats.get("value_clip_frac", 0.0)
+                    + float((vf_clipped * mask[mb]).sum()) / num_tokens / steps
+                )
+                if update == 0:  # the first pass: the policy's entropy and its gap to the sampler
+                    sums = {"entropy": float((entropy * mask[mb]).sum()), **sampler_gap(old, rollout, mb)}
+                    for key, value in sums.items():
+                        stats[key] = stats.get(key, 0.0) + value / total_tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_([*model.parameters(), *value_head.parameters()], args.max_grad_norm)  # fmt: skip  # Modification 5 (vs GRPO)
+            stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(grad_norm) / steps
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return {**stats, **stats_rc}
 
 
 # TRY NOT TO MODIFY: the training loop
@@ -470,23 +571,15 @@ def logprobs_and_values(
 
 def validate(args: Args) -> None:
     """Contradictory flags fail here, before anything is loaded."""
-    if args.group_size < 1:
+    if args.group_size < 1:  # Modification 1 (vs GRPO): no group baseline, so one sample per prompt is enough
         raise SystemExit(f"--group-size must be >= 1, got {args.group_size}")
-    if args.micro_batch_size < 1 or args.prompts_per_step < 1 or args.num_steps < 0:
-        raise SystemExit("--micro-batch-size and --prompts-per-step must be >= 1 and --num-steps >= 0")
-    if args.updates_per_batch < 1:
-        raise SystemExit(f"--updates-per-batch must be >= 1, got {args.updates_per_batch}")
-    if args.tis_cap > 0 and args.temperature == 0:
-        raise SystemExit(
-            "--tis-cap needs sampled behaviour log-probs; it cannot be used with --temperature 0"
-        )
-    problems = [  # Modifications 3-6 (vs GRPO): the flags of the SFT stage, the critic and the reward
+    problems = [  # Modification 3 (vs GRPO): the flags of the SFT stage, the critic (5) and the reward (6)
         (not args.skip_warmup and args.sft_epochs <= 0, f"--sft-epochs must be > 0 (or --skip-warmup), got {args.sft_epochs}"),
         (args.sft_learning_rate <= 0, f"--sft-learning-rate must be > 0, got {args.sft_learning_rate}"),
         (args.sft_batch_size < 1, f"--sft-batch-size must be >= 1, got {args.sft_batch_size}"),
-        (args.kl_coef < 0, f"--kl-coef must be >= 0, got {args.kl_coef}"),
+        (args.kl_reward_coef < 0, f"--kl-reward-coef must be >= 0, got {args.kl_reward_coef}"),
         (not 0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
-        (not 0 <= args.lam <= 1, f"--lam must be in [0, 1], got {args.lam}"),
+        (not 0 <= args.gae_lambda <= 1, f"--gae-lambda must be in [0, 1], got {args.gae_lambda}"),
         (args.vf_coef <= 0, f"--vf-coef must be > 0 (the critic must learn), got {args.vf_coef}"),
         (args.value_clip <= 0, f"--value-clip must be > 0, got {args.value_clip}"),
         (not 0 <= args.partial_reward < 1, f"--partial-reward must be in [0, 1) (below a right answer's 1), got {args.partial_reward}"),
@@ -499,262 +592,67 @@ def validate(args: Args) -> None:
 
 def main(args: Args) -> dict:
     validate(args)
-    run_name = args.run_name or f"{args.exp_name}__{args.seed}"
-    run_dir = Path(args.output_dir) / run_name
-    check_writable(run_dir)
-    wall_start = time.time()
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-
-    # TRY NOT TO MODIFY: data, model, sampler, verifier
-    train_examples = load_examples(
-        args.dataset, "train", args.question_field, args.answer_field, seed=args.seed
-    )
-    if not args.skip_warmup and not any(e.solution for e in train_examples):  # Modification 3 (vs GRPO)
-        raise SystemExit(
-            f"error: --dataset {args.dataset!r} has no worked solutions for the SFT warm-up; pass --skip-warmup"
-        )
-    eval_name = args.eval_dataset or ("math500" if args.dataset == "math" else args.dataset)
-    eval_examples = load_examples(
-        eval_name, "test", args.question_field, args.answer_field, limit=args.eval_problems
-    )
-    model, tokenizer = load_policy(
-        args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing
-    )
+    run = Run(args)  # TRY NOT TO MODIFY: run directory, seeding, data, verifier (common/run.py)
+    if not args.skip_warmup and not any(e.solution for e in run.train_examples):  # Modification 3 (vs GRPO)
+        raise SystemExit(f"error: --dataset {args.dataset!r} has no worked solutions for the SFT warm-up; pass --skip-warmup")  # fmt: skip
+    model, tokenizer = load_policy(args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing)  # fmt: skip
     # Modification 5 (vs GRPO): the value head (zero-initialised: V ≡ 0 at the start), trained with the policy
     value_head = torch.nn.Linear(model.config.hidden_size, 1, device=args.device)
     torch.nn.init.zeros_(value_head.weight)
     torch.nn.init.zeros_(value_head.bias)
-    optimizer = torch.optim.AdamW(
-        [*model.parameters(), *value_head.parameters()], lr=args.learning_rate, weight_decay=args.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
-    )
-    sampler = make_sampler(
-        args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization
-    )
-    verifier = Verifier()
+    optimizer = torch.optim.AdamW([*model.parameters(), *value_head.parameters()], lr=args.learning_rate, weight_decay=args.weight_decay)  # fmt: skip
+    scheduler = warmup_scheduler(optimizer, args.warmup_steps)
+    sampler = make_sampler(args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization)  # fmt: skip
+    warmup_dir = run.run_dir / "warmup-model"  # Modification 3 (vs GRPO): Stage 1's policy, PPO's reference
 
-    def evaluate(n: int, desc: str) -> dict:
-        return evaluate_policy(
-            model, tokenizer, eval_examples, n=n, template=args.template, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, top_p=args.top_p, sampler=sampler, verifier=verifier, desc=desc,
-        )  # fmt: skip
-
-    # TRY NOT TO MODIFY: resume
-    start_step, extra = 0, {}
-    if ckpt := resume_checkpoint(run_dir, args.resume):  # None: a fresh run
-        state = load_checkpoint(ckpt, model, optimizer, scheduler, modules={"value_head": value_head})
-        start_step, extra = state["step"], state["extra"]
+    def warmup_stage() -> dict[str, float]:  # Modification 3 (vs GRPO): Stage 1, then its own evaluation
+        losses = sft_warmup(model, tokenizer, run.train_examples, args)
+        model.save_pretrained(warmup_dir)
+        tokenizer.save_pretrained(warmup_dir)
         sampler.update_weights(model)
-        print(f"resumed from {ckpt} (step {start_step})")
-    tracker = Tracker(
-        run_dir, asdict(args), args.track, args.wandb_project, run_name, start_step if ckpt else None
-    )
-    warmup_dir = run_dir / "warmup-model"
-    if "base_eval" not in extra:
-        extra["base_eval"] = evaluate(args.eval_n, "eval base")
-        extra["elapsed"] = extra["base_wall_time"] = time.time() - wall_start
-        step0 = {f"eval/pass@{k}": v for k, v in extra["base_eval"]["curve"].items()}
-        # Modification 3 (vs GRPO): Stage 1 (SFT warm-up), saved as the reference policy, then evaluated
-        if not args.skip_warmup:
-            sft_losses = sft_warmup(model, tokenizer, train_examples, args)
-            model.save_pretrained(warmup_dir)
-            tokenizer.save_pretrained(warmup_dir)
-            sampler.update_weights(model)
-            extra["warmup_eval"] = evaluate(args.eval_n, "eval warm-up")
-            step0.update({f"eval/warmup_pass@{k}": v for k, v in extra["warmup_eval"]["curve"].items()})
-            step0.update(
-                sft_loss_first=sft_losses[0], sft_loss_last=sum(sft_losses[-10:]) / len(sft_losses[-10:])
-            )
-        tracker.log(0, step0)
-    ref_model = None  # Modification 4 (vs GRPO): the reference is the warm-up policy (reloaded on resume)
-    if args.kl_coef > 0:
-        ref_source = args.model_name_or_path if args.skip_warmup else str(warmup_dir)
-        ref_model = load_policy(ref_source, args.dtype, args.device)[0].eval().requires_grad_(False)
-    elapsed_before = extra["elapsed"]
-    session_start = time.time()
+        run.extra["warmup_eval"], metrics = run.evaluate(args.eval_n, "eval warm-up")
+        return {
+            **{key.replace("eval/", "eval/warmup_"): value for key, value in metrics.items()},
+            "sft_loss_first": losses[0],
+            "sft_loss_last": sum(losses[-10:]) / len(losses[-10:]),
+        }
+
+    run.start(model, tokenizer, optimizer, scheduler, sampler, modules={"value_head": value_head}, before_training=None if args.skip_warmup else warmup_stage)  # fmt: skip
+    # Modification 4 (vs GRPO): the reference is the warm-up policy (reloaded on resume)
+    ref_source = args.model_name_or_path if args.skip_warmup else str(warmup_dir)
+    ref_model = load_policy(ref_source, args.dtype, args.device)[0].eval().requires_grad_(False) if args.kl_reward_coef > 0 else None  # fmt: skip
     Q, G = args.prompts_per_step, args.group_size
 
-    progress = Progress(args.num_steps - start_step, desc="train")
-    with StopRequest() as stop:
-        for step in range(start_step + 1, args.num_steps + 1):
-            step_start = time.time()
-            # TRY NOT TO MODIFY: pick this step's prompts (a fresh permutation every epoch, so resume is exact)
-            epoch, offset = divmod((step - 1) * Q, len(train_examples))
-            order = torch.randperm(
-                len(train_examples), generator=torch.Generator().manual_seed(args.seed + epoch)
-            )
-            batch = [train_examples[i] for i in order.roll(-offset)[:Q].tolist()]
-            prompts = [build_prompt(e.question, args.template, tokenizer) for e in batch]
+    for step in run.steps():  # TRY NOT TO MODIFY: progress, Ctrl-C, checkpoints, the sample budget
+        # TRY NOT TO MODIFY: sample G completions for each of this step's prompts and score them
+        batch, prompts = run.next_batch(Q)
+        rollout = sampler.generate(prompts, G, args.max_new_tokens, args.temperature, args.top_p)
+        results, correct = run.verify(rollout, batch)
+        # Modification 6 (vs GRPO): 1 if right, --partial-reward if an answer was extracted, else 0
+        rewards = reft_reward(correct.bool(), torch.tensor([r.parsed for r in results]), args.partial_reward).view(Q, G)  # fmt: skip
 
-            # TRY NOT TO MODIFY: sample G completions per prompt and score them
-            rollout = sampler.generate(prompts, G, args.max_new_tokens, args.temperature, args.top_p)
-            results = verifier.verify_batch(rollout.completions, [e.answer for e in batch for _ in range(G)])
-            correct = torch.tensor([r.correct for r in results])  # [B]
-            # Modification 6 (vs GRPO): 1 if right, --partial-reward if an answer was extracted, else 0
-            rewards = reft_reward(
-                correct, torch.tensor([r.parsed for r in results]), args.partial_reward
-            )  # [B]
+        # ALGO LOGIC: Modification 5 (vs GRPO): rollout-time log-probs and values, the token rewards, GAE
+        mask = rollout.completion_mask  # [B, C]
+        old_logprobs, old_values = rollout_logprobs_and_values(model, value_head, rollout, args.temperature, args.micro_batch_size)  # fmt: skip
+        # Modification 4 (vs GRPO): k1 of π_old against the warm-up policy (0 without one), in the reward
+        ref_logprobs = rollout_logprobs(ref_model, rollout, args.temperature, args.micro_batch_size) if ref_model is not None else old_logprobs  # fmt: skip
+        kl = old_logprobs - ref_logprobs  # [B, C]
+        token_rewards = kl_folded_rewards(rewards.view(-1).to(args.device), kl, mask, args.kl_reward_coef)
+        advantages, returns = gae_advantages(token_rewards, old_values, mask, args.gamma, args.gae_lambda)
+        update = {"rollout": rollout, "advantages": masked_whiten(advantages, mask), "returns": returns, "old_logprobs": old_logprobs, "old_values": old_values, "value_head": value_head}  # fmt: skip
+        stats = update_policy(model, optimizer, update, args)
+        scheduler.step()
+        sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
 
-            # ALGO LOGIC: rollout-time log-probs and values, the KL-folded token rewards and GAE advantages
-            mask = rollout.completion_mask  # [B, C]
-            B, C = mask.shape
-            num_tokens = int(mask.sum())
-            micro_batches = [slice(i, i + args.micro_batch_size) for i in range(0, B, args.micro_batch_size)]
-            ref_logprobs = None
-            with torch.no_grad():
-                old = [logprobs_and_values(model, value_head, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature) for mb in micro_batches]  # fmt: skip
-                old_logprobs = torch.cat([o[0] for o in old])  # [B, C]
-                old_values = torch.cat([o[2] for o in old]) * mask  # [B, C]
-                if ref_model is not None:
-                    ref_logprobs = torch.cat([completion_logprobs(ref_model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature)[0] for mb in micro_batches])  # fmt: skip
-            # Modification 4 (vs GRPO): the KL to the warm-up policy is part of the reward
-            token_rewards = kl_folded_rewards(
-                rewards.to(args.device), old_logprobs, ref_logprobs, mask, args.kl_coef
-            )
-            # Modification 5 (vs GRPO): per-token advantages from GAE over the critic's values, whitened
-            advantages, returns = gae_advantages(
-                token_rewards, old_values, mask, args.gamma, args.lam
-            )  # [B, C]
-            advantages = whiten(advantages, mask)
-
-            # ALGO LOGIC: the update (PPO-clip policy loss + clipped value loss), in micro-batches
-            model.train()
-            stats = {"loss": 0.0, "value_loss": 0.0, "clip_frac": 0.0, "value_clip_frac": 0.0, "entropy": 0.0,
-                     "logprob_mismatch": 0.0}  # fmt: skip
-            for update in range(args.updates_per_batch):
-                for mb in micro_batches:
-                    logprobs, entropy, values = logprobs_and_values(
-                        model,
-                        value_head,
-                        rollout.input_ids[mb],
-                        rollout.attention_mask[mb],
-                        C,
-                        args.temperature,
-                        with_entropy=True,
-                    )  # [b, C] each
-                    # Modification 7 (vs GRPO): the clipped surrogate with one advantage per token
-                    per_token_loss, clipped = ppo_policy_loss(
-                        logprobs, old_logprobs[mb], advantages[mb], args.clip_low, args.clip_high
-                    )
-                    if args.tis_cap > 0:  # sampler/trainer mismatch correction
-                        per_token_loss = per_token_loss * truncated_is_weights(
-                            old_logprobs[mb], rollout.behavior_logprobs[mb], args.tis_cap
-                        )
-                    policy_loss = aggregate_loss(
-                        per_token_loss, mask[mb], args.loss_agg, B, num_tokens, args.max_new_tokens
-                    )
-                    # Modification 5 (vs GRPO): the critic's clipped value loss, aggregated like the policy loss
-                    per_token_vf, vf_clipped = value_loss(
-                        values, old_values[mb], returns[mb], args.value_clip
-                    )
-                    vf = aggregate_loss(
-                        per_token_vf, mask[mb], args.loss_agg, B, num_tokens, args.max_new_tokens
-                    )
-                    loss = policy_loss + args.vf_coef * vf
-                    loss.backward()
-                    stats["loss"] += policy_loss.item() / args.updates_per_batch
-                    stats["value_loss"] += vf.item() / args.updates_per_batch
-                    stats["clip_frac"] += (
-                        float((clipped * mask[mb]).sum()) / num_tokens / args.updates_per_batch
-                    )
-                    stats["value_clip_frac"] += (
-                        float((vf_clipped * mask[mb]).sum()) / num_tokens / args.updates_per_batch
-                    )
-                    if update == 0:
-                        stats["entropy"] += float((entropy * mask[mb]).sum()) / num_tokens
-                        gap = (logprobs.detach() - rollout.behavior_logprobs[mb]).abs()
-                        stats["logprob_mismatch"] += float((gap * mask[mb]).sum()) / num_tokens
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    [*model.parameters(), *value_head.parameters()], args.max_grad_norm
-                )
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
-
-            # TRY NOT TO MODIFY: logging
-            lengths = mask.sum(-1)
-            metrics = {
-                "reward_mean": rewards.mean().item(),
-                "accuracy": correct.float().mean().item(),
-                "unparsed_frac": 1 - sum(r.parsed for r in results) / len(results),
-                "kl": float(((old_logprobs - ref_logprobs) * mask).sum()) / num_tokens
-                if ref_model is not None
-                else 0.0,
-                "value_mean": float((old_values * mask).sum()) / num_tokens,
-                "explained_variance": explained_variance(old_values, returns, mask),
-                "completion_len_mean": lengths.mean().item(),
-                "completion_len_max": lengths.max().item(),
-                "truncated_frac": rollout.truncated.float().mean().item(),
-                "grad_norm": float(grad_norm),
-                "lr": scheduler.get_last_lr()[0],
-                "step_time": time.time() - step_start,
-                "samples_per_s": B / (time.time() - step_start),
-                **stats,
-            }
-            if step == args.num_steps:  # the final evaluation, with the full n
-                extra["final_eval"] = evaluate(args.eval_n, "eval final")
-                metrics.update({f"eval/pass@{k}": v for k, v in extra["final_eval"]["curve"].items()})
-            elif args.eval_every and step % args.eval_every == 0:
-                ev = evaluate(max(1, args.eval_n // 2), f"eval step {step}")
-                metrics.update({f"eval/pass@{k}": v for k, v in ev["curve"].items()})
-            tracker.log(step, metrics)
-            if args.log_completions_every and step % args.log_completions_every == 0:
-                tracker.log_completions(step, [
-                    {"prompt": prompts[i // G], "completion": rollout.completions[i], "answer": results[i].answer,
-                     "gold": batch[i // G].answer, "reward": rewards[i].item()}
-                    for i in range(0, B, G)
-                ])  # fmt: skip
-            progress.update(1, reward=metrics["reward_mean"], len=metrics["completion_len_mean"])
-
-            # TRY NOT TO MODIFY: checkpoint (periodically, at the end, and when asked to stop)
-            extra["elapsed"] = elapsed_before + time.time() - session_start
-            if step % args.save_every == 0 or step == args.num_steps or stop.requested:
-                save_checkpoint(
-                    run_dir,
-                    step,
-                    model,
-                    optimizer,
-                    scheduler,
-                    extra,
-                    args.keep_last,
-                    tokenizer,
-                    {"value_head": value_head},
-                )
-            if stop.requested:
-                progress.close()
-                print(f"Stopped after step {step}. Resume with the same command plus --resume.")
-                tracker.close()
-                verifier.close()
-                raise SystemExit(130)
-    progress.close()
-
-    # TRY NOT TO MODIFY: before/after table, plots
-    final_eval = extra.get("final_eval") or evaluate(args.eval_n, "eval final")
-    total_time = elapsed_before + time.time() - session_start
-    report_before_after(
-        tracker, args.exp_name, args.num_steps, extra["base_eval"], final_eval, eval_name,
-        extra["base_wall_time"], total_time,
-    )  # fmt: skip
-    if warmup_eval := extra.get("warmup_eval"):  # Modification 3 (vs GRPO): the SFT stage's own row
+        # Modification 5 (vs GRPO): the critic's statistics and the KL to the reference
+        num_tokens = mask.sum()
+        stats.update(kl=float((kl * mask).sum() / num_tokens), value_mean=float((old_values * mask).sum() / num_tokens), explained_variance=explained_variance(old_values, returns, mask))  # fmt: skip
+        run.log(step, rollout, results, rewards, stats)  # TRY NOT TO MODIFY: metrics, evaluation, completions
+    out = run.finish()  # TRY NOT TO MODIFY: the before/after table and plots
+    if warmup_eval := run.extra.get("warmup_eval"):  # Modification 3 (vs GRPO): the SFT stage's own row
         k = warmup_eval["n"]
-        print(
-            f"after the SFT warm-up (Stage 1): pass@1 {warmup_eval['pass@1']:.3f}  pass@{k} {warmup_eval[f'pass@{k}']:.3f}"
-        )
-    tracker.close()
-    verifier.close()
-    return {
-        "base": extra["base_eval"],
-        "warmup": extra.get("warmup_eval"),
-        "final": final_eval,
-        "run_dir": str(run_dir),
-    }
+        print(f"after the SFT warm-up (Stage 1): pass@1 {warmup_eval['pass@1']:.3f}  pass@{k} {warmup_eval[f'pass@{k}']:.3f}")  # fmt: skip
+    return {**out, "warmup": warmup_eval}
 
 
 if __name__ == "__main__":

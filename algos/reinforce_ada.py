@@ -21,14 +21,24 @@ Sampling (rounds k = 1..N; a completion is positive if its reward > 0.7):
 
 Objective (minimised; A_i = r_i − #pos/#seen over the WHOLE pool of that prompt, no std; ρ = π_θ/π_old):
 
-    L(θ) = token-mean_{i,t} −min(ρ_{i,t} A_i, clip(ρ_{i,t}, 1 − 0.2, 1 + 0.28) A_i)      (no KL)
+    ℓ_{i,t} = −min(ρ_{i,t} A_i, clip(ρ_{i,t}, 1 − 0.2, 1 + 0.28) A_i), capped at −c·A_i when A_i < 0
+    L(θ) = token-mean_{i,t} ℓ_{i,t}                                       (dual clip c = 10, no KL)
+
+Modification 1: 8 prompts per step, n = 4 kept per prompt, and the rounds' flags (N, M, the exit rule)
+Modification 2: clip-higher (ε_high 0.28), the dual clip (c = 10) and token-mean, as the official script
+Modification 3: no --scale-rewards: the advantage is never divided by a std
+Modification 4: the exit rules, the class-balanced down-sampling and the pool-mean advantage
+Modification 5: multi-round sampling with successive elimination (``adaptive_rollout``)
+Modification 6: validate() refuses sampling flags that cannot fill a group of n
+Modification 7: main() samples in rounds, takes the pool-mean advantage and logs the rounds
 
 Defaults (``scripts/run_reinforce_ada.sh`` and ``ppo_trainer.yaml`` of the official code): n = 4
 (``rollout.n``), N = 4 rounds (``max_rounds``), M = 8 per round (``round_repeat``), threshold 0.7,
-``balanced``, ``global_stat_est=True``, ``norm_adv_by_std_in_grpo=False``, token-mean, clip [0.2, 0.28],
-no KL, lr 1e-6 with 10 warm-up steps, 512 prompts, max response 2048, temperature 1.0, entropy
-coefficient 0 (the paper: 1e-4) and 400 steps (the paper: 600). The tiny world uses 8 prompts per step
-and grpo.py's learning rate.
+``balanced`` (``positive`` is the official ``positive_focused``), ``global_stat_est=True``,
+``norm_adv_by_std_in_grpo=False``, token-mean, clip [0.2, 0.28] (ε_high 0.28), dual clip c = 10
+(``clip_ratio_c=10.0``), no KL, lr 1e-6 with 10 warm-up steps, 512 prompts in mini-batches of 128, max
+response 2048, temperature 1.0, entropy coefficient 0 (the paper: 1e-4) and 400 steps (the paper: 600).
+The tiny world uses 8 prompts per step and grpo.py's learning rate (not tuned).
 
 Deviations / choices:
 - ``--group-size`` (n) must be ≤ ``--round-repeat`` (M), so after round 1 every pool holds ≥ n samples and
@@ -36,34 +46,45 @@ Deviations / choices:
 - Pools of one sample get baseline 0, as the official code; with M ≥ n ≥ 2 it never happens here.
 - The rewards are 0/1, so #pos/#seen is the pool's mean reward, as in the official code (which reconstructs
   it from the counts).
-- ``reward_mean`` (and ``accuracy``) is the first round's mean reward: every prompt's first M samples, an
-  unbiased on-policy success rate (the official ``critic/real_reward``); ``kept_reward_mean`` is that of
-  the final groups (about 0.5 by design).
-- ``samples_generated`` counts every completion sampled in the step, all rounds (the sample budget;
-  ``--max-samples`` ends the run at the step that reaches a budget).
-- One optimizer step per batch by default (the official script: 4 mini-batches of 128 prompts).
+- ``accuracy`` and ``reward_mean`` are those of the kept groups (about 0.5 by design);
+  ``first_round_accuracy`` is the share of right answers among every prompt's first M samples, an unbiased
+  on-policy success rate (the official ``critic/real_reward``).
+- ``samples_generated`` counts every completion sampled in the step, all rounds: ``--max-samples`` budgets
+  them.
+- One optimizer step per batch by default, where the official script makes 4 (mini-batches of 128 of 512
+  prompts): with one the ratio is 1 and neither the clip nor the dual clip acts; ``--num-mini-batches 4``
+  gives the official ratio.
 """
 
 import copy
 import math
-import random
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import tyro
 
-from common.checkpoint import StopRequest, check_writable, load_checkpoint, resume_checkpoint, save_checkpoint
-from common.data import build_prompt, load_examples
-from common.evaluate import evaluate_policy
-from common.model import completion_logprobs, load_policy
+from common.model import completion_logprobs, load_policy, rollout_logprobs
 from common.preflight import check_run_args
+from common.registry import MethodInfo
 from common.rollout import concat_rollouts, make_sampler
-from common.tracking import Progress, Tracker, report_before_after
-from common.verify import Verifier
+from common.rollout_correction import rollout_correction
+from common.rollout_types import sampler_gap
+from common.run import Run, warmup_scheduler
+
+METHOD = MethodInfo(
+    name="Reinforce-Ada",
+    paper="Xiong et al., Reinforce-Ada: An Adaptive Sampling Framework for Reinforce-Style LLM Training, "
+    "arXiv 2510.04996",
+    arxiv="2510.04996",
+    change="samples in rounds until a prompt's pool has both outcomes; keeps n, class-balanced; pool mean",
+    gradient_tier=2,
+    gradient_claim="biased by design: the rounds and the class-balanced down-sampling depend on the "
+    "outcomes, so the kept group is not an on-policy sample of n; the baseline is the mean of the whole "
+    "pool (kept samples included)",
+    verl="no (multi-round sampling loop)",
+    contradiction=({"rounds": 0}, "--rounds must be >= 1"),
+)
 
 
 @dataclass
@@ -105,36 +126,43 @@ class Args:
     # --- rollout ---
     rollout: Literal["hf", "vllm"] = "hf"
     """rollout engine: HF generate or vLLM"""
+    # Modification 1 (vs GRPO): 8 prompts of n = 4 kept completions each, sampled in rounds
     prompts_per_step: int = 8
     """prompts per training step"""
     group_size: int = 4
-    """n: completions kept per prompt after down-sampling (official rollout.n = 4)"""
-    # Modification 1 (vs GRPO): multi-round sampling flags
+    """G: completions sampled per prompt"""
     rounds: int = 4
-    """N: maximum sampling rounds (official max_rounds = 4)"""
+    """N: maximum sampling rounds of Reinforce-Ada"""
     round_repeat: int = 8
-    """M: completions drawn per active prompt in each round (official round_repeat = 8)"""
+    """M: completions drawn per prompt still sampled, in each round"""
     exit_rule: Literal["balanced", "positive"] = "balanced"
-    """when a prompt leaves: balanced (≥ n/2 of each class) or positive (≥ 1 positive; official positive_focused)"""
+    """when a prompt leaves the rounds: balanced (≥ n/2 of each class) or positive (≥ 1 positive)"""
     positive_threshold: float = 0.7
-    """a completion is positive if its reward is above this (official 0.7)"""
-    max_samples: int = 0
-    """stop after the step in which the samples drawn (all rounds, all steps) reach this many (0: only
-    --num-steps stops): a budget in samples, as bench/compare.py gives every method"""
+    """a completion is positive if its reward is above this"""
     max_new_tokens: int = 80
-    """completion length limit (also L_max of seq-mean-token-sum-norm)"""
+    """completion length limit in tokens (also L_max of seq-mean-token-sum-norm)"""
     temperature: float = 1.0
     """sampling temperature (training and evaluation)"""
     top_p: float = 1.0
     """nucleus sampling threshold"""
     vllm_gpu_memory_utilization: float = 0.3
     """share of GPU memory vLLM may take (weights + KV cache) with --rollout vllm"""
-    tis_cap: float = 0.0
-    """C: weight each token's loss by min(π_old / π_sampler, C) to correct the sampler/trainer mismatch (0: off)"""
+    rollout_is: Literal["none", "token-tis", "seq-tis", "token-mis", "seq-mis", "icepop"] = "none"
+    """importance weights for the sampler/trainer mismatch, a function of π_old / π_sampler (common/rollout_correction.py)"""
+    rollout_is_threshold: float = 2.0
+    """upper bound of the ratio π_old / π_sampler: truncation (TIS) or mask (MIS, IcePop) threshold"""
+    rollout_is_threshold_low: float = 0.5
+    """lower bound of the ratio π_old / π_sampler below which MIS and IcePop mask a token or sequence"""
+    rollout_rs: Literal["none", "opsm", "geo-mean", "k3"] = "none"
+    """rejection of sequences too far from the sampler (common/rollout_correction.py)"""
+    rollout_rs_threshold: float = 0.5
+    """δ: the rejection threshold of --rollout-rs"""
 
     # --- optimisation ---
     num_steps: int = 100
     """training steps (one rollout batch each)"""
+    max_samples: int = 0
+    """stop after the step whose generated completions reach this many (0: no budget; bench/compare.py)"""
     learning_rate: float = 1e-4
     """AdamW learning rate (constant after warm-up)"""
     warmup_steps: int = 5
@@ -146,20 +174,26 @@ class Args:
     micro_batch_size: int = 64
     """sequences per forward/backward pass (gradient accumulation over the batch)"""
     updates_per_batch: int = 1
-    """optimizer steps on each rollout batch (μ in the paper); ratios equal 1 when it is 1"""
+    """passes over each rollout batch (μ in the paper, PPO's epochs); the ratio π_θ / π_old is 1 on the first"""
+    num_mini_batches: int = 1
+    """optimizer steps per pass: each pass splits the rollout batch into this many mini-batches"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass to save memory"""
 
     # --- algorithm ---
     clip_low: float = 0.2
     """ε_low: lower clip of the ratio (1 − ε_low)"""
-    # Modification 2 (vs GRPO): clip-higher and token-mean, as the official script
+    # Modification 2 (vs GRPO): clip-higher and the dual clip, as the official script
     clip_high: float = 0.28
-    """ε_high: upper clip of the ratio (1 + ε_high); official 0.28"""
+    """ε_high: upper clip of the ratio (1 + ε_high)"""
+    dual_clip: float = 10.0
+    """c: for A < 0 the per-token loss is capped at −c·A (dual-clip PPO, arXiv 1912.09729); 0 turns it off"""
     kl_coef: float = 0.0
-    """β: weight of the k3 KL to the initial policy; 0 loads no reference model"""
-    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "token-mean"
-    """how per-token losses are averaged (official: token-mean)"""
+    """β: weight of the k3 KL to the initial policy, a loss term; 0 loads no reference model"""
+    # Modification 2 (vs GRPO): token-mean, as the official script
+    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "token-mean"  # fmt: skip
+    """how per-token losses are averaged over a mini-batch (grpo.py's module docstring)"""
+    # Modification 3 (vs GRPO): no --scale-rewards: the pool-mean advantage is never divided by a std
 
     # --- evaluation, logging, checkpoints ---
     eval_every: int = 20
@@ -176,12 +210,97 @@ class Args:
     """checkpoints kept on disk"""
 
 
-# ALGO LOGIC: exit rules, down-sampling, the pool-mean advantage, the clipped surrogate, the KL penalty
-# and loss aggregation (pure functions)
+# ALGO LOGIC: the clipped surrogate, the KL penalty and loss aggregation (pure functions)
+# Modification 4 (vs GRPO): no grpo_advantages; the pool-mean advantage is below, with the down-sampling
+
+
+def clipped_surrogate(
+    logprobs: torch.Tensor,  # [B, C] log π_θ of the sampled tokens
+    old_logprobs: torch.Tensor,  # [B, C] log π_old (detached)
+    advantages: torch.Tensor,  # [B] one advantage per completion, broadcast over its tokens
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate as a per-token loss (to minimise) and the mask of clipped tokens.
+
+    loss = −min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A) with ρ = exp(logprobs − old_logprobs).
+    With A > 0 and ρ = 1.5 (above 1.2) the clipped branch is taken and carries no gradient.
+
+    >>> loss, clipped = clipped_surrogate(torch.log(torch.tensor([[1.5, 1.0]])), torch.zeros(1, 2), torch.tensor([2.0]), 0.2, 0.2)
+    >>> loss, clipped
+    (tensor([[-2.4000, -2.0000]]), tensor([[ True, False]]))
+    """
+    ratio = torch.exp(logprobs - old_logprobs)  # [B, C]
+    adv = advantages[:, None]  # [B, 1]
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
+    per_token_loss = -torch.min(unclipped, clipped)  # [B, C]
+    return per_token_loss, (clipped < unclipped).detach()
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0, 0 when equal).
+
+    >>> k3_kl(torch.tensor([0.0]), torch.tensor([0.0]))
+    tensor([0.])
+    """
+    log_ratio = ref_logprobs - logprobs
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def aggregate_loss(
+    per_token_loss: torch.Tensor,  # [b, C] losses of one micro-batch
+    mask: torch.Tensor,  # [b, C] completion mask
+    mode: str,
+    num_sequences: int,  # sequences in the whole mini-batch (all its micro-batches)
+    num_tokens: int,  # completion tokens in the whole mini-batch
+    max_len: int,  # L_max for seq-mean-token-sum-norm
+) -> torch.Tensor:
+    """Reduce per-token losses to a scalar so that summing over micro-batches gives the mini-batch loss.
+
+    Two sequences, losses [[1, 1, 0], [4, 0, 0]] with masks [[1, 1, 0], [1, 0, 0]]:
+      seq-mean-token-mean:      ((1+1)/2 + 4/1) / 2 = 2.5
+      token-mean:               (1+1+4) / 3        = 2.0
+      seq-mean-token-sum:       ((1+1) + 4) / 2    = 3.0
+      seq-mean-token-sum-norm:  (1+1+4) / (2·3)    = 1.0   (L_max = 3)
+    """
+    masked = per_token_loss * mask
+    if mode == "seq-mean-token-mean":
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_sequences
+    if mode == "token-mean":
+        return masked.sum() / max(num_tokens, 1)
+    if mode == "seq-mean-token-sum":
+        return masked.sum() / num_sequences
+    if mode == "seq-mean-token-sum-norm":
+        return masked.sum() / (num_sequences * max_len)
+    raise ValueError(f"unknown --loss-agg {mode!r}")
+
+
+# Modification 2 (vs GRPO): the dual clip
+
+
+def dual_clip_cap(
+    per_token_loss: torch.Tensor,  # [B, C] the clipped surrogate's per-token loss
+    advantages: torch.Tensor,  # [B] one advantage per row, broadcast over its tokens
+    dual_clip: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Modification 2 (vs GRPO): dual-clip PPO (Ye et al., arXiv 1912.09729) on the clipped surrogate's
+    loss: for A < 0 the per-token loss is capped at −c·A (c = ``dual_clip``; 0 turns it off), so a token
+    whose ratio has grown huge cannot dominate the step; a capped token carries no gradient. Returns the
+    loss and the mask of capped tokens. A = −1, c = 10: ρ = 20 (loss 20) is capped at 10, ρ = 5 is not.
+    >>> dual_clip_cap(torch.tensor([[20.0, 5.0]]), torch.tensor([-1.0]), 10.0)
+    (tensor([[10.,  5.]]), tensor([[ True, False]]))
+    """
+    cap = -dual_clip * advantages[:, None]  # [B, 1]
+    capped = (advantages[:, None] < 0) & (per_token_loss > cap) & (dual_clip > 0)  # [B, C]
+    return torch.where(capped, cap, per_token_loss), capped.detach()
+
+
+# Modification 4 (vs GRPO): the exit rules, the class-balanced down-sampling and the pool-mean advantage
 
 
 def exit_reached(num_positive: int, num_negative: int, n: int, exit_rule: str) -> bool:
-    """Whether a prompt's pool holds enough signal to stop sampling it.
+    """Modification 4 (vs GRPO): whether a prompt's pool holds enough signal to stop sampling it.
 
     >>> exit_reached(2, 2, 4, "balanced"), exit_reached(3, 1, 4, "balanced"), exit_reached(1, 0, 4, "positive")
     (True, False, True)
@@ -196,7 +315,7 @@ def exit_reached(num_positive: int, num_negative: int, n: int, exit_rule: str) -
 def downsample_counts(
     num_positive: int, num_negative: int, n: int, exit_rule: str, exited: bool
 ) -> tuple[int, int]:
-    """How many positives and negatives of a pool the final group keeps (at most n in all).
+    """Modification 4 (vs GRPO): how many positives and negatives of a pool the final group keeps (≤ n).
 
     Aim for n/2 of each; if a class is short, fill from the other. A ``positive``-rule prompt that never
     exited (the fallback) aims for ceil(n·#pos/#seen) positives, clamped to [1, n − 1], as the official code.
@@ -227,7 +346,8 @@ def pool_mean_advantages(
     pool_positives: torch.Tensor,  # [...] positives in the whole pool of each row's prompt
     pool_sizes: torch.Tensor,  # [...] samples in that pool (all rounds)
 ) -> torch.Tensor:
-    """A_i = r_i − #pos/#seen of the prompt's whole pool, no std (a pool of one sample: baseline 0).
+    """Modification 4 (vs GRPO): A_i = r_i − #pos/#seen of the prompt's whole pool, no std (a pool of one
+    sample: baseline 0).
 
     >>> pool_mean_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([1] * 4), torch.tensor([32] * 4))
     tensor([ 0.9688, -0.0312, -0.0312, -0.0312])
@@ -236,82 +356,13 @@ def pool_mean_advantages(
     return rewards - baseline.to(rewards.dtype)
 
 
-def clipped_surrogate(
-    logprobs: torch.Tensor,  # [B, C] log π_θ of the sampled tokens
-    old_logprobs: torch.Tensor,  # [B, C] log π_old (detached)
-    advantages: torch.Tensor,  # [B] one advantage per completion, broadcast over its tokens
-    clip_low: float,
-    clip_high: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped surrogate as a per-token loss (to minimise) and the mask of clipped tokens.
-
-    loss = −min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A) with ρ = exp(logprobs − old_logprobs).
-    With A > 0 and ρ = 1.5 (above 1.2) the clipped branch is taken and carries no gradient.
-
-    >>> loss, clipped = clipped_surrogate(torch.log(torch.tensor([[1.5, 1.0]])), torch.zeros(1, 2), torch.tensor([2.0]), 0.2, 0.2)
-    >>> loss, clipped
-    (tensor([[-2.4000, -2.0000]]), tensor([[ True, False]]))
-    """
-    ratio = torch.exp(logprobs - old_logprobs)  # [B, C]
-    adv = advantages[:, None]  # [B, 1]
-    unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
-    per_token_loss = -torch.min(unclipped, clipped)  # [B, C]
-    return per_token_loss, (clipped < unclipped).detach()
-
-
-def truncated_is_weights(
-    old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, cap: float
-) -> torch.Tensor:
-    """Truncated importance weights min(π_old / π_sampler, C), detached: they correct for the sampler
-    (e.g. vLLM) computing slightly different probabilities than the trainer (as TRL and verl do).
-
-    >>> truncated_is_weights(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])), cap=2.0)
-    tensor([[2., 1.]])
-    """
-    return torch.exp(old_logprobs - behavior_logprobs).clamp(max=cap).detach()
-
-
-def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0, 0 when equal).
-
-    >>> k3_kl(torch.tensor([0.0]), torch.tensor([0.0]))
-    tensor([0.])
-    """
-    log_ratio = ref_logprobs - logprobs
-    return torch.exp(log_ratio) - log_ratio - 1
-
-
-def aggregate_loss(
-    per_token_loss: torch.Tensor,  # [b, C] losses of one micro-batch
-    mask: torch.Tensor,  # [b, C] completion mask
-    mode: str,
-    num_sequences: int,  # sequences in the WHOLE batch (all micro-batches)
-    num_tokens: int,  # completion tokens in the whole batch
-    max_len: int,  # L_max for seq-mean-token-sum-norm
-) -> torch.Tensor:
-    """Reduce per-token losses to a scalar so that summing over micro-batches gives the batch loss.
-
-    Two sequences, losses [[1, 1, 0], [4, 0, 0]] with masks [[1, 1, 0], [1, 0, 0]]:
-      seq-mean-token-mean:      ((1+1)/2 + 4/1) / 2 = 2.5
-      token-mean:               (1+1+4) / 3        = 2.0
-      seq-mean-token-sum-norm:  (1+1+4) / (2·3)    = 1.0   (L_max = 3)
-    """
-    masked = per_token_loss * mask
-    if mode == "seq-mean-token-mean":
-        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_sequences
-    if mode == "token-mean":
-        return masked.sum() / max(num_tokens, 1)
-    if mode == "seq-mean-token-sum-norm":
-        return masked.sum() / (num_sequences * max_len)
-    raise ValueError(f"unknown --loss-agg {mode!r}")
-
-
-# Modification 3 (vs GRPO): multi-round sampling with successive elimination, then class-balanced down-sampling
+# Modification 5 (vs GRPO): multi-round sampling with successive elimination, then class-balanced
+# down-sampling
 
 
 def adaptive_rollout(sampler, verifier, prompts, golds, args, pad_id):
-    """Sample in rounds until each prompt exits (or N rounds pass), keep n completions per prompt.
+    """Modification 5 (vs GRPO): sample in rounds until each prompt exits (or N rounds pass), keep n
+    completions per prompt.
 
     Returns the final ``Rollout`` (n rows per prompt, grouped by prompt, token data from whichever round
     drew them), ``rewards [Q, n]``, their verifier results, and the pools' statistics: ``positives [Q]``
@@ -372,6 +423,58 @@ def adaptive_rollout(sampler, verifier, prompts, golds, args, pad_id):
     return final, torch.cat(kept_rewards)[inverse].view(Q, n), final_results, pool
 
 
+# ALGO LOGIC: the policy update (the same signature in every file; callable without main())
+
+
+def update_policy(model, optimizer, batch: dict, args: Args) -> dict[str, float]:
+    """Update the policy on one rollout batch: ``--updates-per-batch`` passes, each split into
+    ``--num-mini-batches`` optimizer steps, each accumulated over micro-batches (the micro-batch size never
+    changes the gradient). ``batch``: ``rollout`` (a ``common.rollout_types.Rollout``), ``advantages [B]`` and,
+    when ``--kl-coef`` > 0, ``ref_logprobs [B, C]``. Returns the update's statistics (means over its steps)."""
+    rollout, advantages, ref_logprobs = batch["rollout"], batch["advantages"], batch.get("ref_logprobs")
+    mask = rollout.completion_mask  # [B, C]
+    B, C = mask.shape
+    steps, stats = args.updates_per_batch * args.num_mini_batches, {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
+    # π_old: the trainer's log-probs before the first optimizer step, needed once the ratio can leave 1
+    needs_old = steps > 1 or args.rollout_is != "none" or args.rollout_rs != "none"
+    old_logprobs = rollout_logprobs(model, rollout, args.temperature, args.micro_batch_size) if needs_old else None  # fmt: skip
+    weights, stats_rc = rollout_correction(old_logprobs, rollout.behavior_logprobs, mask, advantages, args)
+    model.train()
+    total_tokens = mask.sum().item()
+    for update in range(args.updates_per_batch):
+        for rows in torch.arange(B).tensor_split(args.num_mini_batches):  # one optimizer step each
+            num_tokens = int(mask[rows].sum())
+            for mb in rows.split(args.micro_batch_size):
+                logprobs, entropy = completion_logprobs(model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature, with_entropy=True)  # fmt: skip
+                old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
+                per_token_loss, clipped = clipped_surrogate(
+                    logprobs, old, advantages[mb], args.clip_low, args.clip_high
+                )
+                # Modification 2 (vs GRPO): the dual clip; a capped token counts as clipped
+                per_token_loss, capped = dual_clip_cap(per_token_loss, advantages[mb], args.dual_clip)
+                clipped = clipped | capped
+                per_token_loss = per_token_loss * weights[mb]  # the sampler/trainer mismatch correction
+                if ref_logprobs is not None:
+                    kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
+                    per_token_loss = per_token_loss + args.kl_coef * kl
+                    stats["kl"] += float((kl * mask[mb]).sum()) / num_tokens / steps
+                loss = aggregate_loss(
+                    per_token_loss, mask[mb], args.loss_agg, len(rows), num_tokens, args.max_new_tokens
+                )
+                loss.backward()
+                stats["loss"] += loss.item() / steps
+                stats["clip_frac"] += float((clipped * mask[mb]).sum()) / num_tokens / steps
+                if update == 0:  # the first pass: the policy's entropy and its gap to the sampler
+                    sums = {"entropy": float((entropy * mask[mb]).sum()), **sampler_gap(old, rollout, mb)}
+                    for key, value in sums.items():
+                        stats[key] = stats.get(key, 0.0) + value / total_tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(grad_norm) / steps
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return {**stats, **stats_rc}
+
+
 # TRY NOT TO MODIFY: the training loop
 
 
@@ -379,233 +482,56 @@ def validate(args: Args) -> None:
     """Contradictory flags fail here, before anything is loaded."""
     if args.group_size < 2:
         raise SystemExit(f"--group-size must be >= 2 for a group-relative advantage, got {args.group_size}")
-    # Modification 4 (vs GRPO): the sampling flags must give every prompt a full final group
+    # Modification 6 (vs GRPO): the sampling flags must give every prompt a full final group
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
-    if args.max_samples < 0:
-        raise SystemExit(f"--max-samples must be >= 0 (0: no sample budget), got {args.max_samples}")
     if args.round_repeat < args.group_size:
         raise SystemExit(
-            f"--round-repeat ({args.round_repeat}) must be >= --group-size ({args.group_size}): one round must fill a group"
+            f"--round-repeat ({args.round_repeat}) must be >= --group-size ({args.group_size}): one round must "
+            "fill a group"
         )
     if args.temperature == 0:
         raise SystemExit("--temperature 0 draws the same completion every round; adaptive sampling needs > 0")
-    if args.micro_batch_size < 1 or args.prompts_per_step < 1 or args.num_steps < 0:
-        raise SystemExit("--micro-batch-size and --prompts-per-step must be >= 1 and --num-steps >= 0")
-    if args.updates_per_batch < 1:
-        raise SystemExit(f"--updates-per-batch must be >= 1, got {args.updates_per_batch}")
-    if args.tis_cap > 0 and args.temperature == 0:
-        raise SystemExit(
-            "--tis-cap needs sampled behaviour log-probs; it cannot be used with --temperature 0"
-        )
     check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
 
 
 def main(args: Args) -> dict:
     validate(args)
-    run_name = args.run_name or f"{args.exp_name}__{args.seed}"
-    run_dir = Path(args.output_dir) / run_name
-    check_writable(run_dir)
-    wall_start = time.time()
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-
-    # TRY NOT TO MODIFY: data, model, sampler, verifier
-    train_examples = load_examples(
-        args.dataset, "train", args.question_field, args.answer_field, seed=args.seed
-    )
-    eval_name = args.eval_dataset or ("math500" if args.dataset == "math" else args.dataset)
-    eval_examples = load_examples(
-        eval_name, "test", args.question_field, args.answer_field, limit=args.eval_problems
-    )
-    model, tokenizer = load_policy(
-        args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing
-    )
-    ref_model = None
-    if args.kl_coef > 0:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    run = Run(args)  # TRY NOT TO MODIFY: run directory, seeding, data, verifier (common/run.py)
+    model, tokenizer = load_policy(args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing)  # fmt: skip
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if args.kl_coef > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
-    )
-    sampler = make_sampler(
-        args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization
-    )
-    verifier = Verifier()
+    scheduler = warmup_scheduler(optimizer, args.warmup_steps)
+    sampler = make_sampler(args.rollout, model, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization)  # fmt: skip
+    run.start(model, tokenizer, optimizer, scheduler, sampler)  # TRY NOT TO MODIFY: resume, base evaluation
+    Q = args.prompts_per_step  # Modification 7 (vs GRPO): G = n completions are kept from each pool
 
-    def evaluate(n: int, desc: str) -> dict:
-        return evaluate_policy(
-            model, tokenizer, eval_examples, n=n, template=args.template, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, top_p=args.top_p, sampler=sampler, verifier=verifier, desc=desc,
-        )  # fmt: skip
+    for step in run.steps():  # TRY NOT TO MODIFY: progress, Ctrl-C, checkpoints, the sample budget
+        batch, prompts = run.next_batch(Q)  # TRY NOT TO MODIFY: this step's prompts
+        # ALGO LOGIC: Modification 7 (vs GRPO): sample in rounds, keep n per prompt, the pool-mean baseline
+        rollout, rewards, results, pool = adaptive_rollout(
+            sampler, run.verifier, prompts, [e.answer for e in batch], args, tokenizer.pad_token_id
+        )  # rewards [Q, G] of the kept completions
+        advantages = pool_mean_advantages(rewards, pool["positives"][:, None], pool["seen"][:, None])
+        advantages = advantages.view(-1).to(args.device)  # [B]
+        update = {"rollout": rollout, "advantages": advantages}
+        if ref_model is not None:
+            update["ref_logprobs"] = rollout_logprobs(ref_model, rollout, args.temperature, args.micro_batch_size)  # fmt: skip
+        stats = update_policy(model, optimizer, update, args)
+        scheduler.step()
+        sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
 
-    # TRY NOT TO MODIFY: resume
-    start_step, extra = 0, {}
-    if ckpt := resume_checkpoint(run_dir, args.resume):  # None: a fresh run
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        start_step, extra = state["step"], state["extra"]
-        sampler.update_weights(model)
-        print(f"resumed from {ckpt} (step {start_step})")
-    tracker = Tracker(
-        run_dir, asdict(args), args.track, args.wandb_project, run_name, start_step if ckpt else None
-    )
-    if "base_eval" not in extra:
-        extra["base_eval"] = evaluate(args.eval_n, "eval base")
-        extra["elapsed"] = extra["base_wall_time"] = time.time() - wall_start
-        tracker.log(0, {f"eval/pass@{k}": v for k, v in extra["base_eval"]["curve"].items()})
-    elapsed_before = extra["elapsed"]
-    session_start = time.time()
-    Q, G = args.prompts_per_step, args.group_size
-    extra.setdefault("samples_total", 0)  # every sample drawn so far, all rounds (for --max-samples)
-
-    progress = Progress(args.num_steps - start_step, desc="train")
-    with StopRequest() as stop:
-        for step in range(start_step + 1, args.num_steps + 1):
-            if args.max_samples and extra["samples_total"] >= args.max_samples:
-                break  # the sample budget was spent before this step (a resumed, finished run)
-            step_start = time.time()
-            # TRY NOT TO MODIFY: pick this step's prompts (a fresh permutation every epoch, so resume is exact)
-            epoch, offset = divmod((step - 1) * Q, len(train_examples))
-            order = torch.randperm(
-                len(train_examples), generator=torch.Generator().manual_seed(args.seed + epoch)
-            )
-            batch = [train_examples[i] for i in order.roll(-offset)[:Q].tolist()]
-            prompts = [build_prompt(e.question, args.template, tokenizer) for e in batch]
-
-            # Modification 5 (vs GRPO): multi-round adaptive sampling, G = n completions kept per prompt
-            rollout, rewards, results, pool = adaptive_rollout(
-                sampler, verifier, prompts, [e.answer for e in batch], args, tokenizer.pad_token_id
-            )  # rewards [Q, G]
-            extra["samples_total"] += int(pool["seen"].sum())
-            # the last step: --num-steps, or the one that spent the sample budget (it may overshoot by its rounds)
-            last = step == args.num_steps or 0 < args.max_samples <= extra["samples_total"]
-
-            # ALGO LOGIC: Modification 6 (vs GRPO): the pool-mean baseline over every sample drawn, no std
-            positives, seen = pool["positives"][:, None], pool["seen"][:, None]  # [Q, 1] each
-            advantages = pool_mean_advantages(rewards, positives, seen).view(-1).to(args.device)  # [B]
-
-            # ALGO LOGIC: the policy update (PPO-clip surrogate + optional KL), in micro-batches
-            mask = rollout.completion_mask  # [B, C]
-            B, C = mask.shape
-            num_tokens = int(mask.sum())
-            micro_batches = [slice(i, i + args.micro_batch_size) for i in range(0, B, args.micro_batch_size)]
-            old_logprobs = ref_logprobs = None
-            if args.updates_per_batch > 1 or args.kl_coef > 0:
-                with torch.no_grad():
-                    if args.updates_per_batch > 1:
-                        old_logprobs = torch.cat([completion_logprobs(model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature)[0] for mb in micro_batches])  # fmt: skip
-                    if ref_model is not None:
-                        ref_logprobs = torch.cat([completion_logprobs(ref_model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature)[0] for mb in micro_batches])  # fmt: skip
-            model.train()
-            stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "logprob_mismatch": 0.0}
-            for update in range(args.updates_per_batch):
-                for mb in micro_batches:
-                    logprobs, entropy = completion_logprobs(
-                        model,
-                        rollout.input_ids[mb],
-                        rollout.attention_mask[mb],
-                        C,
-                        args.temperature,
-                        with_entropy=True,
-                    )  # [b, C] each
-                    old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
-                    per_token_loss, clipped = clipped_surrogate(
-                        logprobs, old, advantages[mb], args.clip_low, args.clip_high
-                    )
-                    if args.tis_cap > 0:  # sampler/trainer mismatch correction
-                        per_token_loss = per_token_loss * truncated_is_weights(
-                            old, rollout.behavior_logprobs[mb], args.tis_cap
-                        )
-                    if ref_logprobs is not None:
-                        kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
-                        per_token_loss = per_token_loss + args.kl_coef * kl
-                        stats["kl"] += float((kl * mask[mb]).sum()) / num_tokens / args.updates_per_batch
-                    loss = aggregate_loss(
-                        per_token_loss, mask[mb], args.loss_agg, B, num_tokens, args.max_new_tokens
-                    )
-                    loss.backward()
-                    stats["loss"] += loss.item() / args.updates_per_batch
-                    stats["clip_frac"] += (
-                        float((clipped * mask[mb]).sum()) / num_tokens / args.updates_per_batch
-                    )
-                    if update == 0:
-                        stats["entropy"] += float((entropy * mask[mb]).sum()) / num_tokens
-                        gap = (logprobs.detach() - rollout.behavior_logprobs[mb]).abs()
-                        stats["logprob_mismatch"] += float((gap * mask[mb]).sum()) / num_tokens
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            sampler.update_weights(model)  # TRY NOT TO MODIFY: the sampler must see the new weights
-
-            # TRY NOT TO MODIFY: logging
-            lengths = mask.sum(-1)
-            metrics = {
-                # Modification 7 (vs GRPO): the first round's rewards are the on-policy success rate; the
-                # samples drawn and rounds used per prompt
-                "reward_mean": pool["first_rewards"].mean().item(),
-                "accuracy": pool["first_rewards"].mean().item(),
-                "kept_reward_mean": rewards.mean().item(),
-                "samples_generated": int(pool["seen"].sum()),
-                "samples_per_prompt_mean": pool["seen"].float().mean().item(),
-                "samples_per_prompt_max": int(pool["seen"].max()),
-                "rounds_mean": pool["rounds"].float().mean().item(),
-                "rounds_max": int(pool["rounds"].max()),
-                "fallback_frac": (~pool["exited"]).float().mean().item(),
-                "unparsed_frac": 1 - sum(r.parsed for r in results) / len(results),
-                "zero_std_frac": (rewards.std(dim=1) == 0).float().mean().item(),
-                "completion_len_mean": lengths.mean().item(),
-                "completion_len_max": lengths.max().item(),
-                "truncated_frac": rollout.truncated.float().mean().item(),
-                "grad_norm": float(grad_norm),
-                "lr": scheduler.get_last_lr()[0],
-                "step_time": time.time() - step_start,
-                "samples_per_s": int(pool["seen"].sum()) / (time.time() - step_start),
-                **stats,
-            }
-            if last:  # the final evaluation, with the full n
-                extra["final_eval"] = evaluate(args.eval_n, "eval final")
-                metrics.update({f"eval/pass@{k}": v for k, v in extra["final_eval"]["curve"].items()})
-            elif args.eval_every and step % args.eval_every == 0:
-                ev = evaluate(max(1, args.eval_n // 2), f"eval step {step}")
-                metrics.update({f"eval/pass@{k}": v for k, v in ev["curve"].items()})
-            tracker.log(step, metrics)
-            if args.log_completions_every and step % args.log_completions_every == 0:
-                tracker.log_completions(step, [
-                    {"prompt": prompts[i // G], "completion": rollout.completions[i], "answer": results[i].answer,
-                     "gold": batch[i // G].answer, "reward": rewards.view(-1)[i].item()}
-                    for i in range(0, B, G)
-                ])  # fmt: skip
-            progress.update(1, reward=metrics["reward_mean"], len=metrics["completion_len_mean"])
-
-            # TRY NOT TO MODIFY: checkpoint (periodically, at the end, and when asked to stop)
-            extra["elapsed"] = elapsed_before + time.time() - session_start
-            extra["steps_done"] = step
-            if step % args.save_every == 0 or last or stop.requested:
-                save_checkpoint(run_dir, step, model, optimizer, scheduler, extra, args.keep_last, tokenizer)
-            if stop.requested:
-                progress.close()
-                print(f"Stopped after step {step}. Resume with the same command plus --resume.")
-                tracker.close()
-                verifier.close()
-                raise SystemExit(130)
-            if last:
-                break
-    progress.close()
-
-    # TRY NOT TO MODIFY: before/after table, plots
-    final_eval = extra.get("final_eval") or evaluate(args.eval_n, "eval final")
-    total_time = elapsed_before + time.time() - session_start
-    report_before_after(
-        tracker, args.exp_name, extra.get("steps_done", start_step), extra["base_eval"], final_eval, eval_name,
-        extra["base_wall_time"], total_time,
-    )  # fmt: skip
-    tracker.close()
-    verifier.close()
-    return {"base": extra["base_eval"], "final": final_eval, "run_dir": str(run_dir)}
+        # Modification 7 (vs GRPO): the first round's share of right answers (on the policy), the rounds
+        stats.update(
+            first_round_accuracy=pool["first_rewards"].mean().item(),
+            samples_per_prompt_mean=pool["seen"].float().mean().item(),
+            samples_per_prompt_max=int(pool["seen"].max()),
+            rounds_mean=pool["rounds"].float().mean().item(),
+            rounds_max=int(pool["rounds"].max()),
+            fallback_frac=(~pool["exited"]).float().mean().item(),
+        )
+        run.log(step, rollout, results, rewards, stats, samples=int(pool["seen"].sum()))
+    return run.finish()  # TRY NOT TO MODIFY: the before/after table and plots
 
 
 if __name__ == "__main__":

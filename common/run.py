@@ -113,11 +113,14 @@ class Run:
         sampler,
         modules: dict[str, torch.nn.Module] | None = None,
         extra_eval: Callable[[int, str], dict[str, float]] | None = None,
+        before_training: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         """Resume from the newest checkpoint with ``--resume`` (``modules``: further trained modules, saved by
         name), open the tracker and evaluate the base policy. ``extra_eval(n, desc)`` returns further held-out
         measures of the policy (logged as given, e.g. ``{"eval/brier": ..}``) at every evaluation. Anything with
-        ``state_dict``/``load_state_dict`` can go in ``modules``: a second model's optimizer and scheduler too."""
+        ``state_dict``/``load_state_dict`` can go in ``modules``: a second model's optimizer and scheduler too.
+        ``before_training()``: a stage that runs once, on a fresh run, after the base evaluation (PPO's SFT
+        warm-up); the metrics it returns join the step-0 row, and its time is not counted as training time."""
         args = self.args
         self.model, self.tokenizer, self.optimizer, self.scheduler = model, tokenizer, optimizer, scheduler
         self.sampler, self.modules, self.extra_eval = sampler, modules or {}, extra_eval
@@ -138,6 +141,8 @@ class Run:
         if "base_eval" not in self.extra:
             self.extra["base_eval"], metrics = self.evaluate(args.eval_n, "eval base")
             self.extra["elapsed"] = self.extra["base_wall_time"] = time.time() - self.wall_start
+            if before_training is not None:
+                metrics.update(before_training())
             self.tracker.log(0, metrics)
         self.elapsed_before, self.session_start = self.extra["elapsed"], time.time()
 
@@ -184,9 +189,10 @@ class Run:
     def steps(self) -> Iterator[int]:
         """The training steps still to run. After each step's body: the checkpoint and the stop request."""
         args = self.args
-        if 0 < args.max_samples <= self.extra["samples_total"]:
-            return  # a resumed run that had already spent its sample budget: nothing is left to run
         progress = self.progress = Progress(args.num_steps - self.start_step, desc="train")
+        if 0 < args.max_samples <= self.extra["samples_total"]:  # a resumed run that had spent its budget
+            progress.close()
+            return
         with StopRequest() as stop:
             for step in range(self.start_step + 1, args.num_steps + 1):
                 self.step_start, self.step_examples, self.last = time.time(), [], step == args.num_steps

@@ -341,11 +341,11 @@ def critic_batch(seed: int, B: int = 8, T: int = 11):
 
 @check
 def gae_matches_verl():
-    """verl's compute_gae_advantage_return is (whiten(advantages), returns) of ppo.py's gae_advantages,
-    whiten being ppo.py's (verl's masked_whiten: unbiased variance, ε = 1e-8 under the root)."""
+    """verl's compute_gae_advantage_return is (masked_whiten(advantages), returns) of ppo.py's gae_advantages,
+    masked_whiten being ppo.py's (verl's: unbiased variance, ε = 1e-8 under the root)."""
     from verl.trainer.ppo.core_algos import compute_gae_advantage_return
 
-    from algos.ppo import gae_advantages, whiten
+    from algos.ppo import gae_advantages, masked_whiten
 
     for seed in SEEDS:
         rewards, values, _, mask = critic_batch(seed)
@@ -355,7 +355,7 @@ def gae_matches_verl():
             close(theirs_ret * mask, returns * mask, f"returns seed {seed} γ {gamma} λ {lam}")
             close(
                 theirs_adv * mask,
-                whiten(advantages, mask) * mask,
+                masked_whiten(advantages, mask) * mask,
                 f"advantages seed {seed} γ {gamma} λ {lam}",
             )
 
@@ -421,7 +421,7 @@ def ppo_token_policy_loss_and_kl_reward_match_verl():
         data, _ = apply_kl_penalty(data, FixedKLController(0.05), kl_penalty="kl")
         close(
             data.batch["token_level_rewards"],
-            kl_folded_rewards(scores, old, ref, mask, 0.05),
+            kl_folded_rewards(scores, old - ref, mask, 0.05),
             f"KL reward seed {seed}",
         )
 
