@@ -148,15 +148,15 @@ class Args:
     vllm_gpu_memory_utilization: float = 0.3
     """share of GPU memory vLLM may take (weights + KV cache) with --rollout vllm"""
     rollout_is: Literal["none", "token-tis", "seq-tis", "token-mis", "seq-mis", "icepop"] = "none"
-    """importance weights for the sampler/trainer mismatch, a function of π_old / π_sampler (common/rollout_correction.py)"""
+    """importance weight from ρ = π_old/π_sampler: token-tis/seq-tis truncate at C, token-mis/seq-mis/icepop mask outside [lo, C] (common/rollout_correction.py)"""
     rollout_is_threshold: float = 2.0
-    """upper bound of the ratio π_old / π_sampler: truncation (TIS) or mask (MIS, IcePop) threshold"""
-    rollout_is_threshold_low: float = 0.5
-    """lower bound of the ratio π_old / π_sampler below which MIS and IcePop mask a token or sequence"""
+    """C: upper bound of the importance weight (truncated at it by *-tis, masked above it by *-mis and icepop)"""
+    rollout_is_threshold_low: float | None = None
+    """lo: lower bound of the token-mis/seq-mis/icepop mask (None: none for *-mis, 1/C for icepop)"""
     rollout_rs: Literal["none", "opsm", "geo-mean", "k3"] = "none"
-    """rejection of sequences too far from the sampler (common/rollout_correction.py)"""
-    rollout_rs_threshold: float = 0.5
-    """δ: the rejection threshold of --rollout-rs"""
+    """reject whole sequences: opsm (negative advantage and KL to the sampler > δ), geo-mean (exp mean log ρ outside [1/τ, τ]), k3 (mean k3 > τ)"""
+    rollout_rs_threshold: float | None = None
+    """δ of opsm, τ of geo-mean and k3 (None: 0.1, 1.001, 0.01)"""
 
     # --- optimisation ---
     num_steps: int = 100
