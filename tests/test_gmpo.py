@@ -1,5 +1,6 @@
 """GMPO's loss against hand-computed values (the sign-aware log clip, the geometric mean and their gradients),
-the identity with grpo.py at ρ = 1, the clip firing in the default run, and one learning test."""
+the identity with grpo.py at ρ = 1, the update leaving GRPO's off the policy, and one learning test on the
+default run (its clip fires)."""
 
 import copy
 import json
@@ -142,26 +143,22 @@ def test_off_the_policy_the_update_leaves_grpos(batch_and_model):
     assert last > 0 and not torch.allclose(grads["gmpo"][last], grads["grpo"][last], rtol=1e-3, atol=1e-6)
 
 
-def test_the_log_clip_fires_in_the_default_run(tiny_world_dir, tmp_path):
-    """main() with the file's defaults (8 mini-batches, ε = 0.4, its warm-up) on the tiny world: the clip binds
-    on a small share of the tokens (measured: about 0.1-0.2 % of tokens per step from the second step)."""
-    from algos.gmpo import main
-
-    main(Args(num_steps=3, prompts_per_step=8, max_new_tokens=48, eval_problems=3, eval_n=1, eval_every=0,
-              save_every=1000, output_dir=str(tmp_path), run_name="mechanism"))  # fmt: skip
-    rows = [r for r in read_jsonl(tmp_path / "mechanism" / "metrics.jsonl") if "clip_frac" in r]
-    assert len(rows) == 3 and sum(r["clip_frac"] for r in rows) > 0, rows
-
-
 @pytest.mark.slow
-def test_gmpo_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
-    """LEARNING_TEST"""
+def test_gmpo_learns_on_the_tiny_world_and_its_clip_fires(tiny_world_dir, tmp_path):
+    """The defaults (8 mini-batches, ε = 0.4) on a short budget, 15 steps of 8 prompts x 8 samples, raise
+    held-out pass@1 over 60 problems x 4 samples by at least 0.05, and the sign-aware clip binds in several
+    steps: the mechanism fires in the default run. Measured (``./run.sh gmpo --num-steps 15 --prompts-per-step 8
+    --group-size 8 --max-new-tokens 64 --eval-problems 60 --eval-n 4 --eval-every 0 --seed S``): seed 1 0.338
+    -> 0.425 (+0.087), seed 2 0.358 -> 0.492 (+0.134), seed 3 0.292 -> 0.500 (+0.208); clip_frac above 0 in
+    10-12 of the 15 steps (up to 0.7 % of tokens); 22-24 CPU seconds each (one thread, evaluations included)."""
     from algos.gmpo import main
 
     out = main(
-        Args(num_steps=30, prompts_per_step=8, group_size=8, max_new_tokens=64, eval_problems=60, eval_n=4,
-             eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
+        Args(num_steps=15, prompts_per_step=8, group_size=8, max_new_tokens=64, eval_problems=60, eval_n=4,
+             eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=3)
     )  # fmt: skip
+    rows = [r for r in read_jsonl(tmp_path / "learn" / "metrics.jsonl") if "clip_frac" in r]
+    assert len(rows) == 15 and sum(r["clip_frac"] > 0 for r in rows) >= 5, [r["clip_frac"] for r in rows]
     gain = out["final"]["pass@1"] - out["base"]["pass@1"]
     print(json.dumps({"base": out["base"]["pass@1"], "final": out["final"]["pass@1"]}))
     assert gain >= 0.05, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"

@@ -1,5 +1,5 @@
 """GSPO's pure functions against hand-computed values, GSPO-token against GSPO, the identity with grpo.py at
-ρ = 1, the sequence clip firing in the default run, and one learning test."""
+ρ = 1, the clip acting off the policy, and one learning test on the default run (its clip fires)."""
 
 import copy
 import json
@@ -182,26 +182,22 @@ def test_off_the_policy_the_update_leaves_grpos(batch_and_model):
     assert not torch.allclose(grads["gspo"][3], grads["grpo"][3], rtol=1e-3, atol=1e-6)
 
 
-def test_the_sequence_clip_fires_in_the_default_run(tiny_world_dir, tmp_path):
-    """main() with the file's defaults (4 mini-batches, ε 3e-4/4e-4, its warm-up) on the tiny world, one step of
-    8 prompts: a share of the tokens is clipped from the first step on (measured: 0.25-0.45 per step)."""
-    from algos.gspo import main
-
-    main(Args(num_steps=1, prompts_per_step=8, max_new_tokens=48, eval_problems=3, eval_n=1, eval_every=0,
-              save_every=1000, output_dir=str(tmp_path), run_name="mechanism"))  # fmt: skip
-    rows = [r for r in read_jsonl(tmp_path / "mechanism" / "metrics.jsonl") if "clip_frac" in r]
-    assert len(rows) == 1 and rows[0]["clip_frac"] > 0.05, rows
-
-
 @pytest.mark.slow
-def test_gspo_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
-    """LEARNING_TEST"""
+def test_gspo_learns_on_the_tiny_world_and_its_clip_fires(tiny_world_dir, tmp_path):
+    """The defaults (4 mini-batches, ε 3e-4/4e-4) on a short budget, 15 steps of 8 prompts x 8 samples, raise
+    held-out pass@1 over 60 problems x 4 samples by at least 0.05, and the sequence clip binds on a share of
+    the tokens at every step: the mechanism fires in the default run. Measured (``./run.sh gspo --num-steps 15
+    --prompts-per-step 8 --group-size 8 --max-new-tokens 64 --eval-problems 60 --eval-n 4 --eval-every 0
+    --seed S``): seed 1 0.338 -> 0.396 (+0.058), seed 2 0.358 -> 0.500 (+0.142), seed 3 0.292 -> 0.446 (+0.154);
+    clip_frac 0.19-0.55 per step; 21-25 CPU seconds each (one thread, evaluations and start-up included)."""
     from algos.gspo import main
 
     out = main(
-        Args(num_steps=30, prompts_per_step=8, group_size=8, max_new_tokens=64, eval_problems=60, eval_n=4,
-             eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
+        Args(num_steps=15, prompts_per_step=8, group_size=8, max_new_tokens=64, eval_problems=60, eval_n=4,
+             eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=3)
     )  # fmt: skip
+    rows = [r for r in read_jsonl(tmp_path / "learn" / "metrics.jsonl") if "clip_frac" in r]
+    assert len(rows) == 15 and min(r["clip_frac"] for r in rows) > 0.05, [r["clip_frac"] for r in rows]
     gain = out["final"]["pass@1"] - out["base"]["pass@1"]
     print(json.dumps({"base": out["base"]["pass@1"], "final": out["final"]["pass@1"]}))
     assert gain >= 0.05, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"
