@@ -60,7 +60,12 @@ METHOD = MethodInfo(
     "mean that includes the sample gives (G - 1)/G of the true gradient",
     verl="yes: `rlvr_grpo` + `rlvr_clip` (Dr. GRPO: `rlvr_dr_grpo`)",
     contradiction=({"group_size": 1}, "--group-size must be >= 2"),
-    variants={"reinforce": ["--scale-rewards", "none", "--loss-agg", "seq-mean-token-sum-norm"]},
+    variants={
+        "reinforce": ["--scale-rewards", "none", "--loss-agg", "seq-mean-token-sum-norm"],
+        # off the policy, with the schedules of gspo.py (4 mini-batches) and gmpo.py (8): their claims' baseline
+        "grpo-mb4": ["--num-mini-batches", "4"],
+        "grpo-mb8": ["--num-mini-batches", "8"],
+    },
     compare_default=True,
 )
 

@@ -32,6 +32,8 @@ CHECKS = (
     "rollout_is_weights_match_verl",
     "rollout_rejection_matches_verl",
     "verl_presets_are_modes_of_the_menu",
+    "gspo_loss_matches_verl",
+    "gmpo_loss_matches_verl_geo_mean",
     "plugin_docstring_examples",
     "registries_resolve_our_names",
     "trainer_compute_advantage_returns_the_files_advantages",

@@ -128,6 +128,161 @@ def opsm_per_token_advantages_differ_from_trl_as_documented():
             assert not torch.equal(ours * mask, theirs * mask)
 
 
+# ------------------------------------------------------------------------------------------------------
+# GSPO and GMPO (issue 23): TRL's own _compute_loss, in a trainer built from its config, against the files
+# ------------------------------------------------------------------------------------------------------
+
+
+def tiny_trainer(trainer_class=None, config_class=None, **config):
+    """A GRPOTrainer (or ``trainer_class``) built from its config on a one-layer Qwen2 with the tiny world's
+    tokenizer (``common.tiny_world.build_tokenizer``), in train mode with one gradient-accumulation step, as its
+    ``training_step`` leaves it. Its ``_compute_loss`` is then called on prepared inputs: the per-token log-probs
+    come from ``set_logprobs`` (a leaf tensor, so the gradient is read off it) instead of a forward pass."""
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from common.tiny_world import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(
+        Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    num_key_value_heads=2, intermediate_size=32, max_position_embeddings=64)
+    )  # fmt: skip
+    args = (config_class or GRPOConfig)(
+        output_dir=tempfile.mkdtemp(), use_cpu=True, report_to=[], per_device_train_batch_size=4,
+        num_generations=4, save_strategy="no", beta=0.0, **config,
+    )  # fmt: skip
+    trainer = (trainer_class or GRPOTrainer)(
+        model=model,
+        reward_funcs=lambda completions, **kwargs: [0.0] * len(completions),
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": ["1+1="] * 8}),
+        processing_class=tokenizer,
+    )
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
+
+
+def trl_loss(trainer, logprobs, old, advantages, mask):
+    """TRL's loss and the gradient on ``logprobs [B, T]`` (π_θ), from ``trainer._compute_loss`` with
+    ``old_per_token_logps`` π_old, ``advantages [B]`` and ``completion_mask``; the forward pass is replaced by
+    the given log-probs (entropies 0)."""
+    B, T = mask.shape
+    leaf = logprobs.clone().requires_grad_()
+    trainer._get_per_token_logps_and_entropies = lambda *args, **kwargs: (leaf, torch.zeros(B, T), None)
+    inputs = {
+        "prompt_ids": torch.ones(B, 2, dtype=torch.long),
+        "prompt_mask": torch.ones(B, 2, dtype=torch.long),
+        "completion_ids": torch.ones(B, T, dtype=torch.long),
+        "completion_mask": mask.long(),
+        "advantages": advantages,
+        "old_per_token_logps": old,
+        "num_items_in_batch": mask.sum(),
+    }
+    trainer._metrics["train"].clear()
+    loss = trainer._compute_loss(trainer.model, inputs)
+    loss.backward()
+    return loss.detach(), leaf.grad
+
+
+def policy_batch(seed: int, spread: float, B: int = 12, T: int = 9):
+    """π_old and π_θ log-probs [B, T] (log-ratios spread·N(0, 1)), a ragged mask (one full row, one of length 1),
+    finite garbage on the padding of both, advantages [B] of both signs with one exact zero."""
+    generator = torch.Generator().manual_seed(700 + seed)
+    lengths = torch.randint(1, T + 1, (B,), generator=generator)
+    lengths[0], lengths[-1] = T, 1
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).float()
+    old = -3 * torch.rand(B, T, generator=generator)
+    new = old + spread * torch.randn(B, T, generator=generator)
+    padding = mask == 0
+    old = torch.where(padding, 5 * torch.randn(B, T, generator=generator), old)
+    new = torch.where(padding, 5 * torch.randn(B, T, generator=generator), new)
+    advantages = torch.randn(B, generator=generator)
+    advantages[1] = 0.0
+    return old, new, advantages, mask
+
+
+@check
+def gspo_matches_trl_sequence_importance_sampling():
+    """gspo.py (GSPO and --gspo-token) against TRL's ``importance_sampling_level="sequence"``, loss and gradient,
+    in every aggregation TRL honours with it: loss_type "grpo" (the paper's sequence mean; our
+    seq-mean-token-mean), "bnpo" (token-mean over the batch), "dr_grpo" (seq-mean-token-sum-norm, L_max =
+    max_completion_length) and "dapo" (token-mean over num_items_in_batch); the paper's ε 3e-4/4e-4 and a
+    wide 0.2/0.28, sequence ratios inside and outside the band. TRL's clip_ratio/region_mean (a share of
+    sequences at the sequence level) is the share of our rows whose clip binds."""
+    from algos.gspo import aggregate_loss, clipped_surrogate, sequence_log_ratio
+
+    modes = {"grpo": "seq-mean-token-mean", "bnpo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm",
+             "dapo": "token-mean"}  # fmt: skip
+    T = 9
+    for (low, high), spread in (((3e-4, 4e-4), 1e-3), ((0.2, 0.28), 0.4)):
+        for loss_type, mode in modes.items():
+            trainer = tiny_trainer(
+                loss_type=loss_type, importance_sampling_level="sequence", epsilon=low, epsilon_high=high,
+                max_completion_length=T,
+            )  # fmt: skip
+            shares = []
+            for seed in SEEDS:
+                old, new, advantages, mask = policy_batch(seed, spread, T=T)
+                theirs, their_grad = trl_loss(trainer, new, old, advantages, mask)
+                region = trainer._metrics["train"]["clip_ratio/region_mean"][-1]
+                for token in (False, True):
+                    leaf = new.clone().requires_grad_()
+                    log_ratio = sequence_log_ratio(leaf, old, mask, token)
+                    per_token, clipped = clipped_surrogate(log_ratio, 0 * log_ratio, advantages, low, high)
+                    ours = aggregate_loss(per_token, mask, mode, len(mask), int(mask.sum()), T)
+                    ours.backward()
+                    ours, our_grad = ours.detach(), leaf.grad
+                    what = f"{loss_type} ε {low}/{high} seed {seed} token {token}"
+                    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7), (
+                        f"loss {what}: {ours} vs {theirs}"
+                    )
+                    assert torch.allclose(our_grad, their_grad, rtol=1e-4, atol=1e-7), f"gradient {what}"
+                    assert abs(clipped[:, 0].float().mean().item() - region) < 1e-6, f"clip share {what}"
+                shares.append(region)
+            assert 0 < max(shares) < 1, (
+                f"{loss_type} ε {low}/{high}: every seed clipped all or none: {shares}"
+            )
+
+
+@check
+def gmpo_matches_trl_gmpo_trainer():
+    """gmpo.py's geometric_mean_surrogate + the mean over sequences against TRL's
+    ``experimental.gmpo.GMPOTrainer`` (GMPOConfig's default ε = 0.4 in log space, and ε = 0.2), loss and
+    gradient, with log-ratios beyond ±ε on both sides and an exact zero advantage; the clip share equals TRL's
+    clip_ratio/region_mean (both sign-aware, per token)."""
+    from trl.experimental.gmpo import GMPOConfig, GMPOTrainer
+
+    from algos.gmpo import aggregate_loss, geometric_mean_surrogate
+
+    for epsilon in (0.4, 0.2):
+        config = {} if epsilon == 0.4 else {"epsilon": epsilon}
+        trainer = tiny_trainer(GMPOTrainer, GMPOConfig, **config)
+        assert trainer.epsilon_low == trainer.epsilon_high == epsilon
+        for seed in SEEDS:
+            old, new, advantages, mask = policy_batch(seed, 0.5)
+            theirs, their_grad = trl_loss(trainer, new, old, advantages, mask)
+
+            leaf = new.clone().requires_grad_()
+            per_token, clipped = geometric_mean_surrogate(leaf, old, advantages, mask, epsilon)
+            ours = aggregate_loss(per_token, mask, "seq-mean-token-mean", len(mask), int(mask.sum()), 1)
+            ours.backward()
+            ours, our_grad = ours.detach(), leaf.grad
+            assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7), f"loss ε {epsilon} seed {seed}"
+            assert torch.allclose(our_grad, their_grad, rtol=1e-4, atol=1e-7), (
+                f"gradient ε {epsilon} seed {seed}"
+            )
+            share = ((clipped * mask).sum() / mask.sum()).item()
+            assert (
+                0 < share < 1 and abs(share - trainer._metrics["train"]["clip_ratio/region_mean"][-1]) < 1e-6
+            )
+
+
 def main() -> int:
     failures = 0
     for function in CHECKS:

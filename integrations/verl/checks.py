@@ -611,6 +611,119 @@ def verl_presets_are_modes_of_the_menu():
 
 
 # ------------------------------------------------------------------------------------------------------
+# GSPO and GMPO (issue 23): verl's own gspo and geo_mean losses against gspo.py and gmpo.py
+# ------------------------------------------------------------------------------------------------------
+
+
+def ratio_batch(seed: int, spread: float, B: int = 12, T: int = 10):
+    """π_old and π_θ log-probs [B, T] (log-ratios spread·N(0, 1)), a ragged mask, finite garbage on the padding
+    of both, advantages [B] of both signs with one exact zero."""
+    generator = torch.Generator().manual_seed(800 + seed)
+    mask = ragged_mask(generator, B, T)
+    old = -3 * torch.rand(B, T, generator=generator)
+    new = old + spread * torch.randn(B, T, generator=generator)
+    padding = mask == 0
+    old = torch.where(padding, 5 * torch.randn(B, T, generator=generator), old)
+    new = torch.where(padding, 5 * torch.randn(B, T, generator=generator), new)
+    advantages = torch.randn(B, generator=generator)
+    advantages[1] = 0.0
+    return old, new, advantages, mask
+
+
+@check
+def gspo_loss_matches_verl():
+    """gspo.py's sequence_log_ratio (GSPO and GSPO-token) + clipped_surrogate + aggregate_loss against verl's
+    compute_policy_loss_gspo, loss, gradient and clip fraction, in every aggregation verl honours
+    (token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm), whole batch and two
+    micro-batches with the global sizes; the paper's ε 3e-4/4e-4 with sequence ratios inside and outside the
+    band, and 0.2/0.28. verl clamps log s_i at 10 before the exponential; these ratios stay below it."""
+    from verl.trainer.ppo.core_algos import compute_policy_loss_gspo
+
+    from algos.gspo import aggregate_loss, clipped_surrogate, sequence_log_ratio
+
+    modes = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+    halves = (slice(0, 5), slice(5, None))
+    for (low, high), spread in (((3e-4, 4e-4), 1e-3), ((0.2, 0.28), 0.4)):
+        shares = []
+        for seed in SEEDS:
+            old, new, advantages, mask = ratio_batch(seed, spread)
+            B, T = mask.shape
+            tokens = int(mask.sum())
+            for mode in modes:
+                config = actor_config(low, high)
+                config.global_batch_info.update(loss_scale_factor=T)
+                a = new.clone().requires_grad_()
+                theirs, metrics = compute_policy_loss_gspo(
+                    old, a, advantages[:, None] * mask, mask, mode, config
+                )
+                theirs.backward()
+                split = actor_config(low, high)
+                split.global_batch_info.update(
+                    loss_scale_factor=T, batch_num_tokens=tokens, global_batch_size=B
+                )
+                theirs_split = sum(
+                    compute_policy_loss_gspo(old[h], new[h], advantages[h, None] * mask[h], mask[h], mode, split)[0]
+                    for h in halves
+                )  # fmt: skip
+                for token in (False, True):
+                    b = new.clone().requires_grad_()
+                    log_ratio = sequence_log_ratio(b, old, mask, token)
+                    per_token, clipped = clipped_surrogate(log_ratio, 0 * log_ratio, advantages, low, high)
+                    ours = aggregate_loss(per_token, mask, mode, B, tokens, T)
+                    ours.backward()
+                    what = f"{mode} ε {low}/{high} seed {seed} token {token}"
+                    close(theirs, ours, f"loss {what}")
+                    close(a.grad, b.grad, f"gradient {what}")
+                    close(theirs_split, ours, f"two micro-batches {what}")
+                    share = (clipped * mask).sum() / mask.sum()
+                    close(metrics["actor/pg_clipfrac"], share, f"clip fraction {what}")
+            shares.append(float(share))
+        assert 0 < max(shares) < 1, f"ε {low}/{high}: every seed clipped all tokens or none: {shares}"
+
+
+@check
+def gmpo_loss_matches_verl_geo_mean():
+    """gmpo.py's geometric_mean_surrogate + the mean over sequences against verl's compute_policy_loss_geo_mean
+    (clip_ratio_low = clip_ratio_high = ε, read by verl as log-space bounds), loss and gradient, ε 0.4 and 0.2,
+    log-ratios beyond ±ε on both sides, an exact zero advantage. verl ignores loss_agg_mode (a plain mean
+    over the local batch): checked in two modes. Difference on purpose, stated exactly: verl's
+    pg_clipfrac / pg_clipfrac_lower count every token with |log ρ| > ε under Â > 0 / Â < 0, also where the
+    sign-aware clip does not bind; ours counts only where it binds (log ρ > ε under Â > 0, < −ε under Â < 0)."""
+    from verl.trainer.ppo.core_algos import compute_policy_loss_geo_mean
+
+    from algos.gmpo import aggregate_loss, geometric_mean_surrogate
+
+    for epsilon in (0.4, 0.2):
+        for seed in SEEDS:
+            old, new, advantages, mask = ratio_batch(seed, 0.5)
+            B, T = mask.shape
+            b = new.clone().requires_grad_()
+            per_token, clipped = geometric_mean_surrogate(b, old, advantages, mask, epsilon)
+            ours = aggregate_loss(per_token, mask, "seq-mean-token-mean", B, int(mask.sum()), T)
+            ours.backward()
+            for mode in ("token-mean", "seq-mean-token-mean"):
+                a = new.clone().requires_grad_()
+                theirs, metrics = compute_policy_loss_geo_mean(
+                    old, a, advantages[:, None] * mask, mask, mode, actor_config(epsilon, epsilon)
+                )
+                theirs.backward()
+                what = f"ε {epsilon} seed {seed} {mode}"
+                close(theirs, ours, f"loss {what}")
+                close(a.grad, b.grad, f"gradient {what}")
+            log_ratio, positive, negative = new - old, advantages[:, None] > 0, advantages[:, None] < 0
+            outside = (log_ratio.abs() > epsilon) * mask
+            close(
+                metrics["actor/pg_clipfrac"], (outside * positive).sum() / mask.sum(), f"verl clipfrac {what}"
+            )
+            close(metrics["actor/pg_clipfrac_lower"], (outside * negative).sum() / mask.sum(), "lower")
+            binds = ((log_ratio > epsilon) & positive | (log_ratio < -epsilon) & negative) * mask
+            assert (
+                torch.equal(clipped * mask, binds)
+                and 0 < binds.sum() < (outside * (positive | negative)).sum()
+            )
+
+
+# ------------------------------------------------------------------------------------------------------
 # The plug-in (issue 16): verl's registries and entry points with our names
 # ------------------------------------------------------------------------------------------------------
 
