@@ -20,6 +20,9 @@ CHECKS = (
     "trl_is_the_pinned_version_with_the_documented_defaults",
     "opsm_matches_trl_get_off_policy_mask",
     "opsm_per_token_advantages_differ_from_trl_as_documented",
+    "trl_cispo_and_sapo_defaults_are_the_documented_ones",
+    "cispo_matches_trl_compute_loss",
+    "sapo_matches_trl_compute_loss",
 )
 
 
