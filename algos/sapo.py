@@ -33,7 +33,8 @@ Deviations / choices:
 - verl clamps log ρ to ±20 before exp, as here (so a gate's gradient never meets exp overflow); TRL does not,
   which differs only beyond e^±20. Both use τ_neg for Â = 0 (no gradient either way).
 - With one optimizer step per rollout batch ρ = 1, the gate's slope is 1, and the gradient is grpo.py's
-  (tested): SAPO acts only off the policy.
+  (tested): SAPO acts only off the policy. The variant ``sapo-ungated`` (τ = 0.001: a slope within 1e-6 of 1
+  for ρ in [0, 3]) is the same schedule with no trust region at all, ρ·Â: the ablation of the gate.
 """
 
 import copy
@@ -61,6 +62,9 @@ METHOD = MethodInfo(
     "std as GRPO); off the policy each token's gradient is scaled by 4 sigma (1 - sigma) <= 1, a soft trust region",
     verl="verl's own `sapo` loss (with `grpo` advantages), parity-tested",
     contradiction=({"tau_neg": 0.0}, "--tau-pos and --tau-neg must be > 0"),
+    variants={
+        "sapo-ungated": ["--tau-pos", "0.001", "--tau-neg", "0.001"]
+    },  # slope ~1: rho*A with no trust region
 )
 
 
