@@ -69,8 +69,8 @@ METHOD = MethodInfo(
     change="a clipped, detached IS weight times REINFORCE's -A log pi: no token loses its gradient; 16 updates/batch",
     gradient_tier=1,
     gradient_claim="at rho = 1 (one step per batch) equals GRPO with token-mean aggregation: REINFORCE with the "
-    "group z-score (biased by the std as GRPO); off the policy the weight is the importance ratio truncated at "
-    "1 + eps_high and detached, biased towards the sampling policy where it is capped",
+    "group z-score (biased by the std as GRPO); off the policy a truncated-IS estimate min(rho, 1 + eps_high) A "
+    "grad log pi, detached, biased where the cap binds (and per token: the prefix's ratio is ignored, as in PPO)",
     verl="verl's own `cispo` loss (with `grpo` advantages), parity-tested",
     contradiction=({"is_clip_high": -0.5}, "--is-clip-high must be >= 0"),
     variants={"cispo-masked": ["--token-mask", "--is-clip-high", "1e9"]},
