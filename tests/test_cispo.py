@@ -170,7 +170,8 @@ def test_the_mechanism_fires_in_the_default_run(tiny_world_dir, tmp_path):
 @pytest.mark.slow
 def test_cispo_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
     """30 steps of 8 prompts x 8 samples with the default 16 mini-batches (seed 1) raise held-out pass@1 (60
-    problems x 4 samples); measured: MEASURED."""
+    problems x 4 samples); measured: 0.338 -> 0.525 (+0.188; at 20 steps only +0.067, the learning rate being a
+    quarter of grpo.py's). About 43 CPU seconds on a loaded machine: 16 optimizer steps per batch."""
     out = cispo.main(
         Args(num_steps=30, prompts_per_step=8, group_size=8, max_new_tokens=64, eval_problems=60, eval_n=4,
              eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
