@@ -73,7 +73,11 @@ METHOD = MethodInfo(
     "grad log pi, detached, biased where the cap binds (and per token: the prefix's ratio is ignored, as in PPO)",
     verl="verl's own `cispo` loss (with `grpo` advantages), parity-tested",
     contradiction=({"is_clip_high": -0.5}, "--is-clip-high must be >= 0"),
-    variants={"cispo-masked": ["--token-mask", "--is-clip-high", "1e9"]},
+    variants={
+        "cispo-masked": ["--token-mask", "--is-clip-high", "1e9"],  # GRPO's gradient at CISPO's schedule
+        "cispo-lr1e-4": ["--learning-rate", "1e-4"],  # grpo.py's learning rate: 4x the default step per batch
+        "cispo-masked-lr1e-4": ["--token-mask", "--is-clip-high", "1e9", "--learning-rate", "1e-4"],
+    },
     smoke_flags=("--num-mini-batches=4",),
 )
 
