@@ -22,6 +22,9 @@ CHECKS = (
     "opsm_per_token_advantages_differ_from_trl_as_documented",
     "gspo_matches_trl_sequence_importance_sampling",
     "gmpo_matches_trl_gmpo_trainer",
+    "trl_cispo_and_sapo_defaults_are_the_documented_ones",
+    "cispo_matches_trl_compute_loss",
+    "sapo_matches_trl_compute_loss",
 )
 
 

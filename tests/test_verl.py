@@ -39,6 +39,8 @@ CHECKS = (
     "trainer_compute_advantage_returns_the_files_advantages",
     "policy_losses_through_get_policy_loss_fn",
     "docs_recipes_compose_with_verl_config",
+    "cispo_loss_matches_verl",
+    "sapo_loss_matches_verl",
 )
 
 

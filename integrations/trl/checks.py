@@ -283,6 +283,155 @@ def gmpo_matches_trl_gmpo_trainer():
             )
 
 
+# ------------------------------------------------------------------------------------------------------
+# CISPO and SAPO (algos/cispo.py, algos/sapo.py) against GRPOTrainer._compute_loss
+# ------------------------------------------------------------------------------------------------------
+
+
+def algo(name: str):
+    """``algos/<name>.py``. The files import tyro for their command line only; the TRL environment has none, so
+    an empty module stands in for it (nothing here parses a command line)."""
+    import importlib
+    import importlib.util
+    import types
+
+    if "tyro" not in sys.modules and importlib.util.find_spec("tyro") is None:
+        sys.modules["tyro"] = types.ModuleType("tyro")
+    return importlib.import_module(f"algos.{name}")
+
+
+def grpo_trainer(**config):
+    """A real GRPOTrainer (TRL's GRPOConfig with ``config``) around a one-layer Qwen2 with the tiny world's
+    tokenizer: its loss is called directly, nothing is generated or trained."""
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from common.tiny_world import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = Qwen2ForCausalLM(
+        Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    num_key_value_heads=2, intermediate_size=32, max_position_embeddings=64)
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = GRPOConfig(output_dir=output_dir, per_device_train_batch_size=4, num_generations=4,
+                          max_completion_length=8, report_to="none", use_cpu=True, bf16=False, **config)  # fmt: skip
+        return GRPOTrainer(model=model, reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
+                           train_dataset=Dataset.from_dict({"prompt": ["1+1="] * 8}), processing_class=tokenizer)  # fmt: skip
+
+
+def loss_batch(seed: int, spread: float, B: int = 10, T: int = 7):
+    """π_old and π_θ log-probs [B, T] (log-ratios spread·N(0, 1)), a ragged mask with one full row and one empty
+    row, and advantages [B] of both signs with zeros."""
+    generator = torch.Generator().manual_seed(700 + seed)
+    lengths = torch.randint(1, T + 1, (B,), generator=generator)
+    lengths[0], lengths[-1] = T, 0
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).float()
+    old = -3 * torch.rand(B, T, generator=generator)
+    new = old + spread * torch.randn(B, T, generator=generator)
+    advantages = torch.randn(B, generator=generator)
+    advantages[::3] = 0.0
+    return old, new, advantages, mask
+
+
+def trl_loss_and_metrics(trainer, old, new, advantages, mask, train: bool):
+    """GRPOTrainer._compute_loss on the batch, its policy's log-probs replaced by ``new`` (a leaf): the loss, its
+    gradient with respect to ``new``, and the trainer's logged metrics. In training mode with one gradient
+    accumulation step and one step per generation, as in eval mode, TRL divides by the local batch's counts."""
+    import collections
+
+    leaf = new.clone().requires_grad_()
+    trainer._get_per_token_logps_and_entropies = lambda *args, **kwargs: (leaf, torch.zeros_like(leaf), None)
+    trainer.model.train(train)
+    trainer.current_gradient_accumulation_steps = 1
+    trainer._metrics = {"train": collections.defaultdict(list), "eval": collections.defaultdict(list)}
+    B, T = mask.shape
+    inputs = {
+        "prompt_ids": torch.ones(B, 1, dtype=torch.long),
+        "prompt_mask": torch.ones(B, 1, dtype=torch.long),
+        "completion_ids": torch.ones(B, T, dtype=torch.long),
+        "completion_mask": mask,
+        "advantages": advantages,
+        "old_per_token_logps": old,
+        "num_items_in_batch": mask.sum(),
+    }
+    loss = trainer._compute_loss(trainer.model, inputs)
+    loss.backward()
+    return loss.detach(), leaf.grad, trainer._metrics["train" if train else "eval"]
+
+
+@check
+def trl_cispo_and_sapo_defaults_are_the_documented_ones():
+    """The TRL settings algos/cispo.py and algos/sapo.py quote: τ_pos 1.0, τ_neg 1.05 (the paper's); ε 0.2 and
+    ε_high None, so a ``loss_type="cispo"`` trainer left at its defaults caps every weight at ε = 0.2 (below 1:
+    TRL's docs recommend epsilon_high=5.0)."""
+    from trl import GRPOConfig
+
+    defaults = {field.name: field.default for field in dataclasses.fields(GRPOConfig)}
+    documented = {
+        "sapo_temperature_pos": 1.0,
+        "sapo_temperature_neg": 1.05,
+        "epsilon": 0.2,
+        "epsilon_high": None,
+    }
+    assert {name: defaults[name] for name in documented} == documented, defaults
+    assert grpo_trainer(loss_type="cispo").epsilon_high == 0.2
+
+
+@check
+def cispo_matches_trl_compute_loss():
+    """loss_type="cispo" against cispo.py: TRL clamps ρ at epsilon_high itself (no lower bound), i.e.
+    ``--is-clip-high epsilon_high − 1``, and normalises by the batch's tokens (``--loss-agg token-mean``). Losses
+    and gradients for epsilon_high 1.2 and 5.0, log-ratios 0.5 and 2·N(0, 1), training and eval mode. TRL's
+    ``cispo_clip_ratio`` counts capped tokens with A > 0 only (cispo.py's ``is_clip_frac`` counts all)."""
+    cispo = algo("cispo")
+    for epsilon_high in (1.2, 5.0):
+        trainer = grpo_trainer(loss_type="cispo", epsilon_high=epsilon_high)
+        for seed in SEEDS:
+            for spread in (0.5, 2.0):
+                old, new, advantages, mask = loss_batch(seed, spread)
+                B, T = mask.shape
+                for train in (True, False):
+                    theirs, their_grad, metrics = trl_loss_and_metrics(trainer, old, new, advantages, mask, train)
+                    leaf = new.clone().requires_grad_()
+                    per_token, capped = cispo.cispo_loss(leaf, old, advantages, None, epsilon_high - 1)
+                    ours = cispo.aggregate_loss(per_token, mask, "token-mean", B, int(mask.sum()), T)
+                    ours.backward()
+                    what = f"ε_high {epsilon_high} seed {seed} spread {spread} train {train}"
+                    assert torch.allclose(theirs, ours.detach(), rtol=1e-5, atol=1e-6), f"loss {what}"
+                    assert torch.allclose(their_grad, leaf.grad, rtol=1e-5, atol=1e-7), f"gradient {what}"
+                    positive = ((capped & (advantages[:, None] > 0)) * mask).sum() / mask.sum()
+                    assert abs(metrics["cispo_clip_ratio"][-1] - positive.item()) < 1e-6, f"clip ratio {what}"
+                    if epsilon_high == 1.2 and spread == 2.0:
+                        assert (capped * mask).sum() > ((capped & (advantages[:, None] > 0)) * mask).sum() > 0
+
+
+@check
+def sapo_matches_trl_compute_loss():
+    """loss_type="sapo" against sapo.py's soft_gated_surrogate + aggregate_loss("seq-mean-token-mean"): losses
+    and gradients for τ (1.0, 1.05) and (0.5, 2.0), log-ratios 0.5 and 4·N(0, 1), advantages with zeros (both
+    use τ_neg there), an empty row (both count it in the mean over sequences), training and eval mode."""
+    sapo = algo("sapo")
+    for tau_pos, tau_neg in ((1.0, 1.05), (0.5, 2.0)):
+        trainer = grpo_trainer(loss_type="sapo", sapo_temperature_pos=tau_pos, sapo_temperature_neg=tau_neg)
+        for seed in SEEDS:
+            for spread in (0.5, 4.0):
+                old, new, advantages, mask = loss_batch(seed, spread)
+                B, T = mask.shape
+                for train in (True, False):
+                    theirs, their_grad, _ = trl_loss_and_metrics(trainer, old, new, advantages, mask, train)
+                    leaf = new.clone().requires_grad_()
+                    per_token, _ = sapo.soft_gated_surrogate(leaf, old, advantages, tau_pos, tau_neg)
+                    ours = sapo.aggregate_loss(per_token, mask, "seq-mean-token-mean", B, int(mask.sum()), T)
+                    ours.backward()
+                    what = f"τ {tau_pos}/{tau_neg} seed {seed} spread {spread} train {train}"
+                    assert torch.allclose(theirs, ours.detach(), rtol=1e-5, atol=1e-6), f"loss {what}"
+                    assert torch.allclose(their_grad, leaf.grad, rtol=1e-5, atol=1e-7), f"gradient {what}"
+
+
 def main() -> int:
     failures = 0
     for function in CHECKS:

@@ -1060,6 +1060,95 @@ def docs_recipes_compose_with_verl_config():
     print(f"  {len(recipes)} recipes: {', '.join(sorted(recipes))}")
 
 
+# ------------------------------------------------------------------------------------------------------
+# CISPO and SAPO (algos/cispo.py, algos/sapo.py) against verl's own `cispo` and `sapo` losses
+# ------------------------------------------------------------------------------------------------------
+
+
+@check
+def cispo_loss_matches_verl():
+    """verl's `cispo` (get_policy_loss_fn, called as its ppo_loss calls it) against cispo.py's cispo_loss +
+    aggregate_loss in the four aggregations both honour, whole batch and as two micro-batches with the global
+    sizes: losses, gradients and the clipped share. verl bounds the weight by its PPO clip flags,
+    [1 − clip_ratio_low, 1 + clip_ratio_high]: (0.2, 0.2) is --is-clip-low 0.2 --is-clip-high 0.2, its example's
+    clip_ratio_low=10 is cispo.py's default of no lower bound, (0.2, 4) a cap of 5. Log-ratios 0.5·N(0, 1)
+    clamped to ±1 (inside verl's ±20 clamp), so every bound binds somewhere."""
+    import algos.cispo as cispo
+
+    modes = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+    for seed in SEEDS:
+        old, new, advantages, mask = logprob_batch(seed)
+        B, T = mask.shape
+        tokens = int(mask.sum())
+        for (low, high), ours_low in (((0.2, 0.2), 0.2), ((10.0, 0.2), None), ((0.2, 4.0), 0.2)):
+            for mode in modes:
+                config = actor_config(low, high, loss_scale_factor=T)
+                a, b = new.clone().requires_grad_(), new.clone().requires_grad_()
+                theirs, metrics = call_as_ppo_loss(
+                    "cispo", old, a, advantages[:, None] * mask, mask, mode, config
+                )
+                per_token, capped = cispo.cispo_loss(b, old, advantages, ours_low, high)
+                ours = cispo.aggregate_loss(per_token, mask, mode, B, tokens, T)
+                what = f"{mode} clip {low}/{high} seed {seed}"
+                close(theirs, ours, f"loss {what}")
+                theirs.backward(), ours.backward()
+                close(a.grad, b.grad, f"gradient {what}")
+                close(
+                    metrics["actor/pg_clipfrac"], (capped * mask).sum() / mask.sum(), f"clipped share {what}"
+                )
+                halves = (slice(0, 5), slice(5, B))
+                theirs = sum(
+                    call_as_ppo_loss("cispo", old[h], new[h], (advantages[:, None] * mask)[h], mask[h], mode,
+                                     actor_config(low, high, loss_scale_factor=T), tokens=tokens, sequences=B)[0]
+                    for h in halves
+                )  # fmt: skip
+                close(theirs, ours, f"two micro-batches {what}")
+            if high == 0.2:  # the cap binds (and with ε_low 0.2 the floor): a test of the bounds, not of 1
+                assert (capped * mask).sum() > 0, f"nothing clipped, seed {seed}"
+
+
+@check
+def sapo_loss_matches_verl():
+    """verl's `sapo` against sapo.py's soft_gated_surrogate + aggregate_loss("seq-mean-token-mean"): losses,
+    gradients, as two micro-batches with the global sizes, τ (1.0, 1.05) (both defaults) and (0.5, 2.0),
+    log-ratios 0.5·N(0, 1) clamped to ±1 and 4·N(0, 1) (verl and sapo.py clamp at ±20), advantages of both signs and zeros.
+    Difference on purpose: verl aggregates by seq-mean-token-mean whatever loss_agg_mode it is given; sapo.py's
+    --loss-agg stays a flag (its default is that), so verl's `sapo` given token-mean still equals ours at
+    seq-mean-token-mean and differs from ours at token-mean."""
+    import algos.sapo as sapo
+
+    for seed in SEEDS:
+        for spread in (0.5, 4.0):
+            old, new, advantages, mask = logprob_batch(seed, spread=spread)
+            advantages[::4] = 0.0
+            B, T = mask.shape
+            tokens = int(mask.sum())
+            for tau_pos, tau_neg in ((1.0, 1.05), (0.5, 2.0)):
+                for mode in ("seq-mean-token-mean", "token-mean"):
+                    config = actor_config(0.2, 0.2, tau_pos=tau_pos, tau_neg=tau_neg)
+                    a, b = new.clone().requires_grad_(), new.clone().requires_grad_()
+                    theirs, _ = call_as_ppo_loss(
+                        "sapo", old, a, advantages[:, None] * mask, mask, mode, config
+                    )
+                    per_token, _ = sapo.soft_gated_surrogate(b, old, advantages, tau_pos, tau_neg)
+                    ours = sapo.aggregate_loss(per_token, mask, "seq-mean-token-mean", B, tokens, T)
+                    what = f"τ {tau_pos}/{tau_neg} spread {spread} given {mode} seed {seed}"
+                    close(theirs, ours, f"loss {what}")
+                    theirs.backward(), ours.backward()
+                    close(a.grad, b.grad, f"gradient {what}")
+                    if mode == "token-mean":
+                        token_mean = sapo.aggregate_loss(per_token, mask, "token-mean", B, tokens, T)
+                        assert not torch.allclose(theirs.detach(), token_mean.detach()), what
+                halves = (slice(0, 5), slice(5, B))
+                theirs = sum(
+                    call_as_ppo_loss("sapo", old[h], new[h], (advantages[:, None] * mask)[h], mask[h],
+                                     "seq-mean-token-mean", actor_config(0.2, 0.2, tau_pos=tau_pos, tau_neg=tau_neg),
+                                     tokens=tokens, sequences=B)[0]
+                    for h in halves
+                )  # fmt: skip
+                close(theirs, ours, f"two micro-batches τ {tau_pos}/{tau_neg} seed {seed}")
+
+
 def main() -> int:
     failures = 0
     for function in CHECKS:
