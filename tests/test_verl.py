@@ -37,6 +37,8 @@ CHECKS = (
     "trainer_compute_advantage_returns_the_files_advantages",
     "policy_losses_through_get_policy_loss_fn",
     "docs_recipes_compose_with_verl_config",
+    "dppo_losses_match_verl",
+    "kimi_loss_matches_verl_dro",
 )
 
 
