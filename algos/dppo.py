@@ -266,7 +266,8 @@ def dppo_surrogate(
     low: float,  # δ_low (tv, kl) or ε_low (ratio): the bound for Â ≤ 0, whose tokens are pushed down
     high: float,  # δ_high (tv, kl) or ε_high (ratio): the bound for Â > 0, whose tokens are pushed up
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Modification 2 (vs GRPO): DPPO's per-token loss (to minimise) and the mask of tokens outside the trust region (no gradient).
+    """Modification 2 (vs GRPO): DPPO's per-token loss (to minimise) and the mask of the tokens outside the
+    trust region (they get no gradient).
 
     loss = −M · sg(ρ) · Â · log π_θ with ρ = exp(logprobs − old_logprobs); M = 0 where the token moved past
     the bound in the direction its advantage pushes it (module docstring). Probabilities 0.5 → 0.7 (ρ = 1.4)
