@@ -186,7 +186,10 @@ def test_dppo_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
     (seed 1), raise held-out pass@1 over 60 problems x 4 samples by at least 0.05, and the trust region masks
     tokens in the run (mean clip_frac > 0). Measured with these settings (``./run.sh dppo --num-steps 15
     --prompts-per-step 8 --group-size 8 --max-new-tokens 64 --eval-problems 60 --eval-n 4 --eval-every 0
-    --seed S``): MEASURED."""
+    --seed S``): seed 1 0.338 -> 0.492 (+0.154), seed 2 0.358 -> 0.429 (+0.071), seed 3 0.292 -> 0.479 (+0.187);
+    the smallest gain clears the bar by 0.021. The mask took tokens at 4 to 7 of the 15 steps (mean clip_frac
+    0.04 % to 0.07 %; the first steps warm up the learning rate). 23-25 CPU seconds each (one thread, evaluations
+    included); 12 steps at twice the learning rate saved 3 s and lost the margin (+0.025 for seed 2)."""
     from algos.dppo import main
     from common.tracking import read_jsonl
 
