@@ -117,7 +117,9 @@ def test_kimi_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
     """The defaults (τ = 0.1, 4 mini-batches) on a short budget, 15 steps of 8 prompts x 8 samples (seed 1), raise
     held-out pass@1 over 60 problems x 4 samples by at least 0.05. Measured with these settings (``./run.sh
     kimi --num-steps 15 --prompts-per-step 8 --group-size 8 --max-new-tokens 64 --eval-problems 60 --eval-n 4
-    --eval-every 0 --seed S``): MEASURED."""
+    --eval-every 0 --seed S``): seed 1 0.338 -> 0.412 (+0.074), seed 2 0.358 -> 0.492 (+0.134), seed 3 0.292 ->
+    0.475 (+0.183); the smallest gain clears the bar by 0.024. 23-24 CPU seconds each (one thread, evaluations
+    included)."""
     from algos.kimi import main
 
     out = main(
