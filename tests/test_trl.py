@@ -25,6 +25,7 @@ CHECKS = (
     "trl_cispo_and_sapo_defaults_are_the_documented_ones",
     "cispo_matches_trl_compute_loss",
     "sapo_matches_trl_compute_loss",
+    "trl_has_no_dppo_or_kimi_loss",
 )
 
 

@@ -41,6 +41,8 @@ CHECKS = (
     "docs_recipes_compose_with_verl_config",
     "cispo_loss_matches_verl",
     "sapo_loss_matches_verl",
+    "dppo_losses_match_verl",
+    "kimi_loss_matches_verl_dro",
 )
 
 

@@ -432,6 +432,26 @@ def sapo_matches_trl_compute_loss():
                     assert torch.allclose(their_grad, leaf.grad, rtol=1e-5, atol=1e-7), f"gradient {what}"
 
 
+@check
+def trl_has_no_dppo_or_kimi_loss():
+    """The Rosetta cells of dppo.py and kimi.py (issue 23): the pinned TRL computes neither loss. Its
+    GRPOTrainer branches on the loss types below (grpo and dapo, the default, are the fall-through), none of
+    them DPPO's divergence mask or Kimi's squared log-ratio, and it has no ``trl.experimental.dppo`` (a later
+    TRL adds that trainer; docs/methods/dppo.md describes it, read only)."""
+    import importlib.util
+    import inspect
+    import re
+
+    from trl.trainer import grpo_trainer
+
+    source = inspect.getsource(grpo_trainer)
+    branches = set(re.findall(r'loss_type == "(\w+)"', source))
+    assert branches == {"bnpo", "cispo", "dr_grpo", "luspo", "sapo", "vespo"}, branches
+    assert importlib.util.find_spec("trl.experimental.dppo") is None
+    assert not re.search(r"\b(dppo|kimi|dro_beta)\b", source, re.I)
+
+
+
 def main() -> int:
     failures = 0
     for function in CHECKS:

@@ -1149,6 +1149,136 @@ def sapo_loss_matches_verl():
                 close(theirs, ours, f"two micro-batches τ {tau_pos}/{tau_neg} seed {seed}")
 
 
+# ------------------------------------------------------------------------------------------------------
+# Parity (issue 23): dppo.py against verl's dppo_tv / dppo_kl, kimi.py against verl's dro
+# ------------------------------------------------------------------------------------------------------
+
+
+def dppo_config(low: float, high: float, T: int, **fields):
+    """An ActorConfig for DPPO: verl reads the divergence bounds from clip_ratio_low/high. clip_ratio_c off
+    (1e4, the DPPO recipe's): verl truncates sg(ρ) at it, dppo.py does not truncate."""
+    return actor_config(
+        low, high, clip_ratio_c=fields.pop("clip_ratio_c", 1e4), loss_scale_factor=T, **fields
+    )
+
+
+@check
+def dppo_losses_match_verl():
+    """dppo.py's dppo_surrogate + aggregate_loss against verl's dppo_tv and dppo_kl (fetched by name and called
+    as verl's ppo_loss calls them), symmetric and asymmetric bounds, every aggregation verl honours, whole
+    batch and as two micro-batches with the global sizes: loss, gradient and the masked share (verl's
+    pg_clipfrac). Log-ratios 0.5·N(0, 1) clamped to ±1 on probabilities e^-3..1 (log-probs clamped at 0), so
+    both masked and kept tokens occur. --divergence ratio has the gradient of verl's vanilla loss (its loss value differs: −min(ρÂ, ...)
+    against −sg(ρ)Â log π). Difference on purpose, stated exactly: verl's default clip_ratio_c (3.0) truncates
+    sg(ρ) at 3; at log-ratios 2·N(0, 1) verl's loss is dppo.py's with min(ρ, 3) in place of ρ."""
+    from algos.dppo import aggregate_loss, dppo_surrogate
+
+    modes = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+    cases = [("tv", "dppo_tv", 0.15, 0.15), ("tv", "dppo_tv", 0.1, 0.2)]
+    cases += [("kl", "dppo_kl", 0.05, 0.05), ("kl", "dppo_kl", 0.02, 0.08), ("ratio", "vanilla", 0.2, 0.28)]
+    outcomes = {case: set() for case in cases}
+    for seed in SEEDS:
+        old, new, advantages, mask = logprob_batch(seed)
+        new = new.clamp(max=0.0)  # log-probs, so that 1 − π_θ in the binary KL is never negative
+        B, T = mask.shape
+        tokens = int(mask.sum())
+        for case in cases:
+            divergence, name, low, high = case
+            for mode in modes:
+                config = dppo_config(low, high, T)
+                a, b = new.clone().requires_grad_(), new.clone().requires_grad_()
+                theirs, metrics = call_as_ppo_loss(
+                    name, old, a, advantages[:, None] * mask, mask, mode, config
+                )
+                per_token, masked = dppo_surrogate(b, old, advantages, divergence, low, high)
+                ours = aggregate_loss(per_token, mask, mode, B, tokens, T)
+                what = f"{name} {low}/{high} {mode} seed {seed}"
+                if divergence != "ratio":
+                    close(theirs, ours, f"loss {what}")
+                theirs.backward(), ours.backward()
+                close(a.grad, b.grad, f"gradient {what}")
+                close(metrics["actor/pg_clipfrac"], (masked * mask).sum() / tokens, f"masked share {what}")
+                outcomes[case] |= {bool(x) for x in masked[mask > 0]}
+                if divergence == "ratio":
+                    continue
+                halves = [slice(0, 5), slice(5, B)]
+                theirs = sum(
+                    call_as_ppo_loss(name, old[h], new[h], (advantages[:, None] * mask)[h], mask[h], mode,
+                                     dppo_config(low, high, T), tokens=tokens, sequences=B)[0]
+                    for h in halves
+                )  # fmt: skip
+                ours = sum(
+                    aggregate_loss(dppo_surrogate(new[h], old[h], advantages[h], divergence, low, high)[0],
+                                   mask[h], mode, B, tokens, T)
+                    for h in halves
+                )  # fmt: skip
+                close(theirs, ours, f"two micro-batches {what}")
+    assert all(seen == {True, False} for seen in outcomes.values()), outcomes
+    differed = set()
+    for seed in SEEDS:  # the truncation verl applies by default, exactly
+        old, new, advantages, mask = logprob_batch(seed, spread=2.0)
+        new = new.clamp(max=0.0)
+        ratio = torch.exp(new - old)
+        assert (ratio * mask > 3).any()
+        tokens, T = int(mask.sum()), mask.shape[1]
+        for divergence, name in (("tv", "dppo_tv"), ("kl", "dppo_kl")):
+            config = dppo_config(0.15, 0.15, T, clip_ratio_c=actor_config(0.2, 0.2).clip_ratio_c)
+            assert config.clip_ratio_c == 3.0
+            theirs, _ = call_as_ppo_loss(
+                name, old, new, advantages[:, None] * mask, mask, "token-mean", config
+            )
+            per_token, masked = dppo_surrogate(new, old, advantages, divergence, 0.15, 0.15)
+            truncated = -advantages[:, None] * ratio.clamp(max=3.0) * new * (~masked)
+            close(theirs, (truncated * mask).sum() / tokens, f"{name} truncated at 3, seed {seed}")
+            if (
+                (ratio > 3) & ~masked & (mask > 0) & (new < -0.01)
+            ).any():  # a kept token above 3: they differ
+                assert not torch.allclose(theirs, (per_token * mask).sum() / tokens)
+                differed.add(name)
+    assert differed == {"dppo_tv", "dppo_kl"}, differed
+
+
+@check
+def kimi_loss_matches_verl_dro():
+    """kimi.py's kimi_loss + aggregate_loss against verl's dro (policy_loss.dro_beta = τ), fetched by name and
+    called as verl's ppo_loss calls it, every aggregation verl honours, whole batch and as two micro-batches
+    with the global sizes: loss and gradient. At log-ratios up to ±1 the penalty is a visible part of both."""
+    from verl.workers.config.actor import PolicyLossConfig
+
+    from algos.kimi import aggregate_loss, kimi_loss
+
+    modes = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+    for seed in SEEDS:
+        old, new, advantages, mask = logprob_batch(seed)
+        B, T = mask.shape
+        tokens = int(mask.sum())
+        for tau in (0.1, 1.0):
+            for mode in modes:
+                policy_loss = PolicyLossConfig(loss_mode="dro", dro_beta=tau)
+                config = actor_config(0.2, 0.2, loss_scale_factor=T, policy_loss=policy_loss)
+                a, b = new.clone().requires_grad_(), new.clone().requires_grad_()
+                theirs, _ = call_as_ppo_loss("dro", old, a, advantages[:, None] * mask, mask, mode, config)
+                per_token, log_ratio_sq = kimi_loss(b, old, advantages, tau)
+                ours = aggregate_loss(per_token, mask, mode, B, tokens, T)
+                what = f"τ {tau} {mode} seed {seed}"
+                close(theirs, ours, f"loss {what}")
+                theirs.backward(), ours.backward()
+                close(a.grad, b.grad, f"gradient {what}")
+                penalty = aggregate_loss(tau / 2 * log_ratio_sq, mask, mode, B, tokens, T)
+                assert penalty > 0.01 * abs(ours), what
+                halves = [slice(0, 5), slice(5, B)]
+                theirs = sum(
+                    call_as_ppo_loss("dro", old[h], new[h], (advantages[:, None] * mask)[h], mask[h], mode, config,
+                                     tokens=tokens, sequences=B)[0]
+                    for h in halves
+                )  # fmt: skip
+                ours = sum(
+                    aggregate_loss(kimi_loss(new[h], old[h], advantages[h], tau)[0], mask[h], mode, B, tokens, T)
+                    for h in halves
+                )  # fmt: skip
+                close(theirs, ours, f"two micro-batches {what}")
+
+
 def main() -> int:
     failures = 0
     for function in CHECKS:
