@@ -54,6 +54,7 @@ harness prints its plan and a running estimate.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import importlib
 import json
@@ -127,7 +128,9 @@ def explanation_samples_per_prompt(method: str) -> int:
 
 @dataclass
 class Args:
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    methods: builtins.list[str] = field(
+        default_factory=lambda: list(DEFAULT_METHODS)
+    )  # the field `list` shadows list
     """configurations to compare: a file of algos/ by its name, or a variant its METHOD block names (--list
     prints them all); default: the files whose METHOD sets compare_default"""
     list: bool = False
