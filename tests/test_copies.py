@@ -9,7 +9,7 @@ import pytest
 
 ALGOS = Path(__file__).resolve().parent.parent / "algos"
 SHARED = ("k3_kl", "truncated_is_weights", "clipped_surrogate", "aggregate_loss")  # copied into most files
-SKELETON = ("validate", "main")  # every script's own: its flags and its training loop, never copies
+SKELETON = ("validate", "update_policy", "main")  # every script's own: its flags, its update, its loop
 
 
 def top_level_functions(path: Path) -> dict[str, str]:
