@@ -244,6 +244,29 @@ def clipped_surrogate(
     return per_token_loss, (clipped < unclipped).detach()
 
 
+def distillation_surrogate(
+    logprobs: torch.Tensor,  # [B, C] log π_θ of the sampled tokens
+    old_logprobs: torch.Tensor,  # [B, C] log π_old (detached)
+    teacher_logprobs: torch.Tensor,  # [B, C] log π_T of the same tokens (detached)
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Modification 4 (vs GRPO): grpo.py's clipped surrogate with each token its own row and its own advantage,
+    ``distillation_advantages``: the per-token loss ``[B, C]`` (to minimise) and the mask of clipped tokens.
+    At ρ = 1 (π_θ = π_old) the loss is −A and its gradient −A ∇log π_θ. A token the teacher finds twice as
+    likely (A = log 2) at ρ = 1.5 is clipped at 1.2 (loss −1.2 log 2 = −0.8318, no gradient):
+    >>> loss, clipped = distillation_surrogate(torch.log(torch.tensor([[0.3, 0.2]])), torch.log(torch.tensor([[0.2, 0.2]])),
+    ...                                        torch.log(torch.tensor([[0.6, 0.4]])), 0.2, 0.2)
+    >>> loss, clipped
+    (tensor([[-0.8318, -0.6931]]), tensor([[ True, False]]))
+    """
+    advantages = distillation_advantages(teacher_logprobs, logprobs)  # [B, C]
+    per_token_loss, clipped = clipped_surrogate(
+        logprobs.reshape(-1, 1), old_logprobs.reshape(-1, 1), advantages.reshape(-1), clip_low, clip_high
+    )  # [B·C, 1]: one token per row
+    return per_token_loss.view_as(logprobs), clipped.view_as(logprobs)
+
+
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0, 0 when equal).
 
@@ -308,10 +331,9 @@ def update_policy(model, optimizer, batch: dict, args: Args) -> dict[str, float]
             for mb in rows.split(args.micro_batch_size):
                 logprobs, entropy = completion_logprobs(model, rollout.input_ids[mb], rollout.attention_mask[mb], C, args.temperature, with_entropy=True)  # fmt: skip
                 old = old_logprobs[mb] if old_logprobs is not None else logprobs.detach()
-                # Modification 4 (vs GRPO): each token is its own row, with its own advantage
-                advantages = distillation_advantages(teacher_logprobs[mb], logprobs)  # [b, C]
-                per_token_loss, clipped = clipped_surrogate(logprobs.reshape(-1, 1), old.reshape(-1, 1), advantages.reshape(-1), args.clip_low, args.clip_high)  # fmt: skip
-                per_token_loss, clipped = per_token_loss.view_as(logprobs), clipped.view_as(logprobs)
+                per_token_loss, clipped = distillation_surrogate(  # Modification 4 (vs GRPO): per token
+                    logprobs, old, teacher_logprobs[mb], args.clip_low, args.clip_high
+                )
                 per_token_loss = per_token_loss * weights[mb]  # the sampler/trainer mismatch correction
                 if ref_logprobs is not None:
                     kl = k3_kl(logprobs, ref_logprobs[mb])  # [b, C]
