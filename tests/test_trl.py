@@ -20,6 +20,7 @@ CHECKS = (
     "trl_is_the_pinned_version_with_the_documented_defaults",
     "opsm_matches_trl_get_off_policy_mask",
     "opsm_per_token_advantages_differ_from_trl_as_documented",
+    "opd_gradient_matches_trl_iw_opd_at_gamma_0",
 )
 
 

@@ -37,6 +37,7 @@ CHECKS = (
     "trainer_compute_advantage_returns_the_files_advantages",
     "policy_losses_through_get_policy_loss_fn",
     "docs_recipes_compose_with_verl_config",
+    "opd_loss_matches_verl_distillation",
 )
 
 
