@@ -37,8 +37,9 @@ Deviations / choices:
 - The K = 0 group gets A = 0 (both terms dropped), as the paper's Algorithm 1 and prime-rl's ``max_rl``: its
   expected gradient is then ((1 − (1 − p)^N)/p − (1 − p)^(N−1)) ∇p per prompt, the truncated likelihood's
   minus a term that vanishes as N grows (the unbiased form keeps −(1/N) Σ_i ∇log π there).
-- The official code divides by (μ + 1e-6) and then every advantage by N; the exact (r − μ)/μ here (binary
-  rewards give μ ≥ 1/N), with no 1/N: a constant that Adam and the gradient clip absorb.
+- The official code divides by (μ + 1e-6) (an earlier release, github.com/Zanette-Labs/MaxRL, also divided
+  every advantage by N); the exact (r − μ)/μ here (binary rewards give μ ≥ 1/N), with no 1/N: a constant that
+  Adam and the gradient clip absorb.
 - Rewards must be non-negative (the verifier's 0/1); a group with μ ≤ 0 gets A = 0 (as prime-rl).
 """
 
