@@ -29,14 +29,16 @@ Modification 4: the clipped surrogate is taken per token (each token its own adv
 Modification 5: ``--group-size`` 1 is allowed (no group baseline); a teacher that is the student is refused.
 Modification 6: the reward logged as ``reward_mean`` is the sequence's log π_T − log π_sampler; ``teacher_kl``.
 
-Defaults run the CPU demo on the tiny built-in world (``./run.sh opd``) with grpo.py's budget and schedule
-(100 steps of 16 prompts × 8 samples, 80 new tokens, lr 1e-4: tiny world, not tuned): one optimizer step per
-batch, as the blog's code (``num_substeps`` 1, its "importance_sampling" loss); ``--num-mini-batches`` or
-``--updates-per-batch`` above 1 make the ratio and the clip act, as verl's mini-batches. The default teacher is
-the tiny world's own policy at temperature 0.3, a stronger policy of the same world with no training (the
-most likely result on each line is almost always right: held-out pass@1 0.33 at temperature 1, 0.58 at 0.3,
-docs/methods/opd.md); a trained teacher is a GRPO checkpoint made by the command on that page. On a GPU: any
-model with the student's tokenizer, at the sampling temperature. Paper-scale command lines: docs/methods/opd.md.
+Defaults run the CPU demo on the tiny built-in world with grpo.py's budget and schedule (100 steps of 16
+prompts × 8 samples, 80 new tokens, lr 1e-4: tiny world, not tuned): one optimizer step per batch, as the blog's
+code (``num_substeps`` 1, its "importance_sampling" loss); ``--num-mini-batches`` or ``--updates-per-batch``
+above 1 make the ratio and the clip act, as verl's mini-batches. The default teacher is a stronger policy of the
+same world, grpo.py's default run (held-out pass@1 about 0.55 against the base's 0.33), made once by
+
+    ./run.sh grpo --run-name opd-teacher --eval-every 0 --eval-problems 30 --eval-n 2 --save-every 100
+
+(about 4 CPU minutes; nothing is shipped); ``./run.sh opd`` without it says so in one line. On a GPU: any model
+with the student's tokenizer. Paper-scale command lines: docs/methods/opd.md.
 
 Deviations / choices:
 - The student's log-prob in A is the live π_θ (detached), as verl and prime-rl; the blog's code uses the
@@ -78,15 +80,8 @@ METHOD = MethodInfo(
     "fixed (discount 0), not of the sequence-level KL; checked exactly by enumeration on a one-token vocabulary",
     verl="verl's own: `distillation.enabled=True` with `distillation_loss.loss_mode=k1`, `use_policy_gradient=True`, "
     "`use_task_rewards=False` (equal to opd.py's loss, tested)",
-    contradiction=({"teacher_temperature": 1.0}, "is the student's own model at the sampling temperature"),
-    variants={
-        "opd-grpo-teacher": [
-            "--teacher-model",
-            "runs/opd-teacher/checkpoints/step-00000100/model",
-            "--teacher-temperature",
-            "1.0",
-        ]
-    },
+    contradiction=({"teacher_model": "tiny"}, "is the student's own model at the sampling temperature"),
+    smoke_flags=("--teacher-model=tiny",),  # the registry's short runs: the tiny world teaches a random model
 )
 
 
@@ -182,9 +177,9 @@ class Args:
     kl_coef: float = 0.0
     """β: weight of the k3 KL to the initial policy, a loss term; 0 loads no reference model"""
     # Modification 1 (vs GRPO): the teacher
-    teacher_model: str = "tiny"
-    """the teacher: a tiny world's name, a local directory or a Hugging Face model id, with the student's tokenizer"""
-    teacher_temperature: float = 0.3
+    teacher_model: str = "runs/opd-teacher/checkpoints/step-00000100/model"
+    """the teacher: a directory (a checkpoint's model/), a tiny world's name or a Hugging Face model id, with the student's tokenizer"""
+    teacher_temperature: float = 1.0
     """temperature of the teacher's log-probs, softmax(logits / T); below the sampling temperature a sharper teacher"""
     # Modification 2 (vs GRPO): no --scale-rewards (no reward in the loss)
     # Modification 3 (vs GRPO): token-mean is the default aggregation (verl's)
@@ -370,17 +365,18 @@ def validate(args: Args) -> None:
             "advantage would be 0; give a stronger model or a lower --teacher-temperature"
         )
     check_run_args(args)  # TRY NOT TO MODIFY: model path, data, template, shared flags
-    try:  # Modification 1 (vs GRPO): the teacher must load too (a tiny world is made ready here)
-        check_model_path(args.teacher_model, "--teacher-model")
-    except FileNotFoundError as error:
-        raise SystemExit(f"error: {error}") from None
-    if args.teacher_model in WORLD_NAMES:
-        ensure_world(args.teacher_model)
 
 
 def main(args: Args) -> dict:
     validate(args)
     run = Run(args)  # TRY NOT TO MODIFY: run directory, seeding, data, verifier (common/run.py)
+    try:  # Modification 1 (vs GRPO): the teacher exists (the default is made by the docstring's command)
+        check_model_path(args.teacher_model, "--teacher-model")
+    except FileNotFoundError as error:
+        raise SystemExit(f"error: {error}; the default teacher is made by ./run.sh grpo --run-name opd-teacher "
+                         "--eval-every 0 --eval-problems 30 --eval-n 2 --save-every 100 (docs/methods/opd.md)") from None  # fmt: skip
+    if args.teacher_model in WORLD_NAMES:
+        ensure_world(args.teacher_model)
     model, tokenizer = load_policy(args.model_name_or_path, args.dtype, args.device, args.gradient_checkpointing)  # fmt: skip
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if args.kl_coef > 0 else None
     # Modification 1 (vs GRPO): the frozen teacher, with the student's tokenizer

@@ -175,7 +175,7 @@ def test_mechanism_fires_in_the_default_run(tiny_world_dir, tmp_path):
 @pytest.mark.slow
 def test_maxrl_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
     """30 steps of 8 prompts x 8 samples (seed 1, its defaults) raise held-out pass@1 (60 problems x 4 samples);
-    measured: MEASURED."""
+    measured: 0.338 -> 0.496 (+0.158)."""
     from algos.maxrl import main
 
     out = main(

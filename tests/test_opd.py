@@ -62,15 +62,29 @@ def test_expected_gradient_is_the_reverse_kl_gradient_on_a_one_token_vocabulary(
 
 def test_bad_flags_fail_in_validate():
     with pytest.raises(SystemExit, match="is the student's own model at the sampling temperature"):
-        validate(Args(teacher_temperature=1.0))
+        validate(Args(teacher_model="tiny"))
     with pytest.raises(SystemExit, match="--teacher-temperature > 0"):
         validate(Args(teacher_temperature=0.0))
-    with pytest.raises(SystemExit, match="--teacher-model '/no/such/teacher': no such directory"):
-        validate(Args(teacher_model="/no/such/teacher"))
     validate(Args(group_size=1))  # no group baseline: one sample per prompt is enough
     validate(
-        Args(teacher_model="tiny", temperature=0.7, teacher_temperature=1.0)
-    )  # a sharper student: allowed
+        Args(teacher_model="tiny", teacher_temperature=0.5)
+    )  # the world's own policy, sharpened: allowed
+    validate(Args())  # the default teacher is made by a command; main() says how when it is missing
+
+
+def test_a_missing_teacher_says_how_to_make_the_default_before_any_model_loads(monkeypatch, tmp_path):
+    import algos.opd as opd
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the teacher was checked")
+
+    monkeypatch.setattr(opd, "load_policy", must_not_load)
+    missing = tmp_path / "no_teacher"
+    with pytest.raises(SystemExit) as exited:
+        opd.main(Args(teacher_model=str(missing), output_dir=str(tmp_path / "runs")))
+    message = str(exited.value.code)
+    assert f"--teacher-model '{missing}': no such directory" in message, message
+    assert "./run.sh grpo --run-name opd-teacher" in message and "\n" not in message
 
 
 class RecordingOptimizer:
@@ -131,13 +145,13 @@ def test_a_teacher_equal_to_the_student_gives_no_gradient(model_and_rollout):
 
 
 def test_mechanism_fires_in_the_default_run(random_model_dir, tmp_path):
-    """The default run (the tiny world's policy at temperature 0.3 as the teacher, one step per batch) with a
-    random student, shortened: the logged per-token KL to the teacher and the reward (−the sequences' KL) are
-    non-zero, every token is trained (the loss is not 0) and accuracy is still the verifier's."""
+    """The default schedule (one step per batch, token-mean) with a random student and the tiny world as its
+    teacher, shortened: the logged per-token KL to the teacher and the reward (−the sequences' KL) are non-zero,
+    every token is trained (the loss is not 0) and accuracy is still the verifier's."""
     from algos.opd import main
     from common.tracking import read_jsonl
 
-    main(Args(model_name_or_path=str(random_model_dir), num_steps=2, prompts_per_step=2, group_size=4,
+    main(Args(model_name_or_path=str(random_model_dir), teacher_model="tiny", num_steps=2, prompts_per_step=2, group_size=4,
               micro_batch_size=8, max_new_tokens=8, eval_problems=2, eval_n=2, eval_every=0, save_every=100,
               output_dir=str(tmp_path), run_name="d"))  # fmt: skip
     rows = [r for r in read_jsonl(tmp_path / "d" / "metrics.jsonl") if r["step"] > 0]
@@ -159,7 +173,7 @@ def test_a_grpo_checkpoint_is_a_teacher_and_another_tokenizer_is_refused(random_
                  eval_problems=2, eval_n=1, eval_every=0, save_every=1, output_dir=str(tmp_path))  # fmt: skip
     grpo.main(grpo.Args(model_name_or_path=str(random_model_dir), run_name="teacher", **small))
     teacher = tmp_path / "teacher" / "checkpoints" / "step-00000001" / "model"
-    out = main(Args(model_name_or_path=str(random_model_dir), teacher_model=str(teacher), teacher_temperature=1.0,
+    out = main(Args(model_name_or_path=str(random_model_dir), teacher_model=str(teacher),
                     run_name="student", **small))  # fmt: skip
     assert out["final"] is not None
 
@@ -183,20 +197,62 @@ def test_aggregation_is_token_mean_by_default():
     )  # (1 + 1 + 4)/3
 
 
+def slip_free_teacher(
+    out_dir, steps: int = 40, batch_size: int = 16, learning_rate: float = 3e-4, seed: int = 0
+):
+    """A stronger policy of the tiny world, made in seconds: the world's policy fine-tuned on the training split's
+    worked solutions, which never slip (its warm-up's had a 30% slip per line). 40 steps of 16 at lr 3e-4: held-out
+    pass@1 0.52 (60 problems × 2) against the base's 0.34. Saved like a checkpoint's model/ (weights + tokenizer)."""
+    from common.data import build_prompt, load_examples
+    from common.model import load_policy
+
+    model, tokenizer = load_policy("tiny")
+    examples = [e for e in load_examples("tiny", "train", seed=seed) if e.solution]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
+        pairs = [
+            (tokenizer(build_prompt(examples[i].question, "plain"), add_special_tokens=False)["input_ids"],
+             tokenizer(examples[i].solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+            for i in rows
+        ]  # fmt: skip
+        width = max(len(q) + len(a) for q, a in pairs)
+        ids = torch.full((batch_size, width), tokenizer.pad_token_id)
+        labels = torch.full((batch_size, width), -100)  # the prompt and the padding are no targets
+        attention = torch.zeros(batch_size, width, dtype=torch.long)
+        for b, (q, a) in enumerate(pairs):
+            ids[b, : len(q) + len(a)] = torch.tensor(q + a)
+            labels[b, len(q) : len(q) + len(a)] = torch.tensor(a)
+            attention[b, : len(q) + len(a)] = 1
+        model(input_ids=ids, attention_mask=attention, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
 @pytest.mark.slow
 def test_opd_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
-    """30 steps of 8 prompts x 8 samples (seed 1, its defaults: the world's policy at temperature 0.3 as the
-    teacher) raise held-out pass@1 (60 problems x 4 samples) and bring the student closer to the teacher;
-    measured: MEASURED."""
+    """A teacher made by a short training run (``slip_free_teacher``), then 20 steps of 8 prompts x 8 samples
+    (seed 1, the defaults otherwise): held-out pass@1 rises (60 problems x 4 samples) and the per-token KL to the
+    teacher falls; measured: 0.338 -> 0.538 (+0.200), the KL's mean over the first five steps 0.061, over the
+    last five 0.021."""
     from algos.opd import main
     from common.tracking import read_jsonl
 
+    teacher = slip_free_teacher(tmp_path / "teacher")
     out = main(
-        Args(num_steps=30, prompts_per_step=8, group_size=8, max_new_tokens=64, eval_problems=60, eval_n=4,
-             eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
+        Args(teacher_model=str(teacher), num_steps=20, prompts_per_step=8, group_size=8, max_new_tokens=64,
+             eval_problems=60, eval_n=4, eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn",
+             seed=1)
     )  # fmt: skip
     gain = out["final"]["pass@1"] - out["base"]["pass@1"]
     kl = [r["teacher_kl"] for r in read_jsonl(tmp_path / "learn" / "metrics.jsonl") if r["step"] > 0]
-    print(json.dumps({"base": out["base"]["pass@1"], "final": out["final"]["pass@1"], "kl": [kl[0], kl[-1]]}))
+    print(
+        json.dumps({"base": out["base"]["pass@1"], "final": out["final"]["pass@1"], "kl": [kl[:5], kl[-5:]]})
+    )
     assert gain >= 0.05, f"held-out pass@1 {out['base']['pass@1']:.3f} -> {out['final']['pass@1']:.3f}"
-    assert sum(kl[-5:]) < 0.5 * sum(kl[:5]), kl
+    assert sum(kl[-5:]) < 0.6 * sum(kl[:5]), kl
