@@ -45,8 +45,9 @@ Deviations / choices:
   sampler's (fixed for the batch): the same on the first optimizer step of a batch, up to the sampler's numerics.
 - Discount 0 (the blog's default ``kl_discount_factor``): each token's advantage is its own log-ratio, not a
   sum over the tokens after it.
-- No clamp of the advantage: verl clamps the per-token KL to ±10 by default (``loss_max_clamp``); tinker does
-  not. verl's vanilla loss also dual-clips ratios above 3 for negative advantages; the clip here is grpo.py's.
+- No clamp of the advantage, as tinker and verl's trainer config (``loss_max_clamp: null``; its config class
+  defaults to ±10). verl's vanilla loss also dual-clips ratios above 3 for negative advantages; the clip here is
+  grpo.py's.
 - Pure distillation: the verifier's reward is not in the loss (verl's ``use_task_rewards`` adds a GRPO loss; the
   blog adds environment rewards to the advantage when there are any).
 """

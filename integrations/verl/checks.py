@@ -985,9 +985,9 @@ def opd_loss_matches_verl_distillation():
     the advantage −(log π_θ − log π_T), detached, through its vanilla PPO loss at clip 0.2/0.2 and 0.2/0.28)
     against opd.py's distillation_surrogate + aggregate_loss: losses, gradients and the clipped share in the
     four aggregations, and as two micro-batches with the global sizes. π_θ ≠ π_old (log-ratios 0.5·N(0, 1)
-    clamped to ±1, below dual-clip's c = 3) and teacher log-probs 0.7·N(0, 1) from π_old. verl's default
-    ``loss_max_clamp`` of 10 on the per-token KL is set to None here (opd.py has no clamp); with it the two
-    agree wherever |log π_θ − log π_T| < 10, which holds for every token here, and is checked too."""
+    clamped to ±1, below dual-clip's c = 3) and teacher log-probs 0.7·N(0, 1) from π_old. ``loss_max_clamp`` None
+    (verl's trainer config; opd.py has no clamp) and 10 (its config class's default), which binds only where
+    |log π_θ − log π_T| ≥ 10, never here."""
     from verl.trainer.distillation.losses import distillation_loss
     from verl.workers.config import DistillationConfig, DistillationLossConfig
 
