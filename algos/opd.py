@@ -82,7 +82,8 @@ METHOD = MethodInfo(
     verl="verl's own: `distillation.enabled=True` with `distillation_loss.loss_mode=k1`, `use_policy_gradient=True`, "
     "`use_task_rewards=False` (equal to opd.py's loss, tested)",
     contradiction=({"teacher_model": "tiny"}, "is the student's own model at the sampling temperature"),
-    smoke_flags=("--teacher-model=tiny",),  # the registry's short runs: the tiny world teaches a random model
+    # the registry's short runs: the tiny world, sharpened, teaches (a random model, or the tiny world itself)
+    smoke_flags=("--teacher-model=tiny", "--teacher-temperature=0.5"),
 )
 
 
