@@ -33,7 +33,7 @@ Defaults run the CPU demo on the tiny built-in world with grpo.py's budget and s
 prompts × 8 samples, 80 new tokens, lr 1e-4: tiny world, not tuned): one optimizer step per batch, as the blog's
 code (``num_substeps`` 1, its "importance_sampling" loss); ``--num-mini-batches`` or ``--updates-per-batch``
 above 1 make the ratio and the clip act, as verl's mini-batches. The default teacher is a stronger policy of the
-same world, grpo.py's default run (held-out pass@1 about 0.55 against the base's 0.33), made once by
+same world, grpo.py's default run (held-out pass@1 0.566 against the base's 0.334), made once by
 
     ./run.sh grpo --run-name opd-teacher --eval-every 0 --eval-problems 30 --eval-n 2 --save-every 100
 
