@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from smoke import smoke_args
 
 import common.run
-from algos import bnpo, dapo, expo, grpo, nsr, oreal, topr
+from algos import bnpo, dapo, expo, grpo, maxrl, nsr, opd, oreal, topr
 from common.registry import methods
 
 PROPERTY = settings(max_examples=60, deadline=None)
@@ -325,6 +325,45 @@ def test_dapo_dynamic_sampling_never_overfills_and_stops_when_full(rounds, num_g
     for mask, accuracy in zip(masks, rounds):
         assert not (mask & ~dapo.keep_groups(accuracy)).any()  # only groups of mixed accuracy are trained
     assert kept >= sum(trained)
+
+
+# ---------------------------------------------------------------------------------------------------
+# MaxRL and on-policy distillation
+# ---------------------------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(rewards=binary_rewards())
+def test_maxrl_advantages_are_finite_sum_to_zero_and_vanish_without_a_right_answer(rewards):
+    advantages = maxrl.maxrl_advantages(rewards)
+    assert finite(advantages)
+    assert torch.allclose(advantages.sum(dim=1), torch.zeros(len(rewards)), atol=1e-4)
+    uniform = (rewards == rewards[:, :1]).all(dim=1)
+    assert (advantages[uniform] == 0).all()
+    G = rewards.shape[1]
+    right = rewards > 0
+    K = right.sum(dim=1, keepdim=True).float()
+    expected = torch.where(K > 0, G / K.clamp(min=1) - 1, 0.0).expand_as(
+        rewards
+    )  # N/K − 1 for a right answer
+    assert torch.allclose(advantages[right], expected[right], atol=1e-4)
+
+
+@PROPERTY
+@given(batch=token_batch(), clip=st.floats(0.0, 0.5))
+def test_distillation_loss_is_finite_and_micro_batches_add_up(batch, clip):
+    B, mask = batch["B"], batch["mask"]
+    logprobs = batch["logprobs"].clone().requires_grad_(True)
+    per_token_loss, _ = opd.distillation_surrogate(logprobs, batch["old"], batch["ref"], clip, clip)
+    tokens = int(mask.sum())
+    full = opd.aggregate_loss(per_token_loss, mask, "token-mean", B, tokens, batch["C"])
+    full.backward()
+    assert finite(per_token_loss, full, logprobs.grad)
+    parts = sum(
+        opd.aggregate_loss(per_token_loss[s], mask[s], "token-mean", B, tokens, batch["C"])
+        for s in micro_batches(B, 2)
+    )
+    assert math.isclose(float(parts), float(full), rel_tol=1e-4, abs_tol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ CHECKS = (
     "cispo_matches_trl_compute_loss",
     "sapo_matches_trl_compute_loss",
     "trl_has_no_dppo_or_kimi_loss",
+    "opd_gradient_matches_trl_iw_opd_at_gamma_0",
 )
 
 

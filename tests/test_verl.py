@@ -43,6 +43,7 @@ CHECKS = (
     "sapo_loss_matches_verl",
     "dppo_losses_match_verl",
     "kimi_loss_matches_verl_dro",
+    "opd_loss_matches_verl_distillation",
 )
 
 

@@ -452,6 +452,69 @@ def trl_has_no_dppo_or_kimi_loss():
 
 
 
+# ------------------------------------------------------------------------------------------------------
+# On-policy distillation (algos/opd.py) against TRL's sampled-token IW-OPD loss at γ = 0
+# ------------------------------------------------------------------------------------------------------
+
+
+def iw_opd_loss(logits, tokens, mask, teacher, temperature: float, gamma: float):
+    """TRL's ``IWOPDTrainer._compute_iw_opd_loss`` (trl/experimental/iw_opd) on prepared inputs, called on a
+    stand-in for the trainer that carries the attributes the method reads; ``rollout_logprobs`` None (the live
+    student's log-probs, as TRL does when the rollout's are not kept)."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from trl.experimental.iw_opd.iw_opd_trainer import IWOPDTrainer
+
+    trainer = SimpleNamespace(
+        temperature=temperature, iw_opd_gamma=gamma, iw_opd_epsilon=1e-8, model=torch.nn.Module(),
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+    )  # fmt: skip
+    labels = torch.where(mask.bool(), tokens, torch.full_like(tokens, -100))
+    return IWOPDTrainer._compute_iw_opd_loss(trainer, logits, tokens, labels, teacher)
+
+
+@check
+def opd_gradient_matches_trl_iw_opd_at_gamma_0():
+    """TRL's IW-OPD loss with γ = 0 (every weight 1) is −sg(log π_T − log π_θ)·log π_θ, token-mean over the
+    batch: the REINFORCE form of opd.py's per-token advantage. At ρ = 1 (π_old = π_θ) opd.py's
+    distillation_surrogate + aggregate_loss("token-mean") has the same gradient with respect to the logits
+    (random logits [B, T, V] at temperature 0.7, teacher log-probs 0.7·N(0, 1) from the student's, ragged
+    masks); the loss values differ by design (−A·ρ against −A·log π). With γ = 0.5 TRL reweights each token
+    by 1 + γ(1 − its share of the row's |A| so far), a different method, and the gradients differ. (opd.py
+    imports tyro for its command line only; the TRL environment has none, so an empty module stands in.)"""
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("tyro") is None:
+        sys.modules.setdefault("tyro", types.ModuleType("tyro"))
+    import algos.opd as opd
+
+    for seed in SEEDS:
+        generator = torch.Generator().manual_seed(700 + seed)
+        B, T, V, temperature = 6, 8, 11, 0.7
+        logits = torch.randn(B, T, V, generator=generator)
+        tokens = torch.randint(0, V, (B, T), generator=generator)
+        lengths = torch.randint(1, T + 1, (B,), generator=generator)
+        lengths[0], lengths[-1] = T, 1
+        mask = (torch.arange(T)[None, :] < lengths[:, None]).float()
+        student = torch.log_softmax(logits / temperature, -1).gather(-1, tokens[..., None])[..., 0]
+        teacher = student + 0.7 * torch.randn(B, T, generator=generator)
+        gradients = {}
+        for gamma in (0.0, 0.5):
+            theirs_logits = logits.clone().requires_grad_()
+            iw_opd_loss(theirs_logits, tokens, mask, teacher, temperature, gamma).backward()
+            gradients[gamma] = theirs_logits.grad
+        ours_logits = logits.clone().requires_grad_()
+        logprobs = torch.log_softmax(ours_logits / temperature, -1).gather(-1, tokens[..., None])[..., 0]
+        per_token, clipped = opd.distillation_surrogate(logprobs, logprobs.detach(), teacher, 0.2, 0.2)
+        opd.aggregate_loss(per_token, mask, "token-mean", B, int(mask.sum()), T).backward()
+        assert not clipped.any(), "ρ = 1 clips nothing"
+        error = (ours_logits.grad - gradients[0.0]).abs().max().item()
+        assert error < 1e-6, f"seed {seed}: max |gradient difference| {error}"
+        assert (ours_logits.grad - gradients[0.5]).abs().max().item() > 1e-3, "γ = 0.5 should differ"
+
+
 def main() -> int:
     failures = 0
     for function in CHECKS:

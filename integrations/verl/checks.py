@@ -1279,6 +1279,102 @@ def kimi_loss_matches_verl_dro():
                 close(theirs, ours, f"two micro-batches {what}")
 
 
+# ------------------------------------------------------------------------------------------------------
+# On-policy distillation (algos/opd.py) against verl's own distillation loss (k1 through its PPO loss)
+# ------------------------------------------------------------------------------------------------------
+
+
+def distillation_data(old, teacher, mask, prompt_length: int = 3, tokens=None, sequences=None):
+    """verl's micro-batch TensorDict for ``distillation_loss``: prompts, responses, attention and response masks,
+    π_old [B, T] padded, and the teacher's log-probs in verl's packed layout (every row's prompt and response
+    tokens back to back, the response's values shifted left by one, as ``no_padding_2_padding`` reads them).
+    ``tokens``/``sequences``: the global batch's counts (default: this micro-batch's)."""
+    from tensordict import TensorDict
+
+    B, T = mask.shape
+    data = TensorDict(
+        {
+            "prompts": torch.ones(B, prompt_length, dtype=torch.long),
+            "responses": torch.ones(B, T, dtype=torch.long),
+            "attention_mask": torch.cat([torch.ones(B, prompt_length), mask], 1).long(),
+            "response_mask": mask.bool(),
+            "old_log_probs": old,
+            "teacher_logprobs": packed(teacher, mask, prompt_length),
+        },
+        batch_size=[],
+    )
+    data["dp_size"] = 1
+    data["batch_num_tokens"] = int(mask.sum()) if tokens is None else tokens
+    data["global_batch_size"] = B if sequences is None else sequences
+    return data
+
+
+def packed(values, mask, prompt_length: int) -> torch.Tensor:
+    """[B, T] response values -> verl's packed [Σ (P + L_b)] model-output layout (differentiable)."""
+    rows = []
+    for b in range(len(mask)):
+        length = int(mask[b].sum())
+        rows += [values.new_zeros(prompt_length - 1), values[b, :length], values.new_zeros(1)]
+    return torch.cat(rows)
+
+
+@check
+def opd_loss_matches_verl_distillation():
+    """verl's ``distillation_loss`` (``loss_mode=k1``, ``use_policy_gradient=True``, ``use_task_rewards=False``:
+    the advantage −(log π_θ − log π_T), detached, through its vanilla PPO loss at clip 0.2/0.2 and 0.2/0.28)
+    against opd.py's distillation_surrogate + aggregate_loss: losses, gradients and the clipped share in the
+    four aggregations, and as two micro-batches with the global sizes. π_θ ≠ π_old (log-ratios 0.5·N(0, 1)
+    clamped to ±1, below dual-clip's c = 3) and teacher log-probs 0.7·N(0, 1) from π_old. ``loss_max_clamp`` None
+    (verl's trainer config; opd.py has no clamp) and 10 (its config class's default), which binds only where
+    |log π_θ − log π_T| ≥ 10, never here."""
+    from verl.trainer.distillation.losses import distillation_loss
+    from verl.workers.config import DistillationConfig, DistillationLossConfig
+
+    import algos.opd as opd
+
+    modes = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+    for seed in SEEDS:
+        old, new, _, mask = logprob_batch(seed)
+        teacher = old + 0.7 * torch.randn(old.shape, generator=torch.Generator().manual_seed(300 + seed))
+        B, T = mask.shape
+        tokens = int(mask.sum())
+        for low, high in ((0.2, 0.2), (0.2, 0.28)):
+            for clamp in (None, 10.0):
+                loss_config = DistillationLossConfig(
+                    loss_mode="k1", use_policy_gradient=True, use_task_rewards=False, loss_max_clamp=clamp,
+                    clip_ratio=low, clip_ratio_low=low, clip_ratio_high=high,
+                )  # fmt: skip
+                distillation = DistillationConfig(enabled=False, distillation_loss=loss_config)
+                for mode in modes:
+                    config = actor_config(low, high, loss_scale_factor=T, loss_agg_mode=mode)
+                    a, b = new.clone().requires_grad_(), new.clone().requires_grad_()
+                    theirs, metrics = distillation_loss(
+                        config,
+                        distillation,
+                        {"log_probs": packed(a, mask, 3)},
+                        distillation_data(old, teacher, mask),
+                    )
+                    per_token, clipped = opd.distillation_surrogate(b, old, teacher, low, high)
+                    ours = opd.aggregate_loss(per_token, mask, mode, B, tokens, T)
+                    what = f"{mode} clip {low}/{high} clamp {clamp} seed {seed}"
+                    close(theirs, ours, f"loss {what}")
+                    theirs.backward(), ours.backward()
+                    close(a.grad, b.grad, f"gradient {what}")
+                    share = (clipped * mask).sum() / mask.sum()
+                    close(metrics["distillation/pg_clipfrac"], share, f"clipped share {what}")
+                    halves = (slice(0, 5), slice(5, B))
+                    theirs = sum(
+                        distillation_loss(
+                            actor_config(low, high, loss_scale_factor=T, loss_agg_mode=mode), distillation,
+                            {"log_probs": packed(new[h], mask[h], 3)},
+                            distillation_data(old[h], teacher[h], mask[h], tokens=tokens, sequences=B),
+                        )[0]
+                        for h in halves
+                    )  # fmt: skip
+                    close(theirs, ours, f"two micro-batches {what}")
+            assert share > 0, f"nothing clipped, seed {seed}: a test of the clip, not of ρ = 1"
+
+
 def main() -> int:
     failures = 0
     for function in CHECKS:
