@@ -1,8 +1,7 @@
 """GRPO: Group Relative Policy Optimization — the reference file every other algorithm is diffed against.
 
 Paper: Shao et al., "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models",
-arXiv 2402.03300 (Section 4.1). Dr. GRPO variant: Liu et al., "Understanding R1-Zero-Like Training:
-A Critical Perspective", arXiv 2503.20783.
+arXiv 2402.03300 (Section 4.1). Dr. GRPO: Liu et al., "Understanding R1-Zero-Like Training", arXiv 2503.20783.
 
 Idea: sample a group of G completions per prompt, score each with a verifier (reward 1 if the boxed
 answer is right, else 0), and use the reward's z-score inside its group as the advantage of every token
@@ -25,8 +24,7 @@ Dr. GRPO is ``--scale-rewards none --loss-agg seq-mean-token-sum-norm``. The wor
 
 Defaults run the CPU demo on the tiny built-in world (``./run.sh grpo``); paper-scale settings are the
 command lines of docs/methods/grpo.md. DeepSeekMath used G = 64, lr 1e-6, β = 0.04, one update per batch;
-the tiny world uses G = 8, a larger learning rate (a 0.9M-parameter model moves slowly at 1e-6) and β = 0
-(no reference model is loaded).
+the tiny world uses G = 8, lr 1e-4 (a 0.9M-parameter model moves slowly at 1e-6) and β = 0 (no reference).
 
 Deviations / choices:
 - std is the unbiased sample std (as torch.std and verl); ε = 1e-6 keeps all-equal groups at Â = 0.
@@ -60,11 +58,9 @@ METHOD = MethodInfo(
     "mean that includes the sample gives (G - 1)/G of the true gradient",
     verl="yes: `rlvr_grpo` + `rlvr_clip` (Dr. GRPO: `rlvr_dr_grpo`)",
     contradiction=({"group_size": 1}, "--group-size must be >= 2"),
-    variants={
+    variants={  # grpo-mb4/-mb8: off the policy on gspo.py's and gmpo.py's schedules (their claims' baseline)
         "reinforce": ["--scale-rewards", "none", "--loss-agg", "seq-mean-token-sum-norm"],
-        # off the policy, with the schedules of gspo.py (4 mini-batches) and gmpo.py (8): their claims' baseline
-        "grpo-mb4": ["--num-mini-batches", "4"],
-        "grpo-mb8": ["--num-mini-batches", "8"],
+        **{f"grpo-mb{n}": ["--num-mini-batches", str(n)] for n in (4, 8)},
     },
     compare_default=True,
 )
