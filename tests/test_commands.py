@@ -3,8 +3,8 @@ method's page (docs/methods/*.md) parses with that script's own flags and passes
 method of the registry has a page with its tiny-world command and a GPU command with vLLM rollouts.
 
 The blocks are run by bash itself (so quoting, line continuations and `$REAL` expand exactly as for a
-reader), with `./run.sh` replaced by a recorder and `.venv/bin/pip` by a no-op; nothing is installed,
-loaded or trained.
+reader), with `./run.sh` replaced by a recorder and every other command of a block skipped (a DEBUG trap):
+nothing is installed, loaded or trained.
 """
 
 import re
@@ -24,9 +24,13 @@ PAGES = sorted((ROOT / "docs" / "methods").glob("*.md"))
 def bash_commands(path: Path) -> list[list[str]]:
     """The argument lists of every `./run.sh ...` in ``path``'s bash blocks, as bash splits them."""
     blocks = re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S)
-    script = "\n".join(blocks).replace(".venv/bin/pip", ":").replace("./run.sh", "record")
+    script = "\n".join(blocks).replace("./run.sh", "record")
     recorder = 'record() { printf \'%s\\0\' "$#" "$@"; }\n'
-    out = subprocess.run(["bash", "-c", recorder + script], capture_output=True, text=True, check=True).stdout
+    # a DEBUG trap that fails skips the command (extdebug): only the recorder runs, nothing else of a block
+    skip_others = "shopt -s extdebug\ntrap '[[ $BASH_COMMAND == record* || $BASH_COMMAND == printf* ]]' DEBUG\n"
+    out = subprocess.run(
+        ["bash", "-c", recorder + skip_others + script + "\nprintf ''"], capture_output=True, text=True, check=True
+    ).stdout
     fields, commands = out.split("\0")[:-1], []
     while fields:
         n = int(fields.pop(0))
