@@ -75,6 +75,14 @@ def run_one(name: str, args: Args) -> float:
     return time.time() - start
 
 
+def attempt(name: str, args: Args) -> str:
+    """``run_one``, its failure reported instead of raised, so one failed method leaves the others' rows."""
+    try:
+        return f"done ({run_one(name, args):.0f} s)"
+    except RuntimeError as error:
+        return f"FAILED: {error}"
+
+
 def read_run(name: str, args: Args) -> dict | None:
     """The base and final pass@k, steps and wall time of a finished run, or None."""
     run_dir = Path(args.out_dir) / name
@@ -122,9 +130,19 @@ def main(args: Args) -> dict[str, dict]:
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; available: {' '.join(methods())}")
     if not args.report_only:
+        # opd.py's default teacher is grpo.py's default run (docs/methods/opd.md): opd runs after it, with
+        # runs/opd-teacher pointing at this grpo run when no teacher was made yet
+        later = [n for n in names if n == "opd" and "grpo" in names]
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for name, seconds in zip(names, pool.map(lambda n: run_one(n, args), names)):
-                print(f"{name}: done ({seconds:.0f} s)", file=sys.stderr)
+            first = [n for n in names if n not in later]
+            for name, outcome in zip(first, pool.map(lambda n: attempt(n, args), first)):
+                print(f"{name}: {outcome}", file=sys.stderr)
+        teacher = ROOT / "runs" / "opd-teacher"
+        if later and not teacher.exists():
+            teacher.parent.mkdir(parents=True, exist_ok=True)
+            teacher.symlink_to((ROOT / args.out_dir / "grpo").resolve())
+        for name in later:
+            print(f"{name}: {attempt(name, args)}", file=sys.stderr)
     results = {name: r for name in names if (r := read_run(name, args)) is not None}
     path = ROOT / args.results_md
     path.write_text(
