@@ -481,3 +481,39 @@ def test_degenerate_batches_keep_losses_metrics_and_weights_finite(
     weights = load_file(latest_checkpoint(tmp_path / run) / "model" / "model.safetensors")
     assert all(bool(torch.isfinite(w).all()) for w in weights.values())
     assert math.isfinite(out["final"]["pass@1"])
+
+
+class AlternatingVerifier:
+    """Within every call, completion 0, 2, 4, ... right and 1, 3, 5, ... wrong: every batch of an even size
+    (each round here: 2 prompts x 4) is exactly half right, whatever the completions say."""
+
+    def verify_batch(self, completions, golds):
+        from common.verify import VerifyResult
+
+        return [VerifyResult(True, i % 2 == 0, "0") for i in range(len(completions))]
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("key", list(methods()))
+def test_accuracy_is_the_verifiers_share_of_right_answers_in_every_method(
+    key, random_model_dir, tmp_path, monkeypatch
+):
+    """``accuracy`` means one thing in every file (common.run.SHARED_METRICS): the verifier's share of right
+    answers among the step's completions, whatever the method's own reward is (RLCR's Brier term, OPD's
+    teacher, ExPO's explanations, a DAPO round that is filtered)."""
+    import importlib
+
+    from common.tracking import read_jsonl
+
+    module = importlib.import_module(f"algos.{key}")
+    monkeypatch.setattr(module, "make_sampler", lambda kind, model, tokenizer, **kw: ScriptedSampler(model, tokenizer, "all-correct"))  # fmt: skip
+    monkeypatch.setattr(common.run, "Verifier", AlternatingVerifier)
+    args = smoke_args(
+        key, "--num-steps=2", "--max-new-tokens=6", "--eval-problems=1", "--eval-n=1",
+        model_name_or_path=str(random_model_dir), output_dir=str(tmp_path), run_name=key,
+    )  # fmt: skip
+    module.main(args)
+    rows = [r for r in read_jsonl(tmp_path / key / "metrics.jsonl") if r["step"] > 0 and "accuracy" in r]
+    assert len(rows) >= 2 and all(r["accuracy"] == 0.5 for r in rows), [r["accuracy"] for r in rows]
