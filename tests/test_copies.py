@@ -48,3 +48,15 @@ def test_the_check_sees_a_one_character_difference(tmp_path):
     functions = top_level_functions(tmp_path / "x.py")
     assert functions["k3_kl"] != GRPO["k3_kl"]
     assert all(functions[name] == GRPO[name] for name in GRPO if name != "k3_kl")
+
+
+def test_every_function_defined_in_two_files_is_one_copy():
+    """Not only grpo.py's: a function that two method files both define (e.g. reinforce_pp.py's
+    kl_folded_rewards in ppo.py) is the same source in both; a different function gets a different name."""
+    sources: dict[str, dict[str, list[str]]] = {}  # name -> source -> files
+    for path in sorted(ALGOS.glob("*.py")):
+        for name, source in top_level_functions(path).items():
+            if name not in SKELETON:
+                sources.setdefault(name, {}).setdefault(source, []).append(path.name)
+    differing = {name: list(versions.values()) for name, versions in sources.items() if len(versions) > 1}
+    assert not differing, f"same name, different source (files grouped by version): {differing}"
