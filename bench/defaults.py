@@ -99,7 +99,7 @@ def attempt(name: str, args: Args) -> str:
 def read_run(name: str, args: Args) -> dict | None:
     """The base and final pass@k, steps and wall time of a finished run, or None."""
     run_dir = Path(args.out_dir) / name
-    if not (run_dir / "pass_at_k.json").exists():
+    if not (run_dir / "pass_at_k.json").exists() or not (run_dir / "results.txt").exists():
         return None
     curves = json.loads((run_dir / "pass_at_k.json").read_text())
     base, final = curves["base"], [v for k, v in curves.items() if k != "base"][0]
