@@ -5,11 +5,19 @@
     PYTHONPATH=. .venv/bin/python -m bench.defaults --report-only  # rewrite the section from finished runs
 
 For every file of ``algos/`` it runs exactly ``./run.sh <name>`` (the script's own defaults, ``--seed 1``),
-with its output in ``runs/defaults/<name>/``, then writes the generated section ``defaults`` of
-``docs/results.md``: per method the base and final held-out pass@1 and pass@8 (300 held-out problems x 8
-samples, the scripts' default evaluation), the training steps, the wall time, and the command. The README's
-methods table quotes these numbers (tests/test_readme.py checks that it quotes them exactly). A finished run
-(its ``pass_at_k.json`` written, the same world) is not redone; an interrupted one resumes (``--resume``).
+with its output in ``runs/defaults/<name>/``. A finished run (its ``pass_at_k.json`` written) is not redone;
+an interrupted one resumes (``--resume``). ``--methods`` limits what is run; what is written always covers
+every finished run of ``--out-dir``, so the numbers are one set:
+
+- ``docs/defaults.json``: per method the base and final held-out pass@k (300 held-out problems x 8 samples,
+  the scripts' default evaluation), the training steps and seconds, and the table the run printed;
+- the generated section ``defaults`` of ``docs/results.md`` (one row per method, with its command);
+- two generated blocks of ``README.md``: ``readme-demo`` (the table ``./run.sh`` prints at its end: grpo's
+  default run, which the demo is under another name) and ``readme-methods`` (the methods table: file, method,
+  paper, what it changes, pass@1 base -> final, page, verl; "not run" where no run has finished).
+
+``tests/test_readme.py`` checks that README.md and docs/results.md hold exactly what these functions render
+from ``docs/defaults.json``.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ from common.tiny_task import world_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "defaults"
+BY = "python -m bench.defaults"
+SUMMARY = "docs/defaults.json"
+README_BLOCKS = ("readme-demo", "readme-methods")
 
 
 @dataclass
@@ -44,7 +55,9 @@ class Args:
     jobs: int = 2
     """runs at the same time (one torch thread each)"""
     report_only: bool = False
-    """run nothing: rewrite the section from the finished runs"""
+    """run nothing: rewrite the section, docs/defaults.json and the README's blocks from the finished runs"""
+    readme: str = "README.md"
+    """markdown file whose generated blocks ``readme-demo`` and ``readme-methods`` are (re)written"""
 
 
 def command(name: str) -> list[str]:
@@ -86,7 +99,7 @@ def attempt(name: str, args: Args) -> str:
 def read_run(name: str, args: Args) -> dict | None:
     """The base and final pass@k, steps and wall time of a finished run, or None."""
     run_dir = Path(args.out_dir) / name
-    if not (run_dir / "pass_at_k.json").exists():
+    if not (run_dir / "pass_at_k.json").exists() or not (run_dir / "results.txt").exists():
         return None
     curves = json.loads((run_dir / "pass_at_k.json").read_text())
     base, final = curves["base"], [v for k, v in curves.items() if k != "base"][0]
@@ -96,18 +109,70 @@ def read_run(name: str, args: Args) -> dict | None:
         "base": {k: float(v) for k, v in base.items()},
         "final": {k: float(v) for k, v in final.items()},
         "steps": max(r["step"] for r in rows),
-        "elapsed_s": sum(r.get("step_time", 0.0) for r in rows),
+        "elapsed_s": round(sum(r.get("step_time", 0.0) for r in rows), 1),
         "seed": config["seed"],
+        "printed": (run_dir / "results.txt").read_text().rstrip("\n"),
     }
 
 
-def section(results: dict[str, dict]) -> str:
-    """The markdown of the generated section."""
-    world = world_dir("tiny").name
+def shipped_world() -> str:
+    """The shipped default world: its name and the first 12 hex digits of its weights' SHA-256."""
+    sums = (ROOT / "worlds" / world_dir("tiny").name / "SHA256SUMS").read_text().split()
+    return f"{world_dir('tiny').name} {sums[sums.index('model.safetensors') - 1][:12]}"
+
+
+def summary(results: dict[str, dict]) -> dict:
+    """What ``docs/defaults.json`` holds: the date, the world and every finished run, in registry order."""
+    return {"date": time.strftime("%Y-%m-%d"), "world": shipped_world(), "runs": results}
+
+
+def readme_order() -> list[str]:
+    """The registry's methods in the README's order: grpo (the reference) first, then by file name."""
+    return sorted(methods(), key=lambda name: (name != "grpo", name))
+
+
+def pass_at_1(run: dict | None) -> str:
+    """A run's pass@1 cell.
+
+    >>> pass_at_1({"base": {"1": 0.3375}, "final": {"1": 0.56}}), pass_at_1(None)
+    ('0.338 → 0.560', 'not run')
+    """
+    return f"{run['base']['1']:.3f} → {run['final']['1']:.3f}" if run else "not run"
+
+
+def readme_methods(summary: dict) -> str:
+    """The README's methods table: one row per method of the registry, grpo first."""
+    lines = [
+        "| file | method | paper | what it changes against grpo.py | pass@1 base → final | page | verl |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    every = methods()
+    for name in readme_order():
+        info = every[name].info
+        lines.append(
+            f"| [algos/{name}.py](algos/{name}.py) | {info.name} | [arXiv {info.arxiv}](https://arxiv.org/abs/"
+            f"{info.arxiv}) | {info.change} | {pass_at_1(summary['runs'].get(name))} | "
+            f"[{name}.md](docs/methods/{name}.md) | {info.verl} |"
+        )
+    return "\n".join(lines)
+
+
+def readme_demo(summary: dict) -> str:
+    """The table ``./run.sh`` prints at its end: grpo's default run's, under the demo's name (the demo is
+    ``algos/grpo.py --exp-name demo``, the same seed and defaults)."""
+    run = summary["runs"].get("grpo")
+    if run is None:
+        return "(not run yet: `PYTHONPATH=. .venv/bin/python -m bench.defaults --methods grpo`)"
+    printed = run["printed"].replace(f"grpo step {run['steps']}", f"demo step {run['steps']}")
+    return f"```text\n{printed}\n```"
+
+
+def section(summary: dict) -> str:
+    """The markdown of the generated section of docs/results.md."""
     lines = [
         "## Every method's default run on the shipped world",
         "",
-        f"Generated by `PYTHONPATH=. .venv/bin/python -m bench.defaults` ({time.strftime('%Y-%m-%d')}, {world}): "
+        f"Generated by `PYTHONPATH=. .venv/bin/python -m bench.defaults` ({summary['date']}, {summary['world']}): "
         "each row is `./run.sh <method>` with the script's own defaults and seed 1, evaluated before and after "
         "on 300 held-out problems x 8 samples at temperature 1 (the scripts' default evaluation). One seed: "
         "differences of a few hundredths between methods are within seed noise (`./run.sh compare` has 3 "
@@ -116,7 +181,7 @@ def section(results: dict[str, dict]) -> str:
         "| method | command | steps | pass@1 base | pass@1 final | pass@8 base | pass@8 final | training s |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in results.items():
+    for name, r in summary["runs"].items():
         lines.append(
             f"| {name} | `{' '.join(command(name))}` | {r['steps']} | {r['base']['1']:.3f} | {r['final']['1']:.3f} "
             f"| {r['base']['8']:.3f} | {r['final']['8']:.3f} | {r['elapsed_s']:.0f} |"
@@ -143,13 +208,22 @@ def main(args: Args) -> dict[str, dict]:
             teacher.symlink_to((ROOT / args.out_dir / "grpo").resolve())
         for name in later:
             print(f"{name}: {attempt(name, args)}", file=sys.stderr)
-    results = {name: r for name in names if (r := read_run(name, args)) is not None}
-    path = ROOT / args.results_md
-    path.write_text(
-        replace_between_markers(path.read_text(), section(results), SECTION, by="python -m bench.defaults")
-    )
-    print(section(results))
+    results = {name: r for name in readme_order() if (r := read_run(name, args)) is not None}
+    write(summary(results), args)
     return results
+
+
+def write(summary: dict, args: Args) -> None:
+    """``docs/defaults.json``, the section of docs/results.md and the README's two blocks, from ``summary``."""
+    (ROOT / SUMMARY).write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    path = ROOT / args.results_md
+    path.write_text(replace_between_markers(path.read_text(), section(summary), SECTION, by=BY))
+    readme = ROOT / args.readme
+    text = readme.read_text()
+    for name, render in zip(README_BLOCKS, (readme_demo, readme_methods)):
+        text = replace_between_markers(text, render(summary), name, by=BY)
+    readme.write_text(text)
+    print(section(summary))
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def check_args(args: Args) -> str:
         (Path(args.output).is_dir(), f"--output {args.output!r} is a directory; give a file name"),
         (
             args.rollout == "vllm" and importlib.util.find_spec("vllm") is None,
-            "--rollout vllm: vLLM is not installed here (README: requirements-vllm-gpu.txt); use --rollout hf",
+            "--rollout vllm: vLLM is not installed here (docs/gpu.md: requirements-vllm-gpu.txt); use --rollout hf",
         ),
     ]
     for failed, message in problems:

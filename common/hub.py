@@ -47,5 +47,5 @@ def unreachable_exit(what: str, repo: str, fetch_command: str) -> SystemExit:
     return SystemExit(
         f"error: {what}: could not download {repo} from the Hugging Face Hub (no network?). On a machine "
         f"without internet: run `{fetch_command}` where there is network, then {OFFLINE_HOW}; or pass a "
-        "local path instead (README: Offline machines)."
+        "local path instead (docs/gpu.md: Offline machines)."
     )

@@ -119,7 +119,7 @@ def test_killed_run_resumes_exactly(reference_run, tmp_path):
 def test_grpo_learns_on_the_tiny_world(tiny_world_dir, tmp_path):
     """GRPO on a fixed budget (60 steps of the demo's settings, seed 1) raises held-out pass@1 by at
     least 0.10 over the base policy (measured: +0.17 to +0.20 over three seeds and learning rates,
-    docs/results.md) and the training reward rises with it."""
+    docs/methods/grpo.md) and the training reward rises with it."""
     out = main(
         Args(num_steps=60, eval_every=0, save_every=1000, output_dir=str(tmp_path), run_name="learn", seed=1)
     )

@@ -11,7 +11,6 @@ COMMON = Path(__file__).resolve().parent.parent / "common"
 # calls, is the one place that makes a world on first use (tiny_world.ensure_world).
 LAYERS = [
     "registry",
-    "rollout_correction",
     "hub",
     "verify",
     "tiny_task",
