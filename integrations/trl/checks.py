@@ -395,7 +395,9 @@ def cispo_matches_trl_compute_loss():
                 old, new, advantages, mask = loss_batch(seed, spread)
                 B, T = mask.shape
                 for train in (True, False):
-                    theirs, their_grad, metrics = trl_loss_and_metrics(trainer, old, new, advantages, mask, train)
+                    theirs, their_grad, metrics = trl_loss_and_metrics(
+                        trainer, old, new, advantages, mask, train
+                    )
                     leaf = new.clone().requires_grad_()
                     per_token, capped = cispo.cispo_loss(leaf, old, advantages, None, epsilon_high - 1)
                     ours = cispo.aggregate_loss(per_token, mask, "token-mean", B, int(mask.sum()), T)
@@ -449,7 +451,6 @@ def trl_has_no_dppo_or_kimi_loss():
     assert branches == {"bnpo", "cispo", "dr_grpo", "luspo", "sapo", "vespo"}, branches
     assert importlib.util.find_spec("trl.experimental.dppo") is None
     assert not re.search(r"\b(dppo|kimi|dro_beta)\b", source, re.I)
-
 
 
 # ------------------------------------------------------------------------------------------------------
