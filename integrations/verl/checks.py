@@ -1039,7 +1039,7 @@ def docs_recipes_compose_with_verl_config():
 
     recipes = docs_recipes()
     expected = {"grpo", "dr_grpo", "w_reinforce", "bnpo", "topr", "dapo", "nft", "ppo", "rloo", "reinforce_pp",
-                "reinforce_pp_baseline", "maxrl"}  # fmt: skip
+                "reinforce_pp_baseline", "maxrl", "gspo", "gmpo", "cispo", "sapo", "dppo", "kimi", "opd"}  # fmt: skip
     assert set(recipes) == expected, sorted(recipes)
     config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
@@ -1055,6 +1055,17 @@ def docs_recipes_compose_with_verl_config():
         assert config.trainer.experiment_name == name
         if name == "w_reinforce":  # the hydra-added key reaches the estimator through config.algorithm
             assert integrations.verl.rlvr_param(config.algorithm, "positive_weight", None) == 0.1
+        actor = config.actor_rollout_ref.actor  # the keys the parity checks set reach the fields they read
+        if name == "sapo":
+            assert (actor.tau_pos, actor.tau_neg) == (1.0, 1.05)
+        if name == "kimi":
+            assert actor.policy_loss.dro_beta == 0.1
+        if name == "dppo":
+            assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.clip_ratio_c) == (0.15, 0.15, 10000.0)
+        if name == "opd":
+            loss = config.distillation.distillation_loss
+            assert config.distillation.enabled and loss.loss_mode == "k1" and loss.use_policy_gradient
+            assert not loss.use_task_rewards and loss.loss_max_clamp is None
         get_adv_estimator_fn(config.algorithm.adv_estimator)
         get_policy_loss_fn(config.actor_rollout_ref.actor.policy_loss.loss_mode)
         assert (
