@@ -27,9 +27,14 @@ def bash_commands(path: Path) -> list[list[str]]:
     script = "\n".join(blocks).replace("./run.sh", "record")
     recorder = 'record() { printf \'%s\\0\' "$#" "$@"; }\n'
     # a DEBUG trap that fails skips the command (extdebug): only the recorder runs, nothing else of a block
-    skip_others = "shopt -s extdebug\ntrap '[[ $BASH_COMMAND == record* || $BASH_COMMAND == printf* ]]' DEBUG\n"
+    skip_others = (
+        "shopt -s extdebug\ntrap '[[ $BASH_COMMAND == record* || $BASH_COMMAND == printf* ]]' DEBUG\n"
+    )
     out = subprocess.run(
-        ["bash", "-c", recorder + skip_others + script + "\nprintf ''"], capture_output=True, text=True, check=True
+        ["bash", "-c", recorder + skip_others + script + "\nprintf ''"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     fields, commands = out.split("\0")[:-1], []
     while fields:
