@@ -65,7 +65,7 @@ METHOD = MethodInfo(
     gradient_claim="at ρ = 1 (one pass, one mini-batch) equals GRPO with sequence-mean aggregation "
     "(seq-mean-token-mean): the gradient of exp(mean_t log ρ_t) at ρ = 1 is mean_t ∇log π_t (tested); off "
     "the policy each sequence is weighted by the geometric mean of its clipped ratios, biased by design",
-    verl="yes: `rlvr_grpo` + `rlvr_gmpo` (equal to verl's own `geo_mean` loss, tested)",
+    verl="verl's own `geo_mean` loss with `grpo` advantages (parity-tested)",
     contradiction=({"log_clip": -0.1}, "--log-clip must be >= 0"),
 )
 

@@ -61,7 +61,7 @@ METHOD = MethodInfo(
     gradient_claim="at ρ = 1 (one pass, one mini-batch) equals GRPO with sequence-mean aggregation "
     "(seq-mean-token-mean): ∇s_i = s_i·mean_t ∇log π_t, so s_i = 1 gives grpo.py's gradient (tested); off the "
     "policy each sequence is weighted by s_i and dropped when its clip binds: biased by design",
-    verl="yes: `rlvr_grpo` + `rlvr_gspo` (equal to verl's own `gspo` loss, tested)",
+    verl="verl's own `gspo` loss with `grpo` advantages (parity-tested)",
     contradiction=({"seq_clip_low": 1.5}, "--seq-clip-low must be in [0, 1)"),
     variants={"gspo-token": ["--gspo-token"]},
 )

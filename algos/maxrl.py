@@ -68,7 +68,7 @@ METHOD = MethodInfo(
     "for grad J_N = sum_{k<=N} (1/k) grad pass@k (N = G); with the control variate dropped where K = 0 (Algorithm "
     "1), E = ((1 - (1-p)^N)/p - (1-p)^(N-1)) grad p per prompt. At rho = 1 it is grpo.py --scale-rewards none "
     "with each prompt's advantages divided by its pass rate",
-    verl="not yet: an estimator around `maxrl_advantages` + `rlvr_clip` (the authors' verl fork: `p_normalization`)",
+    verl="yes: `rlvr_maxrl` + `rlvr_clip` (the plug-in's; stock verl has none, the authors' fork: `p_normalization`)",
     contradiction=({"group_size": 1}, "--group-size must be >= 2"),
 )
 

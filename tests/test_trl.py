@@ -27,6 +27,9 @@ CHECKS = (
     "sapo_matches_trl_compute_loss",
     "trl_has_no_dppo_or_kimi_loss",
     "opd_gradient_matches_trl_iw_opd_at_gamma_0",
+    "grpo_matches_trl_loss_type_grpo",
+    "dr_grpo_matches_trl_loss_type_dr_grpo",
+    "dapo_matches_trl_loss_type_dapo",
 )
 
 

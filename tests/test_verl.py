@@ -44,6 +44,7 @@ CHECKS = (
     "dppo_losses_match_verl",
     "kimi_loss_matches_verl_dro",
     "opd_loss_matches_verl_distillation",
+    "maxrl_estimator_matches_maxrl_advantages",
 )
 
 

@@ -168,10 +168,10 @@ def tiny_trainer(trainer_class=None, config_class=None, **config):
     return trainer
 
 
-def trl_loss(trainer, logprobs, old, advantages, mask):
+def trl_loss(trainer, logprobs, old, advantages, mask, num_items=None):
     """TRL's loss and the gradient on ``logprobs [B, T]`` (π_θ), from ``trainer._compute_loss`` with
     ``old_per_token_logps`` π_old, ``advantages [B]`` and ``completion_mask``; the forward pass is replaced by
-    the given log-probs (entropies 0)."""
+    the given log-probs (entropies 0). ``num_items``: ``num_items_in_batch`` (default: this batch's tokens)."""
     B, T = mask.shape
     leaf = logprobs.clone().requires_grad_()
     trainer._get_per_token_logps_and_entropies = lambda *args, **kwargs: (leaf, torch.zeros(B, T), None)
@@ -182,7 +182,7 @@ def trl_loss(trainer, logprobs, old, advantages, mask):
         "completion_mask": mask.long(),
         "advantages": advantages,
         "old_per_token_logps": old,
-        "num_items_in_batch": mask.sum(),
+        "num_items_in_batch": mask.sum() if num_items is None else torch.tensor(float(num_items)),
     }
     trainer._metrics["train"].clear()
     loss = trainer._compute_loss(trainer.model, inputs)
@@ -514,6 +514,112 @@ def opd_gradient_matches_trl_iw_opd_at_gamma_0():
         error = (ours_logits.grad - gradients[0.0]).abs().max().item()
         assert error < 1e-6, f"seed {seed}: max |gradient difference| {error}"
         assert (ours_logits.grad - gradients[0.5]).abs().max().item() > 1e-3, "γ = 0.5 should differ"
+
+
+# ------------------------------------------------------------------------------------------------------
+# GRPO, Dr. GRPO and DAPO (issue 23): grpo.py, dr_grpo.py and dapo.py against TRL's loss types of their names
+# ------------------------------------------------------------------------------------------------------
+
+
+def clipped_loss_matches_trl(name: str, loss_type: str, mode: str):
+    """``algos/<name>.py``'s clipped_surrogate + aggregate_loss(``mode``) against GRPOTrainer._compute_loss with
+    ``loss_type``: loss and gradient off the policy (log-ratios 0.4·N(0, 1): ratios beyond both clip bounds), ε
+    0.2/0.2 and 0.2/0.28, five seeds, the whole batch and as two micro-batches of a gradient-accumulation window
+    of 2 (``num_items_in_batch`` the window's tokens; our sizes the window's); the clipped share equals TRL's
+    clip_ratio/region_mean (low: ρ < 1 − ε_low with Â < 0, high: ρ > 1 + ε_high with Â > 0, as our mask)."""
+    module = algo(name)
+    T = 9
+    for low, high in ((0.2, 0.2), (0.2, 0.28)):
+        trainer, window = (
+            tiny_trainer(loss_type=loss_type, epsilon=low, epsilon_high=high, max_completion_length=T,
+                         gradient_accumulation_steps=steps)
+            for steps in (1, 2)
+        )  # fmt: skip
+        window.current_gradient_accumulation_steps = 2
+        assert (trainer.epsilon_low, trainer.epsilon_high, window.args.steps_per_generation) == (low, high, 2)
+        sides = set()
+        for seed in SEEDS:
+            old, new, advantages, mask = policy_batch(seed, 0.4, T=T)
+            B, tokens = len(mask), int(mask.sum())
+            leaf = new.clone().requires_grad_()
+            per_token, clipped = module.clipped_surrogate(leaf, old, advantages, low, high)
+            ours = module.aggregate_loss(per_token, mask, mode, B, tokens, T)
+            ours.backward()
+            what = f"{loss_type} ε {low}/{high} seed {seed}"
+            theirs, their_grad = trl_loss(trainer, new, old, advantages, mask)
+            assert torch.allclose(ours.detach(), theirs, rtol=1e-5, atol=1e-7), (
+                f"loss {what}: {ours} vs {theirs}"
+            )
+            assert torch.allclose(leaf.grad, their_grad, rtol=1e-4, atol=1e-7), f"gradient {what}"
+            share = ((clipped * mask).sum() / mask.sum()).item()
+            assert abs(share - trainer._metrics["train"]["clip_ratio/region_mean"][-1]) < 1e-6, (
+                f"clip share {what}"
+            )
+            for side, sign in (("low", -1), ("high", 1)):
+                if ((clipped & (advantages[:, None] * sign > 0)) * mask).any():
+                    sides.add(side)
+            halves = (slice(0, B // 2), slice(B // 2, B))  # equal halves, as TRL's micro-batches
+            theirs = sum(
+                trl_loss(window, new[h], old[h], advantages[h], mask[h], num_items=tokens)[0] for h in halves
+            )
+            ours = sum(
+                module.aggregate_loss(module.clipped_surrogate(new[h], old[h], advantages[h], low, high)[0], mask[h],
+                                      mode, B, tokens, T)
+                for h in halves
+            )  # fmt: skip
+            assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7), (
+                f"two micro-batches {what}: {ours} vs {theirs}"
+            )
+        assert sides == {"low", "high"}, f"{what}: only {sides} clipped (a test of ρ = 1, not of the clip)"
+
+
+@check
+def grpo_matches_trl_loss_type_grpo():
+    """grpo.py's clipped_surrogate + aggregate_loss("seq-mean-token-mean") against loss_type="grpo" (each
+    sequence's token mean, averaged over the local batch, divided by the accumulation steps): see
+    clipped_loss_matches_trl. The advantage: TRL computes it inline in _generate_and_score_completions (no
+    function to call, read only): (r − group mean)/(std + 1e-4) with its ``nanstd``, the unbiased std as
+    grpo_advantages' (checked here against TRL's nanstd with ε 1e-4), and r − group mean for
+    scale_rewards="none"; difference on purpose: grpo.py's ε is 1e-6."""
+    import inspect
+
+    from trl.trainer.grpo_trainer import GRPOTrainer
+    from trl.trainer.utils import nanstd
+
+    clipped_loss_matches_trl("grpo", "grpo", "seq-mean-token-mean")
+    source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    assert "advantages = advantages / (std_rewards + 1e-4)" in source
+    assert 'if self.scale_rewards != "none":' in source
+    grpo = algo("grpo")
+    rewards = torch.tensor(
+        [[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.3, 0.9, 0.1, 0.5]]
+    )
+    trl_like = (rewards - rewards.mean(1, keepdim=True)) / (nanstd(rewards, dim=1, keepdim=True) + 1e-4)
+    assert torch.allclose(grpo.grpo_advantages(rewards, "group", eps=1e-4), trl_like, atol=1e-7)
+    assert torch.equal(grpo.grpo_advantages(rewards, "none"), rewards - rewards.mean(1, keepdim=True))
+
+
+@check
+def dr_grpo_matches_trl_loss_type_dr_grpo():
+    """dr_grpo.py's clipped_surrogate + aggregate_loss("seq-mean-token-sum-norm", L_max = max_completion_length)
+    against loss_type="dr_grpo" (the masked token sum over B·max_completion_length of the local batch, divided by
+    the accumulation steps): see clipped_loss_matches_trl. Its advantage is TRL's scale_rewards="none" (the
+    inline r − group mean, grpo_matches_trl_loss_type_grpo); dr_grpo_advantages is that."""
+    clipped_loss_matches_trl("dr_grpo", "dr_grpo", "seq-mean-token-sum-norm")
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.3, 0.9, 0.1, 0.5]])
+    assert torch.equal(algo("dr_grpo").dr_grpo_advantages(rewards), rewards - rewards.mean(1, keepdim=True))
+
+
+@check
+def dapo_matches_trl_loss_type_dapo():
+    """dapo.py's clipped_surrogate + aggregate_loss("token-mean") against loss_type="dapo", TRL's default (the
+    masked token sum over num_items_in_batch, the tokens of the whole generation batch): see
+    clipped_loss_matches_trl, with dapo.py's clip-higher 0.2/0.28 among the bounds. Only the loss half: DAPO's
+    dynamic sampling and overlong shaping are not in TRL's loss (TRL's ``mask_truncated_completions`` is a
+    different treatment of long answers: it drops them, read only)."""
+    clipped_loss_matches_trl("dapo", "dapo", "token-mean")
+    dapo = algo("dapo")
+    assert (dapo.Args.clip_low, dapo.Args.clip_high, dapo.Args.loss_agg) == (0.2, 0.28, "token-mean")
 
 
 def main() -> int:

@@ -19,6 +19,7 @@ driver and in every Ray worker; docs/verl.md has the launch recipes.)
       rlvr_topr          R − c with R = ±1 (for the rlvr_topr loss)                 algos/topr.py
       rlvr_nft           ±r̂, the group's correct rate signed by the row's answer    algos/nft.py
       rlvr_rloo          r_i − mean of the group's other rewards (leave-one-out)    algos/rloo.py
+      rlvr_maxrl         (r − μ)/μ per group, 0 where μ = 0 (MaxRL)                 algos/maxrl.py
       rlvr_reinforce_pp  returns of verl's token_level_rewards (KL folded in by
                          algorithm.use_kl_in_reward), whitened over the batch        algos/reinforce_pp.py
       rlvr_reinforce_pp_baseline   r − group mean on every token, whitened over the batch   algos/reinforce_pp.py
@@ -85,6 +86,7 @@ ppo = importlib.import_module("algos.ppo")
 nft = importlib.import_module("algos.nft")
 rloo = importlib.import_module("algos.rloo")
 reinforce_pp = importlib.import_module("algos.reinforce_pp")
+maxrl = importlib.import_module("algos.maxrl")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -373,6 +375,11 @@ def rloo_estimator(rewards, config):
     return rloo.rloo_advantages(rewards)
 
 
+def maxrl_estimator(rewards, config):
+    """algos/maxrl.py maxrl_advantages ((r − μ)/μ per group, 0 where the group's mean reward μ is 0)"""
+    return maxrl.maxrl_advantages(rewards)
+
+
 def reinforce_pp_estimator(token_level_rewards, response_mask, config=None, **kwargs):
     """verl advantage estimator rlvr_reinforce_pp: algos/reinforce_pp.py reinforce_pp_advantages (returns
     with γ = ``algorithm.gamma``, whitened over every valid token of the batch) and token_returns (the
@@ -415,6 +422,7 @@ ADVANTAGE_ESTIMATORS = {
     "rlvr_topr": outcome_estimator(topr_estimator),
     "rlvr_nft": outcome_estimator(nft_estimator),
     "rlvr_rloo": outcome_estimator(rloo_estimator),
+    "rlvr_maxrl": outcome_estimator(maxrl_estimator),
     "rlvr_reinforce_pp": reinforce_pp_estimator,
     "rlvr_reinforce_pp_baseline": reinforce_pp_baseline_estimator,
 }

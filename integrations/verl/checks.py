@@ -749,6 +749,10 @@ def file_advantages(name: str, rewards: torch.Tensor, positive_weight: float = 0
         from algos.rloo import rloo_advantages
 
         return rloo_advantages(rewards)
+    if name == "rlvr_maxrl":
+        from algos.maxrl import maxrl_advantages
+
+        return maxrl_advantages(rewards)
     if name == "rlvr_nft":
         from algos.nft import correct_rates
 
@@ -1035,7 +1039,7 @@ def docs_recipes_compose_with_verl_config():
 
     recipes = docs_recipes()
     expected = {"grpo", "dr_grpo", "w_reinforce", "bnpo", "topr", "dapo", "nft", "ppo", "rloo", "reinforce_pp",
-                "reinforce_pp_baseline"}  # fmt: skip
+                "reinforce_pp_baseline", "maxrl", "gspo", "gmpo", "cispo", "sapo", "dppo", "kimi", "opd"}  # fmt: skip
     assert set(recipes) == expected, sorted(recipes)
     config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
@@ -1051,6 +1055,17 @@ def docs_recipes_compose_with_verl_config():
         assert config.trainer.experiment_name == name
         if name == "w_reinforce":  # the hydra-added key reaches the estimator through config.algorithm
             assert integrations.verl.rlvr_param(config.algorithm, "positive_weight", None) == 0.1
+        actor = config.actor_rollout_ref.actor  # the keys the parity checks set reach the fields they read
+        if name == "sapo":
+            assert (actor.tau_pos, actor.tau_neg) == (1.0, 1.05)
+        if name == "kimi":
+            assert actor.policy_loss.dro_beta == 0.1
+        if name == "dppo":
+            assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.clip_ratio_c) == (0.15, 0.15, 10000.0)
+        if name == "opd":
+            loss = config.distillation.distillation_loss
+            assert config.distillation.enabled and loss.loss_mode == "k1" and loss.use_policy_gradient
+            assert not loss.use_task_rewards and loss.loss_max_clamp is None
         get_adv_estimator_fn(config.algorithm.adv_estimator)
         get_policy_loss_fn(config.actor_rollout_ref.actor.policy_loss.loss_mode)
         assert (
@@ -1373,6 +1388,56 @@ def opd_loss_matches_verl_distillation():
                     )  # fmt: skip
                     close(theirs, ours, f"two micro-batches {what}")
             assert share > 0, f"nothing clipped, seed {seed}: a test of the clip, not of ρ = 1"
+
+
+# ------------------------------------------------------------------------------------------------------
+# MaxRL (algos/maxrl.py): verl has no such estimator; the plug-in's rlvr_maxrl against the file's function
+# ------------------------------------------------------------------------------------------------------
+
+
+@check
+def maxrl_estimator_matches_maxrl_advantages():
+    """rlvr_maxrl through verl's compute_advantage (as the trainer calls it, rows shuffled so groups are not
+    contiguous) against maxrl.py's maxrl_advantages: binary rewards (one all-right and one all-wrong group) and
+    non-negative graded rewards with an all-zero group, G 4 and 8. Its advantages are returned as the returns
+    too, 0 on padding. Identity with verl's own maths: times each group's mean μ they are verl's ``grpo`` with
+    ``norm_adv_by_std_in_grpo=False`` (r − μ), also where μ = 0 (both 0)."""
+    from omegaconf import OmegaConf
+    from verl import DataProto
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    from algos.maxrl import maxrl_advantages
+
+    for seed in SEEDS:
+        for G in (4, 8):
+            for binary in (True, False):
+                rewards, token_rewards, mask, uids = outcome_batch(seed, G=G)
+                if not binary:  # graded rewards in [0, 1), the all-wrong group stays at 0
+                    rewards = torch.rand(rewards.shape, generator=torch.Generator().manual_seed(seed))
+                    rewards[1] = 0.0
+                    last = mask.sum(-1).long() - 1
+                    token_rewards = torch.zeros_like(mask)
+                    token_rewards[torch.arange(len(mask)), last] = rewards.flatten()
+                expected = maxrl_advantages(rewards).flatten()[:, None] * mask  # [B, T]
+                order = torch.randperm(len(uids), generator=torch.Generator().manual_seed(10 + seed))
+                data = DataProto.from_dict(
+                    tensors={"token_level_rewards": token_rewards[order], "response_mask": mask[order]},
+                    non_tensors={"uid": uids[order.numpy()]},
+                )
+                config = OmegaConf.create({"adv_estimator": "rlvr_maxrl", "gamma": 1.0, "lam": 1.0})
+                out = compute_advantage(data, "rlvr_maxrl", gamma=1.0, lam=1.0, num_repeat=G, config=config)
+                what = f"seed {seed} G {G} binary {binary}"
+                close(out.batch["advantages"], expected[order], f"advantages {what}")
+                close(out.batch["returns"], expected[order], f"returns {what}")
+                centred, _ = compute_grpo_outcome_advantage(
+                    token_rewards.clone(), mask, uids, norm_adv_by_std_in_grpo=False
+                )
+                means = rewards.mean(1).repeat_interleave(G)[:, None]  # [B, 1] each row's group μ
+                close(expected * means, centred, f"× μ = verl's grpo {what}")
+                assert (expected[G : 2 * G] == 0).all() and expected.abs().sum() > 0, what
+                if binary:  # the all-right group: μ = 1, every advantage 0
+                    assert (expected[:G] == 0).all(), what
 
 
 def main() -> int:
