@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from smoke import smoke_args
 
 import common.run
 from common.registry import methods
@@ -152,7 +153,9 @@ def test_unusable_gold_rows_are_skipped_counted_and_reported(script, monkeypatch
     monkeypatch.setattr(common.run, "load_examples", spy)
     monkeypatch.setattr(module, "load_policy", stop_at_model)
     with pytest.raises(Loaded):
-        module.main(module.Args(dataset=data, output_dir=str(tmp_path / "runs")))
+        module.main(
+            smoke_args(script, dataset=data, output_dir=str(tmp_path / "runs"))
+        )  # opd: the tiny teacher
     assert [(e.question, e.answer) for e in loaded["train"]] == [("1+1?", "2"), ("5+5?", "10")]
     out, err = capsys.readouterr()
     assert f"loaded 2 examples from {data} (skipped 3: 2 unusable gold, 1 empty answer)" in out
