@@ -345,7 +345,8 @@ def table(G: int = 4) -> str:
         lines.append(f"| `{est.label}` | {registry[est.key].info.gradient_tier} | {cells} |")
     lines += ["", "| method | tier | claim (the METHOD block's `gradient_claim`) |", "|---|---|---|"]
     for key, method in registry.items():
-        lines.append(f"| `{key}` | {method.info.gradient_tier} | {method.info.gradient_claim} |")
+        claim = method.info.gradient_claim.replace("|", "\\|")  # a bar inside a cell would end it
+        lines.append(f"| `{key}` | {method.info.gradient_tier} | {claim} |")
     return "\n".join(lines)
 
 

@@ -21,11 +21,15 @@ import pytest
 import torch
 
 from bench.gradients import (
+    BEGIN,
+    DOC,
+    END,
     Estimator,
     binary,
     estimators,
     pattern_coefficients,
     per_group,
+    table,
     tier1_coefficients,
 )
 from common.registry import GRADIENT_TIERS, MethodInfo, load_method, methods
@@ -61,6 +65,12 @@ def test_a_registry_entry_without_a_valid_tier_fails(monkeypatch):
     with pytest.raises(ValueError, match="gradient_tier"):
         load_method("_no_tier")
     assert all(m.info.gradient_tier in GRADIENT_TIERS and m.info.gradient_claim for m in methods().values())
+
+
+def test_the_docs_table_is_the_generated_one():
+    """docs/gradients.md holds what ``python -m bench.gradients`` writes (rerun it after changing a claim)."""
+    text = DOC.read_text()
+    assert text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip() == table()
 
 
 # ------------------------------------------------------------------------------------------------------------
