@@ -8,14 +8,16 @@ outcomes, each method's sample weight taken from its own file. Here:
   states: 1 (unbiased), (G − 1)/G (a group mean with the sample), a stated bias (GRPO's 1/std, MaxRL's
   truncated likelihood, NSR's weights, DAPO's filter), or an identity (NFT = Dr. GRPO; CISPO, GMPO, GSPO,
   SAPO = GRPO at ρ = 1);
-- Monte-Carlo through the files' own ``update_policy`` on a real (random, one-layer) model whose completions
-  of two tokens are enumerated: 16384 completions in groups of 4, micro-batched, within 5 standard errors
-  of the exact expectation; and a factor-2 normalisation bug in the aggregation is caught.
+- Monte-Carlo through twelve files' own ``update_policy`` on a real (random, one-layer) model whose
+  completions of two tokens are enumerated: 16384 completions in groups of 4, micro-batched, within 5
+  standard errors of the exact expectation; and a factor-2 normalisation bug in the aggregation is caught.
 """
 
 import math
 import sys
 import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -335,17 +337,20 @@ def flat_grad(model, scalar):
     ).double()
 
 
-def monte_carlo(update, model, rollout, advantages, args):
-    """ĝ of one update on the whole batch (micro-batched), and the standard error of ``CHUNKS`` independent
-    updates on its parts (whole groups each); both as the ascent direction −∇loss."""
-    full = RecordingOptimizer(model)
-    update(model, full, {"rollout": rollout, "advantages": advantages}, args)
-    parts = []
-    for rows in torch.arange(B).tensor_split(CHUNKS):
+def monte_carlo(case, module, world, args):
+    """ĝ of one update on the whole batch (micro-batched), and ``CHUNKS`` independent updates on its parts
+    (whole groups each) for the standard error; both as the ascent direction −∇loss."""
+    model, rollout, rewards = world["model"], world["rollout"], world["sample_rewards"]
+
+    def one_update(groups):
+        rows = (groups[:, None] * G + torch.arange(G)).view(-1)
         recorder = RecordingOptimizer(model)
-        update(model, recorder, {"rollout": rollout.select(rows), "advantages": advantages[rows]}, args)
-        parts.append(-recorder.grads[0].double())
-    return -full.grads[0].double(), torch.stack(parts)
+        module.update_policy(model, recorder, case.build(module, rollout.select(rows), rewards[groups]), args)
+        assert len(recorder.grads) == 1
+        return -recorder.grads[0].double()
+
+    groups = torch.arange(B // G)
+    return one_update(groups), torch.stack([one_update(part) for part in groups.tensor_split(CHUNKS)])
 
 
 def z_scores(estimate, parts, exact, true):
@@ -360,76 +365,144 @@ def z_scores(estimate, parts, exact, true):
     return out
 
 
-def mc_case(key, advantage, weight, **flags):
-    """A method's update: its advantages of the sampled rewards, its sample weight for the exact expectation
-    (advantage times the aggregation of its --loss-agg), and its Args."""
-    return key, advantage, weight, flags
+def advantages_of(advantage):
+    """The batch of an advantage file: ``advantage(module, rewards [Q, G]) -> [Q, G]``."""
+    return lambda module, rollout, rewards: {
+        "rollout": rollout,
+        "advantages": advantage(module, rewards).view(-1),
+    }
+
+
+def nft_batch(module, rollout, rewards):
+    """nft.py's batch as its main() builds it: the mixed groups' rows, their correctness and correct rate."""
+    rate, keep_group = module.correct_rates(rewards)
+    keep = keep_group.repeat_interleave(G)
+    return {
+        "rollout": rollout.select(keep),
+        "correct": rewards.reshape(-1)[keep],
+        "correct_rate": rate.repeat_interleave(G)[keep],
+        "num_sampled": len(keep),
+    }
+
+
+@dataclass(frozen=True)
+class MCCase:
+    key: str
+    build: Callable
+    """(module, rollout, rewards [Q, G]) -> the batch its update_policy reads"""
+    weight: Callable
+    """(module, rewards [N, G], lengths [N, G], mean length) -> w [N, G]: the advantage (the file's own
+    function) times its aggregation's weight; token-mean's 1/Σ|o| is taken at its large-batch limit
+    1/(B·E|o|), a relative bias O(1/B) far below the standard error"""
+    flags: dict = field(default_factory=dict)
+
+
+def dr_grpo_weight(module, r, n, mean_length):
+    return methods()["dr_grpo"].module.dr_grpo_advantages(r.float()).double() / (G * L_MAX)
 
 
 MC_CASES = {
     # GRPO's default seq-mean-token-mean: A/(G·|o|)
-    "grpo": mc_case(
+    "grpo": MCCase(
         "grpo",
-        lambda m, r: m.grpo_advantages(r),
-        lambda m, r, n: m.grpo_advantages(r.float()).double() / (G * n),
+        advantages_of(lambda m, r: m.grpo_advantages(r)),
+        lambda m, r, n, e: m.grpo_advantages(r.float()).double() / (G * n),
     ),
     # Dr. GRPO's seq-mean-token-sum-norm: A/(G·L_max)
-    "dr_grpo": mc_case(
-        "dr_grpo",
-        lambda m, r: m.dr_grpo_advantages(r),
-        lambda m, r, n: m.dr_grpo_advantages(r.float()).double() / (G * L_MAX),
-    ),
+    "dr_grpo": MCCase("dr_grpo", advantages_of(lambda m, r: m.dr_grpo_advantages(r)), dr_grpo_weight),
     # RLOO with seq-mean-token-sum: unbiased, E[ĝ] = ∇J
-    "rloo": mc_case(
+    "rloo": MCCase(
         "rloo",
-        lambda m, r: m.rloo_advantages(r),
-        lambda m, r, n: m.rloo_advantages(r.float()).double() / G,
-        loss_agg="seq-mean-token-sum",
+        advantages_of(lambda m, r: m.rloo_advantages(r)),
+        lambda m, r, n, e: m.rloo_advantages(r.float()).double() / G,
+        {"loss_agg": "seq-mean-token-sum"},
     ),
-    # Kimi's own loss at ρ = 1, seq-mean-token-sum, the group mean without std: A/G
-    "kimi": mc_case(
+    # Kimi's own loss at ρ = 1 (one mini-batch), seq-mean-token-sum, the group mean without std: A/G
+    "kimi": MCCase(
         "kimi",
-        lambda m, r: m.grpo_advantages(r, "none"),
-        lambda m, r, n: m.grpo_advantages(r.float(), "none").double() / G,
+        advantages_of(lambda m, r: m.grpo_advantages(r, "none")),
+        lambda m, r, n, e: m.grpo_advantages(r.float(), "none").double() / G,
+        {"num_mini_batches": 1},
     ),
     # DPPO's masked surrogate at ρ = 1 (one mini-batch), seq-mean-token-sum-norm: A/(G·L_max)
-    "dppo": mc_case(
+    "dppo": MCCase(
         "dppo",
-        lambda m, r: m.grpo_advantages(r, "none"),
-        lambda m, r, n: m.grpo_advantages(r.float(), "none").double() / (G * L_MAX),
-        num_mini_batches=1,
+        advantages_of(lambda m, r: m.grpo_advantages(r, "none")),
+        dr_grpo_weight,
+        {"num_mini_batches": 1},
     ),
+    # GSPO's sequence ratio at ρ = 1 (one mini-batch): GRPO's gradient, seq-mean-token-mean
+    "gspo": MCCase(
+        "gspo",
+        advantages_of(lambda m, r: m.grpo_advantages(r)),
+        lambda m, r, n, e: m.grpo_advantages(r.float()).double() / (G * n),
+        {"num_mini_batches": 1},
+    ),
+    # GMPO's geometric mean at ρ = 1 (one mini-batch) and SAPO's gate at ρ = 1: GRPO's, seq-mean-token-mean
+    **{
+        key: MCCase(
+            key,
+            advantages_of(lambda m, r: m.grpo_advantages(r)),
+            lambda m, r, n, e: m.grpo_advantages(r.float()).double() / (G * n),
+            {"num_mini_batches": 1},
+        )
+        for key in ("gmpo", "sapo")
+    },
+    # CISPO's detached weight at ρ = 1 (one mini-batch): GRPO's advantage, token-mean
+    "cispo": MCCase(
+        "cispo",
+        advantages_of(lambda m, r: m.grpo_advantages(r)),
+        lambda m, r, n, e: m.grpo_advantages(r.float()).double() / (G * e),
+        {"num_mini_batches": 1},
+    ),
+    # MaxRL: (r − μ)/μ, token-mean
+    "maxrl": MCCase(
+        "maxrl",
+        advantages_of(lambda m, r: m.maxrl_advantages(r)),
+        lambda m, r, n, e: m.maxrl_advantages(r.float()).double() / (G * e),
+    ),
+    # NSR's default W-REINFORCE (every sample kept): λ or −1, token-mean
+    "nsr": MCCase(
+        "nsr",
+        advantages_of(lambda m, r: m.nsr_advantages(r.view(-1), "w-reinforce", 0.1)[0]),
+        lambda m, r, n, e: (
+            m.nsr_advantages(r.reshape(-1), "w-reinforce", 0.1)[0].view(r.shape).double() / (G * e)
+        ),
+    ),
+    # NFT at R = 1 (one mini-batch) through its own batch: the identity with Dr. GRPO's expectation
+    "nft": MCCase("nft", nft_batch, dr_grpo_weight, {"num_mini_batches": 1}),
 }
 
 
-@pytest.mark.parametrize("case", list(MC_CASES))
-def test_update_policy_matches_the_exact_expectation(world, case):
-    key, advantage, weight, flags = MC_CASES[case]
-    module = methods()[key].module
-    model, q = world["model"], world["q"]
-    coef = tier1_coefficients(lambda r, n: weight(module, r, n), world["rewards"], world["lengths"], q, G)
-    exact = flat_grad(model, (coef.detach() * q).sum())
-    args = module.Args(max_new_tokens=L_MAX, micro_batch_size=1000, max_grad_norm=1e9, **flags)
-    advantages = advantage(module, world["sample_rewards"]).view(-1)
-    estimate, parts = monte_carlo(module.update_policy, model, world["rollout"], advantages, args)
+def exact_expectation(case, module, world):
+    q, lengths = world["q"], world["lengths"]
+    mean_length = float((q * lengths).sum().detach() / q.sum().detach())
+    weights = lambda r, n: case.weight(module, r, n, mean_length)  # noqa: E731
+    coef = tier1_coefficients(weights, world["rewards"], lengths, q, G)
+    return flat_grad(world["model"], (coef.detach() * q).sum())
+
+
+@pytest.mark.parametrize("name", list(MC_CASES))
+def test_update_policy_matches_the_exact_expectation(world, name):
+    case = MC_CASES[name]
+    module = methods()[case.key].module
+    args = module.Args(max_new_tokens=L_MAX, micro_batch_size=1000, max_grad_norm=1e9, **case.flags)
+    estimate, parts = monte_carlo(case, module, world, args)
+    exact = exact_expectation(case, module, world)
     z = z_scores(estimate, parts, exact, world["true"])
     assert max(abs(v) for v in z) < 5, z
-    if case == "rloo":  # the claim itself: unbiased for ∇J
+    if name == "rloo":  # the claim itself: unbiased for ∇J
         assert torch.allclose(exact, world["true"], atol=1e-6 * world["true"].norm())
 
 
 def test_a_factor_two_normalisation_bug_is_caught(world, monkeypatch):
     """grpo.py with its aggregation dividing by twice the sequences (as a mini-batch normalised by a wrong
     count would): the same check rejects it by far more than 5 standard errors."""
-    key, advantage, weight, _ = MC_CASES["grpo"]
-    module = methods()[key].module
+    case = MC_CASES["grpo"]
+    module = methods()["grpo"].module
     right = module.aggregate_loss
     monkeypatch.setattr(module, "aggregate_loss", lambda *a, **k: right(*a, **k) / 2)
-    q = world["q"]
-    coef = tier1_coefficients(lambda r, n: weight(module, r, n), world["rewards"], world["lengths"], q, G)
-    exact = flat_grad(world["model"], (coef.detach() * q).sum())
     args = module.Args(max_new_tokens=L_MAX, micro_batch_size=1000, max_grad_norm=1e9)
-    advantages = advantage(module, world["sample_rewards"]).view(-1)
-    estimate, parts = monte_carlo(module.update_policy, world["model"], world["rollout"], advantages, args)
-    z = z_scores(estimate, parts, exact, world["true"])
-    assert abs(z[0]) > 5, z  # about 12 at this batch (the check itself: within 5)
+    estimate, parts = monte_carlo(case, module, world, args)
+    z = z_scores(estimate, parts, exact_expectation(case, module, world), world["true"])
+    assert abs(z[0]) > 5, z  # about 18 at this batch (the check itself: within 5)
