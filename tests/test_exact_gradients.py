@@ -8,7 +8,7 @@ outcomes, each method's sample weight taken from its own file. Here:
   states: 1 (unbiased), (G − 1)/G (a group mean with the sample), a stated bias (GRPO's 1/std, MaxRL's
   truncated likelihood, NSR's weights, DAPO's filter), or an identity (NFT = Dr. GRPO; CISPO, GMPO, GSPO,
   SAPO = GRPO at ρ = 1);
-- Monte-Carlo through twelve files' own ``update_policy`` on a real (random, one-layer) model whose
+- Monte-Carlo through fourteen files' own ``update_policy`` on a real (random, one-layer) model whose
   completions of two tokens are enumerated: 16384 completions in groups of 4, micro-batched, within 5
   standard errors of the exact expectation; and a factor-2 normalisation bug in the aggregation is caught.
 """
@@ -28,6 +28,7 @@ from bench.gradients import (
     END,
     Estimator,
     binary,
+    enumerate_groups,
     estimators,
     pattern_coefficients,
     per_group,
@@ -395,6 +396,9 @@ class MCCase:
     function) times its aggregation's weight; token-mean's 1/Σ|o| is taken at its large-batch limit
     1/(B·E|o|), a relative bias O(1/B) far below the standard error"""
     flags: dict = field(default_factory=dict)
+    coefficients: Callable | None = None
+    """tier 2: (module, rewards [V], lengths [V], q [V]) -> coef [V] by enumerating patterns, in place of
+    ``weight``'s conditioning"""
 
 
 def dr_grpo_weight(module, r, n, mean_length):
@@ -471,14 +475,56 @@ MC_CASES = {
     ),
     # NFT at R = 1 (one mini-batch) through its own batch: the identity with Dr. GRPO's expectation
     "nft": MCCase("nft", nft_batch, dr_grpo_weight, {"num_mini_batches": 1}),
+    # TOPR at π = μ (one pass, one mini-batch), its own dataset of ±1 rewards, seq-mean-token-sum: (R − c)/G
+    "topr": MCCase(
+        "topr",
+        lambda m, rollout, r: m.build_dataset(rollout, r.bool(), m.Args()),
+        lambda m, r, n, e: (2 * r - 1 - m.Args().reward_baseline) / G,
+        {"updates_per_batch": 1, "num_mini_batches": 1},
+    ),
+    # DAPO (tier 2): the filter, ±1 rewards, GRPO's advantage of the kept groups, token-mean over their tokens
+    "dapo": MCCase(
+        "dapo",
+        lambda m, rollout, r: dapo_batch(m, rollout, r),
+        None,
+        coefficients=lambda m, rewards, lengths, q: dapo_coefficients(m, rewards, lengths, q),
+    ),
 }
+
+
+def dapo_batch(module, rollout, correct):
+    """dapo.py's batch as its main() builds it from one round: the groups of mixed outcome, their ±1 rewards'
+    GRPO advantages (no length penalty: cache 0)."""
+    lengths = rollout.completion_mask.sum(-1).view(-1, G)  # [Q, G]
+    keep = module.keep_groups(correct)  # [Q]
+    rewards = module.dapo_rewards(correct, lengths, L_MAX, 0)  # [Q, G]
+    advantages = module.grpo_advantages(rewards[keep]).view(-1)
+    return {"rollout": rollout.select(keep.repeat_interleave(G)), "advantages": advantages}
+
+
+def dapo_coefficients(module, rewards, lengths, q):
+    """E[ĝ] over the group's patterns at the large-batch limit of token-mean over the kept groups' tokens:
+    E[Σ_i A_i 1{kept} ∇log π(y_i)] / E[Σ_i |o_i| 1{kept}] (the numerator by pattern_coefficients)."""
+    groups, prob = enumerate_groups(q, G)
+    kept_tokens = float((prob * module.keep_groups(rewards[groups]) * lengths[groups].sum(1)).sum().detach())
+
+    def weights(r, n):
+        correct = r > 0
+        keep = module.keep_groups(correct.float())[:, None]
+        shaped = module.dapo_rewards(correct, n.long(), L_MAX, 0)
+        return module.grpo_advantages(shaped.float()).double() * keep
+
+    return pattern_coefficients(weights, rewards, lengths, q, G) / kept_tokens
 
 
 def exact_expectation(case, module, world):
     q, lengths = world["q"], world["lengths"]
-    mean_length = float((q * lengths).sum().detach() / q.sum().detach())
-    weights = lambda r, n: case.weight(module, r, n, mean_length)  # noqa: E731
-    coef = tier1_coefficients(weights, world["rewards"], lengths, q, G)
+    if case.coefficients is not None:
+        coef = case.coefficients(module, world["rewards"], lengths, q.detach())
+    else:
+        mean_length = float((q * lengths).sum().detach() / q.sum().detach())
+        weights = lambda r, n: case.weight(module, r, n, mean_length)  # noqa: E731
+        coef = tier1_coefficients(weights, world["rewards"], lengths, q, G)
     return flat_grad(world["model"], (coef.detach() * q).sum())
 
 
@@ -493,6 +539,8 @@ def test_update_policy_matches_the_exact_expectation(world, name):
     assert max(abs(v) for v in z) < 5, z
     if name == "rloo":  # the claim itself: unbiased for ∇J
         assert torch.allclose(exact, world["true"], atol=1e-6 * world["true"].norm())
+    if name == "topr":  # unbiased at π = μ for ∇E[R] with R = ±1, i.e. 2∇J
+        assert (exact - 2 * world["true"]).norm() < 1e-4 * world["true"].norm()  # Σ_c ∇q_c = 0 in float32
 
 
 def test_a_factor_two_normalisation_bug_is_caught(world, monkeypatch):
