@@ -140,14 +140,14 @@ def dapo_kept_probability(q: torch.Tensor, G: int) -> float:
     return float((prob * _algos()["dapo"].keep_groups(groups.double())).sum())
 
 
-def reinforce_ada_factor(
+def reinforce_ada_moments(
     p: float, n: int = 4, rounds: int = 4, per_round: int = 8, exit_rule: str = "balanced"
-):
-    """Reinforce-Ada's factor c(p) on one prompt, exactly: the pool's (positives, negatives, exited) over the
+) -> dict[str, float]:
+    """Reinforce-Ada on one prompt of pass rate p, exactly: the pool's (positives, negatives, exited) over the
     rounds (each round draws M = ``per_round`` more while the prompt has not exited: a binomial), then the
-    file's down-sampling and pool-mean advantage; a kept positive is a draw of π restricted to the positives,
-    so E[ĝ] = E[k_pos (1 − b) / p + k_neg b / (1 − p)] / n · ∇p with b the pool mean (token-mean over n kept
-    completions of one length: the mean over sequences)."""
+    file's down-sampling and pool-mean advantage. Returns the expectations of the kept positives' and
+    negatives' advantage sums (``positive_advantage``, ``negative_advantage``) and counts (``positives``,
+    ``negatives``)."""
     ada = _algos()["reinforce_ada"]
     states = {(0, 0, False): 1.0}
     for _ in range(rounds):
@@ -162,13 +162,24 @@ def reinforce_ada_factor(
                 key = (P, N, ada.exit_reached(P, N, n, exit_rule))
                 nxt[key] = nxt.get(key, 0.0) + pk
         states = nxt
-    total = 0.0
+    out = dict.fromkeys(("positive_advantage", "negative_advantage", "positives", "negatives"), 0.0)
     for (P, N, exited), prob in states.items():
         k_pos, k_neg = ada.downsample_counts(P, N, n, exit_rule, exited)
         kept = torch.tensor([1.0] * k_pos + [0.0] * k_neg)
         adv = ada.pool_mean_advantages(kept, torch.full_like(kept, P), torch.full_like(kept, P + N)).double()
-        total += prob * float(adv[:k_pos].sum() / p - adv[k_pos:].sum() / (1 - p)) / n
-    return total
+        out["positive_advantage"] += prob * float(adv[:k_pos].sum())
+        out["negative_advantage"] += prob * float(adv[k_pos:].sum())
+        out["positives"] += prob * k_pos
+        out["negatives"] += prob * k_neg
+    return out
+
+
+def reinforce_ada_factor(p: float, n: int = 4, **rounds) -> float:
+    """Reinforce-Ada's factor c(p): a kept positive is a draw of π restricted to the positives (the first ones
+    drawn, whatever they are), so E[ĝ] = (E[Σ_pos A]/p − E[Σ_neg A]/(1 − p)) / n · ∇p (token-mean over n kept
+    completions of one length: the mean over sequences)."""
+    m = reinforce_ada_moments(p, n, **rounds)
+    return (m["positive_advantage"] / p - m["negative_advantage"] / (1 - p)) / n
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ outcomes, each method's sample weight taken from its own file. Here:
   states: 1 (unbiased), (G − 1)/G (a group mean with the sample), a stated bias (GRPO's 1/std, MaxRL's
   truncated likelihood, NSR's weights, DAPO's filter), or an identity (NFT = Dr. GRPO; CISPO, GMPO, GSPO,
   SAPO = GRPO at ρ = 1);
-- Monte-Carlo through fourteen files' own ``update_policy`` on a real (random, one-layer) model whose
-  completions of two tokens are enumerated: 16384 completions in groups of 4, micro-batched, within 5
-  standard errors of the exact expectation; and a factor-2 normalisation bug in the aggregation is caught.
+- Monte-Carlo through fifteen files' own ``update_policy`` (and DAPO's filter and Reinforce-Ada's own rounds)
+  on a real (random, one-layer) model whose completions of two tokens are enumerated: 16384 completions in
+  groups of 4, micro-batched, within 5 standard errors of the exact expectation; and a factor-2
+  normalisation bug in the aggregation is caught.
 """
 
 import math
@@ -32,6 +33,7 @@ from bench.gradients import (
     estimators,
     pattern_coefficients,
     per_group,
+    reinforce_ada_moments,
     table,
     tier1_coefficients,
 )
@@ -304,22 +306,25 @@ def world(random_model_dir):
     q = torch.stack([pi[(reward == r) & (length == n)].sum() for r, n in pairs]).double()
     rewards, lengths = torch.tensor(pairs, dtype=torch.float64).T
 
-    gen = torch.Generator().manual_seed(0)
-    drawn = torch.multinomial(pi.detach().flatten(), B, replacement=True, generator=gen)  # [B]
-    t1, t2 = drawn // V, drawn % V
-    completion = torch.stack([t1, t2], dim=1)  # [B, 2]: after an EOS the pad token (= EOS)
-    mask = torch.stack([torch.ones(B), (t1 != eos).float()], dim=1)  # [B, 2]
-    behavior = torch.stack([logp1[t1], torch.where(t1 != eos, logp2[t1, t2], 0.0)], dim=1).detach()
-    rollout = Rollout(
-        prompt.expand(B, -1).clone(),
-        torch.ones(B, len(prompt), dtype=torch.long),
-        completion,
-        mask,
-        behavior,
-        (t1 != eos) & (t2 != eos),
-        [""] * B,
-        torch.arange(B // G).repeat_interleave(G),
-    )
+    def draw(count, n, generator):
+        """``count`` completions drawn from π as a Rollout in groups of ``n``, each decoded as its reward."""
+        drawn = torch.multinomial(pi.detach().flatten(), count, replacement=True, generator=generator)
+        t1, t2 = drawn // V, drawn % V
+        completion = torch.stack([t1, t2], dim=1)  # [count, 2]: after an EOS the pad token (= EOS)
+        mask = torch.stack([torch.ones(count), (t1 != eos).float()], dim=1)  # [count, 2]
+        behavior = torch.stack([logp1[t1], torch.where(t1 != eos, logp2[t1, t2], 0.0)], dim=1).detach()
+        return Rollout(
+            prompt.expand(count, -1).clone(),
+            torch.ones(count, len(prompt), dtype=torch.long),
+            completion,
+            mask,
+            behavior,
+            (t1 != eos) & (t2 != eos),
+            [str(int(r)) for r in reward[t1, t2].tolist()],
+            torch.arange(count // n).repeat_interleave(n),
+        )
+
+    rollout = draw(B, G, torch.Generator().manual_seed(0))
     return {
         "model": model,
         "q": q,
@@ -327,7 +332,9 @@ def world(random_model_dir):
         "lengths": lengths,
         "rollout": rollout,
         "true": flat_grad(model, (q * rewards).sum()),
-        "sample_rewards": reward[t1, t2].float().view(-1, G),
+        "sample_rewards": torch.tensor([float(c) for c in rollout.completions]).view(-1, G),
+        "draw": draw,
+        "pad_id": tok.pad_token_id,
     }
 
 
@@ -341,12 +348,21 @@ def flat_grad(model, scalar):
 def monte_carlo(case, module, world, args):
     """ĝ of one update on the whole batch (micro-batched), and ``CHUNKS`` independent updates on its parts
     (whole groups each) for the standard error; both as the ascent direction −∇loss."""
-    model, rollout, rewards = world["model"], world["rollout"], world["sample_rewards"]
+    rollout, rewards = world["rollout"], world["sample_rewards"]
+
+    def batch_for(groups):
+        rows = (groups[:, None] * G + torch.arange(G)).view(-1)
+        return case.build(module, rollout.select(rows), rewards[groups])
+
+    return updates(module, world["model"], args, batch_for)
+
+
+def updates(module, model, args, batch_for):
+    """The file's update on ``batch_for(every group)``, and on ``CHUNKS`` parts of whole groups."""
 
     def one_update(groups):
-        rows = (groups[:, None] * G + torch.arange(G)).view(-1)
         recorder = RecordingOptimizer(model)
-        module.update_policy(model, recorder, case.build(module, rollout.select(rows), rewards[groups]), args)
+        module.update_policy(model, recorder, batch_for(groups), args)
         assert len(recorder.grads) == 1
         return -recorder.grads[0].double()
 
@@ -554,3 +570,57 @@ def test_a_factor_two_normalisation_bug_is_caught(world, monkeypatch):
     estimate, parts = monte_carlo(case, module, world, args)
     z = z_scores(estimate, parts, exact_expectation(case, module, world), world["true"])
     assert abs(z[0]) > 5, z  # about 18 at this batch (the check itself: within 5)
+
+
+class EnumeratedSampler:
+    """The sampler interface (``generate``) drawing from the enumerated π (Reinforce-Ada's rounds use it)."""
+
+    def __init__(self, draw, seed=0):
+        self.draw, self.generator = draw, torch.Generator().manual_seed(seed)
+
+    def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0):
+        return self.draw(len(prompts) * n, n, self.generator)
+
+
+class RewardVerifier:
+    """A verifier of the sampler's completions, which are their own rewards ("1" or "0")."""
+
+    def verify_batch(self, completions, golds):
+        return [types.SimpleNamespace(correct=c == "1") for c in completions]
+
+
+def test_reinforce_ada_rounds_and_update_match_the_enumerated_chain(world):
+    """Tier 2 through reinforce_ada.py's own ``adaptive_rollout`` (rounds of M = 8 until a balanced pool, then
+    down-sampling to n = 4 and the pool-mean advantage) and ``update_policy`` (token-mean): within 5 standard
+    errors of the exact chain of ``bench.gradients.reinforce_ada_moments``, with each kept positive a draw of
+    π restricted to the positives and token-mean at its large-batch limit E[Σ_kept |o|]."""
+    ada = methods()["reinforce_ada"].module
+    args = ada.Args(max_new_tokens=L_MAX, micro_batch_size=1000, max_grad_norm=1e9, num_mini_batches=1)
+    assert args.group_size == G and args.updates_per_batch == 1
+    Q = B // G
+    rollout, rewards, _, pool = ada.adaptive_rollout(
+        EnumeratedSampler(world["draw"]), RewardVerifier(), ["1+1="] * Q, ["1"] * Q, args, world["pad_id"]
+    )
+    advantages = ada.pool_mean_advantages(
+        rewards, pool["positives"][:, None], pool["seen"][:, None]
+    )  # [Q, G]
+
+    def batch_for(groups):
+        rows = (groups[:, None] * G + torch.arange(G)).view(-1)
+        return {"rollout": rollout.select(rows), "advantages": advantages[groups].view(-1)}
+
+    estimate, parts = updates(ada, world["model"], args, batch_for)
+
+    q, classes, lengths = world["q"].detach(), world["rewards"], world["lengths"]
+    p = float(q[classes == 1].sum())
+    m = reinforce_ada_moments(p, G, args.rounds, args.round_repeat, args.exit_rule)
+    coef = torch.where(classes == 1, m["positive_advantage"] / p, m["negative_advantage"] / (1 - p))
+    mean_length = {r: float((q * lengths)[classes == r].sum() / q[classes == r].sum()) for r in (0, 1)}
+    tokens = m["positives"] * mean_length[1] + m["negatives"] * mean_length[0]  # E[Σ_kept |o|] per prompt
+    exact = flat_grad(world["model"], (coef * world["q"]).sum() / tokens)
+    z = z_scores(estimate, parts, exact, world["true"])
+    assert max(abs(v) for v in z) < 5, z
+    on_policy = (
+        (G - 1) / G * world["true"] * G / tokens
+    )  # what n on-policy samples with their mean would give
+    assert abs(z_scores(estimate, parts, on_policy, world["true"])[0]) > 5  # the rounds' bias is measurable
