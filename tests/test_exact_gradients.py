@@ -8,7 +8,7 @@ outcomes, each method's sample weight taken from its own file. Here:
   states: 1 (unbiased), (G − 1)/G (a group mean with the sample), a stated bias (GRPO's 1/std, MaxRL's
   truncated likelihood, NSR's weights, DAPO's filter), or an identity (NFT = Dr. GRPO; CISPO, GMPO, GSPO,
   SAPO = GRPO at ρ = 1);
-- Monte-Carlo through fifteen files' own ``update_policy`` (and DAPO's filter and Reinforce-Ada's own rounds)
+- Monte-Carlo through sixteen files' own ``update_policy`` (and DAPO's filter and Reinforce-Ada's own rounds)
   on a real (random, one-layer) model whose completions of two tokens are enumerated: 16384 completions in
   groups of 4, micro-batched, within 5 standard errors of the exact expectation; and a factor-2
   normalisation bug in the aggregation is caught.
@@ -413,8 +413,8 @@ class MCCase:
     1/(B·E|o|), a relative bias O(1/B) far below the standard error"""
     flags: dict = field(default_factory=dict)
     coefficients: Callable | None = None
-    """tier 2: (module, rewards [V], lengths [V], q [V]) -> coef [V] by enumerating patterns, in place of
-    ``weight``'s conditioning"""
+    """(module, world) -> coef [V] over the world's classes, in place of ``weight``'s conditioning (tier 2's
+    patterns; a fit to the whole batch)"""
 
 
 def dr_grpo_weight(module, r, n, mean_length):
@@ -503,9 +503,26 @@ MC_CASES = {
         "dapo",
         lambda m, rollout, r: dapo_batch(m, rollout, r),
         None,
-        coefficients=lambda m, rewards, lengths, q: dapo_coefficients(m, rewards, lengths, q),
+        coefficients=lambda m, w: dapo_coefficients(m, w["rewards"], w["lengths"], w["q"].detach()),
+    ),
+    # BNPO: (α, β) fitted to the batch's pass rates (each part of the batch fits its own), seq-mean-token-sum;
+    # exact at the fit of the whole batch (its large-batch limit α = 1 + p, β = 2 − p for G = 4)
+    "bnpo": MCCase(
+        "bnpo",
+        advantages_of(lambda m, r: m.decomposed_advantages(r[None])[0]),
+        None,
+        coefficients=lambda m, w: bnpo_coefficients(m, w),
     ),
 }
+
+
+def bnpo_coefficients(module, world):
+    alpha, beta = module.beta_params(world["sample_rewards"].mean(dim=1))
+
+    def weights(r, n):
+        return module.bnpo_advantages(r.float(), alpha, beta).double() / G
+
+    return tier1_coefficients(weights, world["rewards"], world["lengths"], world["q"], G)
 
 
 def dapo_batch(module, rollout, correct):
@@ -536,7 +553,7 @@ def dapo_coefficients(module, rewards, lengths, q):
 def exact_expectation(case, module, world):
     q, lengths = world["q"], world["lengths"]
     if case.coefficients is not None:
-        coef = case.coefficients(module, world["rewards"], lengths, q.detach())
+        coef = case.coefficients(module, world)
     else:
         mean_length = float((q * lengths).sum().detach() / q.sum().detach())
         weights = lambda r, n: case.weight(module, r, n, mean_length)  # noqa: E731
