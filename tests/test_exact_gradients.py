@@ -8,10 +8,10 @@ outcomes, each method's sample weight taken from its own file. Here:
   states: 1 (unbiased), (G − 1)/G (a group mean with the sample), a stated bias (GRPO's 1/std, MaxRL's
   truncated likelihood, NSR's weights, DAPO's filter), or an identity (NFT = Dr. GRPO; CISPO, GMPO, GSPO,
   SAPO = GRPO at ρ = 1);
-- Monte-Carlo through sixteen files' own ``update_policy`` (and DAPO's filter and Reinforce-Ada's own rounds)
-  on a real (random, one-layer) model whose completions of two tokens are enumerated: 16384 completions in
-  groups of 4, micro-batched, within 5 standard errors of the exact expectation; and a factor-2
-  normalisation bug in the aggregation is caught.
+- Monte-Carlo through seventeen files' own ``update_policy`` (and DAPO's filter and Reinforce-Ada's own
+  rounds) on a real (random, one-layer) model whose completions of two tokens are enumerated: 16384
+  completions in groups of 4, micro-batched, within 5 standard errors of the exact expectation; and a
+  factor-2 normalisation bug in the aggregation is caught.
 """
 
 import math
@@ -513,7 +513,35 @@ MC_CASES = {
         None,
         coefficients=lambda m, w: bnpo_coefficients(m, w),
     ),
+    # REINFORCE++ (no reference model: no KL reward): returns whitened over every token of the batch (each
+    # part whitens over its own), seq-mean-token-mean; exact at the whole batch's whitening
+    "reinforce_pp": MCCase(
+        "reinforce_pp",
+        lambda m, rollout, r: {"rollout": rollout, "advantages": reinforce_pp_advantages(m, rollout, r)},
+        None,
+        coefficients=lambda m, w: reinforce_pp_coefficients(m, w),
+    ),
 }
+
+
+def reinforce_pp_advantages(module, rollout, rewards):
+    """reinforce_pp.py's advantages ``[B, C]`` as its main() builds them without a reference model."""
+    mask = rollout.completion_mask
+    token_rewards = module.kl_folded_rewards(rewards.view(-1), torch.zeros_like(mask), mask, 0.0)
+    return module.reinforce_pp_advantages(token_rewards, mask, module.Args().gamma)
+
+
+def reinforce_pp_coefficients(module, world):
+    """The whole batch's whitened advantage of a right and a wrong answer (a function of the own reward
+    only, at its large-batch limit), over G·|o| (seq-mean-token-mean)."""
+    full = reinforce_pp_advantages(module, world["rollout"], world["sample_rewards"])[:, 0].double()  # [B]
+    right = world["sample_rewards"].view(-1) == 1
+    value = {1.0: float(full[right][0]), 0.0: float(full[~right][0])}
+
+    def weights(r, n):
+        return torch.where(r == 1, value[1.0], value[0.0]) / (G * n)
+
+    return tier1_coefficients(weights, world["rewards"], world["lengths"], world["q"], G)
 
 
 def bnpo_coefficients(module, world):
