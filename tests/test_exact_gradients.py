@@ -8,7 +8,7 @@ outcomes, each method's sample weight taken from its own file. Here:
   states: 1 (unbiased), (G − 1)/G (a group mean with the sample), a stated bias (GRPO's 1/std, MaxRL's
   truncated likelihood, NSR's weights, DAPO's filter), or an identity (NFT = Dr. GRPO; CISPO, GMPO, GSPO,
   SAPO = GRPO at ρ = 1);
-- Monte-Carlo through seventeen files' own ``update_policy`` (and DAPO's filter and Reinforce-Ada's own
+- Monte-Carlo through eighteen files' own ``update_policy`` (and DAPO's filter and Reinforce-Ada's own
   rounds) on a real (random, one-layer) model whose completions of two tokens are enumerated: 16384
   completions in groups of 4, micro-batched, within 5 standard errors of the exact expectation; and a
   factor-2 normalisation bug in the aggregation is caught.
@@ -521,7 +521,19 @@ MC_CASES = {
         None,
         coefficients=lambda m, w: reinforce_pp_coefficients(m, w),
     ),
+    # RLCR: its calibrated reward (every completion states confidence 0.7), Dr. GRPO's advantage, token-mean
+    "rlcr": MCCase(
+        "rlcr",
+        advantages_of(lambda m, r: m.grpo_advantages(rlcr_reward(m, r), m.Args().scale_rewards)),
+        lambda m, r, n, e: m.grpo_advantages(rlcr_reward(m, r), m.Args().scale_rewards).double() / (G * e),
+    ),
 }
+
+
+def rlcr_reward(module, correct):
+    """rlcr.py's reward of 0/1 correctness ``[N, G]`` with a stated confidence of 0.7 everywhere."""
+    confidence = torch.full(correct.shape, 0.7, dtype=torch.float64).view(-1)
+    return module.rlcr_rewards(correct.bool().view(-1), confidence).float().view(correct.shape)
 
 
 def reinforce_pp_advantages(module, rollout, rewards):
@@ -600,6 +612,12 @@ def test_update_policy_matches_the_exact_expectation(world, name):
     assert max(abs(v) for v in z) < 5, z
     if name == "rloo":  # the claim itself: unbiased for ∇J
         assert torch.allclose(exact, world["true"], atol=1e-6 * world["true"].norm())
+    if name == "rlcr":  # (G − 1)/G of ∇E[R] = (R₁ − R₀)∇J, over E|o| (token-mean)
+        rlcr = methods()["rlcr"].module
+        span = float(rlcr_reward(rlcr, torch.ones(1, 1)) - rlcr_reward(rlcr, torch.zeros(1, 1)))
+        q, lengths = world["q"].detach(), world["lengths"]
+        expected = (G - 1) / G * span * world["true"] / float((q * lengths).sum() / q.sum())
+        assert (exact - expected).norm() < 1e-4 * expected.norm()
     if name == "topr":  # unbiased at π = μ for ∇E[R] with R = ±1, i.e. 2∇J
         assert (exact - 2 * world["true"]).norm() < 1e-4 * world["true"].norm()  # Σ_c ∇q_c = 0 in float32
 
