@@ -136,12 +136,16 @@ class HFSampler:
 
     ``batch_size`` caps how many sequences one ``generate`` call decodes at once. With
     ``compute_logprobs`` the behaviour log-probs are recorded while sampling (``SampledTokenLogprobs``);
-    evaluation turns them off.
+    evaluation turns them off. ``perturb_logits``: a logits processor applied to the model's raw logits
+    before the recorder (``common.mismatched_sampler``'s logit noise), so the recorded behaviour log-probs
+    are those of the perturbed distribution the tokens were drawn from.
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 256, compute_logprobs: bool = True):
+    def __init__(
+        self, model, tokenizer, batch_size: int = 256, compute_logprobs: bool = True, perturb_logits=None
+    ):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        self.compute_logprobs = compute_logprobs
+        self.compute_logprobs, self.perturb_logits = compute_logprobs, perturb_logits
         self.eos_ids = eos_token_ids(model, tokenizer)
 
     def update_weights(self, model) -> None:
@@ -178,6 +182,7 @@ class HFSampler:
             ids = enc["input_ids"][start : start + self.batch_size]
             mask = enc["attention_mask"][start : start + self.batch_size]
             recorder = SampledTokenLogprobs(temperature, top_p) if record else None
+            processors = [p for p in (self.perturb_logits, recorder) if p is not None]  # in this order
             out = model.generate(  # when recording, the recorder applies the temperature and top-p itself
                 input_ids=ids,
                 attention_mask=mask,
@@ -188,7 +193,7 @@ class HFSampler:
                 top_k=0 if do_sample else None,
                 eos_token_id=self.eos_ids,
                 pad_token_id=tok.pad_token_id,
-                logits_processor=[recorder] if record else None,
+                logits_processor=processors or None,
             )
             pieces.append(out[:, P:])
             if record:
