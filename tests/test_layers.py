@@ -20,6 +20,7 @@ LAYERS = [
     "rollout_correction",
     "vllm_rollout",
     "rollout",
+    "mismatched_sampler",
     "tracking",
     "evaluate",
     "checkpoint",
