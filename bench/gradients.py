@@ -305,6 +305,22 @@ def estimators() -> list[Estimator]:
             ),
         ),
         Estimator("maxrl", "maxrl", per_group(a["maxrl"].maxrl_advantages)),
+        Estimator(
+            "rec",
+            "rec (ρ = 1)",
+            loss_of(
+                "rec",
+                lambda m, s, lp, old, r: m.rec_loss(
+                    lp,
+                    old,
+                    flat(m.grpo_advantages(r, s.scale_rewards)),
+                    s.clip_low,
+                    s.clip_high,
+                    s.clip_mode,
+                    s.importance_weight,
+                )[0],
+            ),
+        ),
         Estimator("nft", "nft (R = 1)", loss_of("nft", nft)),
         *[
             Estimator("nsr", f"nsr --objective {o}", nsr(o))

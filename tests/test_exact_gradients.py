@@ -204,6 +204,7 @@ CLAIMS = {  # label -> (hand-derived c(p, G), the words of the METHOD block's cl
     "sapo (ρ = 1)": (lambda p, G: group_mean_factor(G, p, std(G)), "the gradient is GRPO's"),
     "dppo (ρ = 1)": (lambda p, G: (G - 1) / G, "REINFORCE with the mean baseline"),
     "kimi (ρ = 1)": (lambda p, G: (G - 1) / G, "(G − 1)/G"),
+    "rec (ρ = 1)": (lambda p, G: (G - 1) / G, "(G − 1)/G"),
     "nft (R = 1)": (lambda p, G: (G - 1) / G, "exactly Dr. GRPO"),
     "bnpo (one prompt: the fit's α = β = 1)": (lambda p, G: (G - 1) / G, "(G - 1)/G"),
     "bnpo, α = β = 2 fixed": (
@@ -474,6 +475,13 @@ MC_CASES = {
         advantages_of(lambda m, r: m.grpo_advantages(r)),
         lambda m, r, n, e: m.grpo_advantages(r.float()).double() / (G * e),
         {"num_mini_batches": 1},
+    ),
+    # REC's default OneSide-NoIS on the policy (the sampler synced every step): −(r − mean) log π, token-mean
+    "rec": MCCase(
+        "rec",
+        advantages_of(lambda m, r: m.grpo_advantages(r, "none")),
+        lambda m, r, n, e: m.grpo_advantages(r.float(), "none").double() / (G * e),
+        {"sync_interval": 1},
     ),
     # MaxRL: (r − μ)/μ, token-mean
     "maxrl": MCCase(
