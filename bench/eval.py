@@ -102,7 +102,7 @@ def resolve_model(model: str) -> str:
     ('tiny', 'Qwen/Qwen2.5-Math-1.5B')
     """
     path = Path(model).expanduser()
-    if model in WORLD_NAMES or not path.is_dir() or (path / "config.json").is_file():
+    if model in WORLD_NAMES or not path.is_dir():
         return model
     if (path / "model" / "config.json").is_file():
         return str(path / "model")
@@ -111,7 +111,7 @@ def resolve_model(model: str) -> str:
         if newest is None:
             raise FileNotFoundError(f"--model {model!r}: a run directory with no complete checkpoint")
         return str(newest / "model")
-    return model
+    return model  # a model directory (a run directory has a config.json too: the checks above come first)
 
 
 def check_args(args: Args) -> str:

@@ -55,6 +55,7 @@ def test_a_run_directory_evaluates_its_newest_checkpoint(base_report, tiny_polic
     model, tokenizer = tiny_policy
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     step_dir = save_checkpoint(tmp_path / "run", 5, model, optimizer, tokenizer=tokenizer)
+    (tmp_path / "run" / "config.json").write_text("{}")  # a run directory holds its flags' config.json too
     assert eval_script.resolve_model(str(step_dir)) == str(step_dir / "model")
     assert eval_script.resolve_model(str(step_dir / "model")) == str(step_dir / "model")
     out = tmp_path / "run.json"

@@ -161,9 +161,7 @@ def test_bnpo_loss_is_finite(batch, dual_clip, data):
     advantages = torch.tensor(data.draw(st.lists(st.floats(-1e3, 1e3), min_size=B, max_size=B)))
     logprobs = batch["logprobs"].clone().requires_grad_(True)
     per_token_loss, _ = bnpo.dual_clipped_surrogate(logprobs, batch["old"], advantages, 0.2, 0.28, dual_clip)
-    loss = bnpo.aggregate_loss(
-        per_token_loss, mask, bnpo.Args().loss_agg, B, int(mask.sum()), batch["C"]
-    )
+    loss = bnpo.aggregate_loss(per_token_loss, mask, bnpo.Args().loss_agg, B, int(mask.sum()), batch["C"])
     loss.backward()
     assert finite(loss, logprobs.grad)
 
