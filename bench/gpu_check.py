@@ -3,12 +3,12 @@ Qwen2.5-Math-1.5B's shape, timed and measured in one short run that stops itself
 
 A GPU machine is lent to this project now and then for a few minutes. This script is what to run on it
 first: one command, about 4.5 minutes, every result written the moment it is measured, so a run cut short
-still returns numbers. It answers what the README's GPU recipes have never been checked for: does a step at
+still returns numbers. It answers what the GPU recipes (docs/gpu.md) had never been checked for: does a step at
 their settings fit in memory, in which dtype, and where does the time go.
 
 What it runs, in order of importance (the deadline cuts the tail; what was skipped is listed):
 
-1. float32, the README's recipe: peak memory of one ``update_policy`` step at micro-batch 8 with 1,024
+1. float32, the GPU recipe's settings: peak memory of one ``update_policy`` step at micro-batch 8 with 1,024
    completion tokens per row and gradient checkpointing on; generation; one training configuration
    (checkpointing on, micro-batch 8).
 2. bfloat16: generation, then the four training configurations (checkpointing off/on × micro-batch 8/32),
@@ -142,7 +142,7 @@ class Shape:
     micro_batches: tuple[int, int]
     """the two micro-batch sizes of the training configurations"""
     long_rows: int
-    """rows (and micro-batch) of the memory step at the README's length"""
+    """rows (and micro-batch) of the memory step at the GPU recipes' length"""
     long_tokens: int
     """completion tokens per row of that memory step"""
 
@@ -670,7 +670,7 @@ def render_markdown(records: list[dict]) -> str:
          ["dtype", "checkpointing", "micro-batch", "generation", "old-logprob", "forward/backward", "optimizer", "shares"],
          lambda r: [r["dtype"], r["gradient_checkpointing"], r["micro_batch_size"], *_time_split(r, generation.get(r["dtype"]))],
          [r for r in by_kind("train") if r["status"] == "ok"]),
-        ("One step at the README's micro-batch and length (rows x completion tokens, one micro-batch)",
+        ("One step at the GPU recipes' micro-batch and length (rows x completion tokens, one micro-batch)",
          ["dtype", "checkpointing", "rows x tokens", "status", "seconds", "peak GiB"],
          lambda r: [r["dtype"], r["gradient_checkpointing"], f"{r.get('rows', '')} x {r.get('completion_tokens', '')}",
                     _status(r), _num(r.get("seconds")), _gib(r.get("peak_memory_bytes"))], by_kind("memory")),

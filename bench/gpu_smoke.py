@@ -47,6 +47,8 @@ class Args:
     """method keys (default: every file of the registry)"""
     device: str = "cuda"
     """torch device for every run"""
+    bf16: bool = True
+    """also run grpo.py with --dtype bfloat16 (when grpo is among the methods)"""
     jobs: int = 6
     """runs at a time"""
     deadline_s: float = 240.0
@@ -98,7 +100,9 @@ def main(args: Args) -> int:
     unknown = sorted(set(keys) - set(methods()))
     if unknown:
         raise SystemExit(f"--methods: unknown method(s) {unknown}; known: {sorted(methods())}")
-    runs = [(k, ()) for k in keys] + ([("grpo", ("--dtype=bfloat16",))] if "grpo" in keys else [])
+    runs = [(k, ()) for k in keys] + (
+        [("grpo", ("--dtype=bfloat16",))] if args.bf16 and "grpo" in keys else []
+    )
     t0, failed = time.time(), 0
 
     def job(item):

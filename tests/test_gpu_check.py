@@ -104,7 +104,7 @@ def test_tiny_run_from_the_command_line_reports_every_field_and_survives_an_out_
     summary = (out / "gpu_check.md").read_text()
     assert summary in proc.stdout
     assert "shape tiny (complete)" in summary and "oom: CUDA out of memory (simulated)" in summary
-    for title in ("Model builds", "Generation", "Training steps", "Where one GRPO step's time goes", "One step at the README's micro-batch"):  # fmt: skip
+    for title in ("Model builds", "Generation", "Training steps", "Where one GRPO step's time goes", "One step at the GPU recipes' micro-batch"):  # fmt: skip
         assert f"## {title}" in summary
 
 
