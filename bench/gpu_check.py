@@ -34,9 +34,11 @@ What it runs, in order of importance (the deadline cuts the tail; what was skipp
 - Prompts: the first 64 problems of MATH-500 (``bench/data/verify/math500_test.jsonl.gz``) under the
   ``qwen-math`` template, one completion each.
 - Generation: ``common.rollout.make_sampler("hf", model, tokenizer).generate(...)``, grpo.py's sampler, once
-  per dtype, 512 new tokens at temperature 1. A random model rarely samples its EOS, but to make every
-  completion exactly 512 tokens the model's ``generation_config.min_new_tokens`` is set to 512 (transformers
-  then masks the EOS until then; the sampler is not changed).
+  per dtype, 512 new tokens at temperature 1, after an untimed warm-up call of 16 tokens (a dtype's first
+  call pays one-time costs: 43.9 s against 18.6 s for the next bfloat16 call on the H200). A random model
+  rarely samples its EOS, but to make every completion exactly 512 tokens the model's
+  ``generation_config.min_new_tokens`` is set to 512 (transformers then masks the EOS until then; the
+  sampler is not changed).
 - Training: ``algos.grpo.update_policy(model, optimizer, batch, args)`` on those rollouts, with
   ``batch = {"rollout": rollout, "advantages": advantages}`` as grpo.py's ``main()`` builds it, AdamW as
   ``main()`` makes it, grpo.py's defaults otherwise (one optimizer step per batch). The advantages are random
@@ -178,6 +180,11 @@ class Args:
     """float32 peak without TF32 in TFLOP/s (H200 SXM, NVIDIA's datasheet)"""
     peak_tf32_tflops: float = 494.7
     """dense TF32 peak in TFLOP/s, used for float32 when torch allows TF32 matmuls (H200 SXM: 989 sparse)"""
+    float32_matmul_precision: Literal["highest", "high"] = "highest"
+    """``torch.set_float32_matmul_precision`` before anything runs: "high" lets float32 matmuls use TF32"""
+    only: tuple[str, ...] = ()
+    """these measurements instead of the plan, in this order (``parse_item``): generate:DTYPE,
+    train:DTYPE:CHECKPOINTING:MICRO_BATCH, memory:DTYPE:CHECKPOINTING; e.g. generate:bfloat16 train:float32:1:8"""
 
 
 def plan(shape: Shape) -> list[tuple]:
@@ -205,6 +212,22 @@ def plan(shape: Shape) -> list[tuple]:
         ("train", "float32", True, large),
         ("train", "float32", False, large),
     ]
+
+
+def parse_item(text: str) -> tuple:
+    """One ``--only`` measurement as ``plan`` writes it; checkpointing is 0 or 1.
+
+    >>> parse_item("generate:bfloat16"), parse_item("train:float32:1:8"), parse_item("memory:float32:0")
+    (('generate', 'bfloat16'), ('train', 'float32', True, 8), ('memory', 'float32', False))
+    """
+    kind, *fields = text.split(":")
+    arity = {"generate": 1, "memory": 2, "train": 3}.get(kind)
+    if arity is None or len(fields) != arity or fields[0] not in ("float32", "bfloat16") or (arity > 1 and fields[1] not in "01"):  # fmt: skip
+        raise SystemExit(
+            f"--only {text!r}: expected generate:DTYPE, memory:DTYPE:0|1 or train:DTYPE:0|1:MICRO_BATCH"
+        )
+    item = (kind, fields[0], *([fields[1] == "1"] if arity > 1 else []))
+    return (*item, int(fields[2])) if kind == "train" else item
 
 
 def model_flops(config: dict, rows: int, width: int, completion: int) -> int:
@@ -397,8 +420,13 @@ class Session:
     def generate(self, dtype: str) -> dict:
         model, _ = self.policy(dtype)
         set_gradient_checkpointing(model, False)
-        model.generation_config.min_new_tokens = self.shape.new_tokens  # a random model: no early EOS
         sampler = make_sampler("hf", model, self.tokenizer)
+        # a short warm-up first: a dtype's first generate pays one-time costs (on the H200, 2026-12-04, the
+        # first bfloat16 call of 64 x 512 tokens took 43.9 s and the next 18.6 s; docs/results.md)
+        warmup_tokens = min(16, self.shape.new_tokens)
+        model.generation_config.min_new_tokens = warmup_tokens
+        _, warmup_s = self.timed(lambda: sampler.generate(self.prompts, 1, warmup_tokens, 1.0, 1.0))
+        model.generation_config.min_new_tokens = self.shape.new_tokens  # a random model: no early EOS
         torch.manual_seed(self.args.seed)
         self.reset_peak()
         rollout, seconds = self.timed(
@@ -409,7 +437,7 @@ class Session:
         return {
             "rows": rollout.completion_ids.shape[0], "prompt_width": rollout.prompt_ids.shape[1],
             "completion_width": rollout.completion_ids.shape[1], "generated_tokens": tokens, "seconds": seconds,
-            "tokens_per_s": tokens / seconds, "truncated_frac": float(rollout.truncated.float().mean()), **self.memory(),
+            "tokens_per_s": tokens / seconds, "warmup_s": warmup_s, "truncated_frac": float(rollout.truncated.float().mean()), **self.memory(),
         }  # fmt: skip
 
     def step(self, dtype: str, checkpointing: bool, micro_batch: int, rollout: Rollout, seed: int) -> dict:
@@ -571,6 +599,8 @@ def measure(session: Session, item: tuple) -> None:
 def main(args: Args) -> int:
     """Run the plan; 0 unless a measurement failed with an error other than out-of-memory."""
     shape = SHAPES[args.shape]
+    items = [parse_item(text) for text in args.only] or plan(shape)
+    torch.set_float32_matmul_precision(args.float32_matmul_precision)
     out_dir = Path(args.out or os.environ.get("OUT") or "runs/gpu_check")
     device = torch.device(args.device)
     header = {
@@ -589,7 +619,7 @@ def main(args: Args) -> int:
             report.add({"kind": "setup", "status": "error", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()[-4000:]})  # fmt: skip
     else:
         report.add({"kind": "setup", "status": "skipped", "reason": "deadline: 0 s left"})
-    for item in plan(shape):
+    for item in items:
         measure(session, item)
     skipped = [r for r in report.records if r["status"] == "skipped"]
     errors = [r for r in report.records if r["status"] == "error"]

@@ -79,6 +79,7 @@ def test_tiny_run_from_the_command_line_reports_every_field_and_survives_an_out_
         if r["kind"] == "generate":  # min_new_tokens: every completion is exactly new_tokens long
             assert r["rows"] == shape.prompts and r["completion_width"] == shape.new_tokens
             assert r["generated_tokens"] == shape.prompts * shape.new_tokens and r["truncated_frac"] == 1.0
+            assert r["warmup_s"] > 0  # an untimed short call first: a dtype's first call pays one-time costs
             assert r["seconds"] > 0 and r["tokens_per_s"] == pytest.approx(
                 r["generated_tokens"] / r["seconds"]
             )
@@ -106,6 +107,12 @@ def test_tiny_run_from_the_command_line_reports_every_field_and_survives_an_out_
     assert "shape tiny (complete)" in summary and "oom: CUDA out of memory (simulated)" in summary
     for title in ("Model builds", "Generation", "Training steps", "Where one GRPO step's time goes", "One step at the GPU recipes' micro-batch"):  # fmt: skip
         assert f"## {title}" in summary
+
+
+@pytest.mark.parametrize("item", ["generate", "generate:float16", "train:float32:1", "memory:bfloat16:yes"])
+def test_a_bad_only_item_is_named(item):
+    with pytest.raises(SystemExit, match=f"--only '{item}': expected generate:DTYPE"):
+        gpu_check.parse_item(item)
 
 
 def test_a_deadline_already_past_still_writes_a_valid_report_of_what_was_skipped(tmp_path):
