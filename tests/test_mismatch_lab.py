@@ -12,6 +12,9 @@ rollouts of the tiny world under the stresses the lab applies.
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -411,3 +414,24 @@ def test_the_lab_fails_when_a_control_ratio_is_not_one(fake_lab):
     runs.control_gap = 5e-6
     with pytest.raises(SystemExit, match="k = 0 with a float32 sampler"):
         lab.main(args)
+
+
+def test_the_page_has_the_sections_markers():
+    """docs/mismatch-lab.md holds the generated section's markers, so the full run replaces what is between
+    them and leaves the hand-written rest (bench/compare.py's replace_between_markers)."""
+    text = (compare.ROOT / "docs" / "mismatch-lab.md").read_text()
+    begin, end = compare.markers(lab.SECTION, lab.BY)
+    assert text.count(begin) == 1 and text.count(end) == 1 and text.index(begin) < text.index(end)
+    assert lab.Args().page == "docs/mismatch-lab.md" and lab.Args().img_dir == "docs/img"
+
+
+def test_run_sh_lab_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
+    """`./run.sh lab` reaches bench/mismatch_lab.py: the dry run prints the estimate and every cell's command."""
+    env = {**os.environ, "RLVR_PYTHON": sys.executable}
+    done = subprocess.run([str(compare.ROOT / "run.sh"), "lab", "--dry-run", "--out-dir", str(tmp_path / "lab")],
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (
+        "Estimate: 29 minutes" in done.stdout and "k4-rec-grpo: OMP_NUM_THREADS=1 ./run.sh rec" in done.stdout
+    )
+    assert not (tmp_path / "lab").exists()
