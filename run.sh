@@ -6,6 +6,7 @@
 #   ./run.sh test [args]     the test suite (pytest args pass through, e.g. ./run.sh test -m "not slow");
 #                            first makes .venv-verl and .venv-trl (requirements-verl.txt, -trl.txt) for the oracles
 #   ./run.sh compare [flags] every method side by side on the tiny world (bench/compare.py; --help)
+#   ./run.sh lab [flags]     GRPO under a stale, bf16 or noisy sampler, and the corrections (bench/mismatch_lab.py)
 #   ./run.sh eval [flags]    held-out pass@k and pass^k of a model or checkpoint (bench/eval.py; --help)
 #
 # On first use it creates .venv/ next to this file and installs requirements.txt into it with uv (a
@@ -101,10 +102,12 @@ case "$cmd" in
     cd "$ROOT" && exec "$PY" -m pytest "$@" ;;
   compare)
     cd "$ROOT" && exec "$PY" -m bench.compare "$@" ;;
+  lab)
+    cd "$ROOT" && exec "$PY" -m bench.mismatch_lab "$@" ;;
   eval)
     cd "$ROOT" && exec "$PY" -m bench.eval "$@" ;;
   -h|--help|help)
-    sed -n '2,9p' "$0"; echo "algorithms: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')"; exit 0 ;;
+    sed -n '2,10p' "$0"; echo "algorithms: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')"; exit 0 ;;
   *)
     if [[ ! -f "$ROOT/algos/$cmd.py" ]]; then
       echo "run.sh: unknown algorithm '$cmd'; available: $(cd "$ROOT/algos" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')" >&2

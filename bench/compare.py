@@ -251,6 +251,12 @@ class RunSpec:
     run_dir: Path
     argv: list[str]  # the script and its flags, run with cwd = ROOT (without --resume)
     samples: int  # training samples it generates
+    script: str = (
+        ""  # algos/<script>.py; default: the method's (METHODS); bench/mismatch_lab.py names its own
+    )
+
+    def __post_init__(self):
+        self.script = self.script or METHODS[self.method]["script"]
 
     @property
     def name(self) -> str:
@@ -258,7 +264,7 @@ class RunSpec:
 
     def command(self, threads: int) -> str:
         """The exact command, as a user would type it from the repository root."""
-        return f"OMP_NUM_THREADS={threads} ./run.sh {METHODS[self.method]['script']} " + shlex.join(self.argv)
+        return f"OMP_NUM_THREADS={threads} ./run.sh {self.script} " + shlex.join(self.argv)
 
 
 def plan_runs(args: Args, runs_dir: Path) -> list[RunSpec]:
@@ -400,12 +406,13 @@ def summarize_run(run_dir: Path) -> dict:
 
 _print_lock = threading.Lock()
 _start_time = time.time()
+LOG_NAME = "compare"  # the prefix of the harness's lines (bench/mismatch_lab.py, which reuses it, sets "lab")
 
 
 def log(message: str) -> None:
     with _print_lock:
         print(
-            f"[compare {time.strftime('%H:%M:%S')} +{(time.time() - _start_time) / 60:.1f}m] {message}",
+            f"[{LOG_NAME} {time.strftime('%H:%M:%S')} +{(time.time() - _start_time) / 60:.1f}m] {message}",
             flush=True,
         )
 
@@ -486,9 +493,7 @@ def train(spec: RunSpec, args: Args, world: str) -> dict:
     launch = launch or {"key": key, "sessions": []}
     resume = latest_checkpoint(spec.run_dir) is not None
     write_json(launch_path, launch)
-    argv = [sys.executable, f"algos/{METHODS[spec.method]['script']}.py", *spec.argv] + (
-        ["--resume"] if resume else []
-    )
+    argv = [sys.executable, f"algos/{spec.script}.py", *spec.argv] + (["--resume"] if resume else [])
     log(
         f"{spec.name}: {'resuming' if resume else 'training'} ({spec.samples} samples; log {display_path(spec.run_dir / 'train.log')})"
     )

@@ -75,5 +75,5 @@ def test_every_relative_link_of_the_readme_resolves():
 
 def test_the_readme_links_every_documentation_page():
     for page in ["docs/methods/", "docs/verifier.md", "docs/gpu.md", "docs/tiny-world.md", "docs/reliability.md",
-                 "docs/results.md", "docs/verl.md", "CONTRIBUTING.md", "LICENSE"]:  # fmt: skip
+                 "docs/results.md", "docs/mismatch-lab.md", "docs/verl.md", "CONTRIBUTING.md", "LICENSE"]:  # fmt: skip
         assert f"]({page})" in README, f"README.md does not link {page}"
