@@ -19,11 +19,12 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 # install VENV NAME FILE...: make VENV (python3 -m venv) and install the requirement FILEs into it, unless
-# the same files are already in (stamp: VENV/.stamp-NAME holds their sha256).
+# the same files are already in (stamp: VENV/.stamp-NAME holds their sha256). INSTALL_FLAGS: extra flags
+# for the installer (e.g. --no-deps).
 install() {
   local venv="$1" name="$2"
   shift 2
-  local py="$venv/bin/python" stamp="$venv/.stamp-$name" want links=() file
+  local py="$venv/bin/python" stamp="$venv/.stamp-$name" want links=() file flags=(${INSTALL_FLAGS:-})
   want="$(cat "$@" | sha256sum | cut -d' ' -f1)"
   [[ -x "$py" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && return 0
   echo "[run.sh] installing ${*##*/} into $venv (first use only)..." >&2
@@ -35,9 +36,9 @@ install() {
   done
   for file in "$@"; do
     if "$py" -m uv --version >/dev/null 2>&1; then
-      "$py" -m uv pip install --quiet --python "$py" "${links[@]}" -r "$file" || return 1
+      "$py" -m uv pip install --quiet --python "$py" "${links[@]}" "${flags[@]}" -r "$file" || return 1
     else
-      "$py" -m pip install --quiet -r "$file" || return 1
+      "$py" -m pip install --quiet "${flags[@]}" -r "$file" || return 1
     fi
   done
   echo "$want" > "$stamp"
@@ -88,6 +89,7 @@ case "$cmd" in
     # uses another, RLVR_SKIP_VERL=1 makes none (those tests then skip, and fail under CI=true).
     if [[ -z "${RLVR_VERL_PYTHON:-}" && "${RLVR_SKIP_VERL:-0}" != 1 ]]; then
       install "$ROOT/.venv-verl" verl "$ROOT/requirements-verl.txt"
+      INSTALL_FLAGS=--no-deps install "$ROOT/.venv-verl" trinity "$ROOT/requirements-trinity.txt"
       export RLVR_VERL_PYTHON="$ROOT/.venv-verl/bin/python"
     fi
     # The TRL environment for tests/test_trl.py (TRL's losses and masks as oracles; also the TRL side of

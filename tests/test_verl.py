@@ -45,6 +45,7 @@ CHECKS = (
     "kimi_loss_matches_verl_dro",
     "opd_loss_matches_verl_distillation",
     "maxrl_estimator_matches_maxrl_advantages",
+    "rec_matches_trinity_rft",
 )
 
 

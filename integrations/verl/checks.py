@@ -1440,6 +1440,72 @@ def maxrl_estimator_matches_maxrl_advantages():
                     assert (expected[:G] == 0).all(), what
 
 
+@check
+def rec_matches_trinity_rft():
+    """Trinity-RFT's own REC, the method's official code (trinity-rft 0.6.0, installed without its dependencies
+    into this environment: requirements-trinity.txt), against rec.py:
+    - the loss: ``RECPolicyLossFn`` (``rec_policy_loss.py``) with clip_mode none / one-side / two-side and weight
+      none / importance_sampling, ε 0.2/0.2 and 0.1/0.3, against rec_loss + aggregate_loss("token-mean") (its
+      masked_mean): losses, gradients and the dropped share (``pg_clipfrac``). Trinity calls the ratio's
+      denominator old_logprob; in REC it is the sampler's log-probs, as rec.py's behavior_logprobs;
+    - the advantages: ``RECGroupedAdvantage.calculate_group_advantage`` with std_normalize False against rec.py's
+      ``--scale-rewards none`` (r − mean(r)). Difference on purpose: Trinity's std_normalize True divides by the
+      population std (``std(unbiased=False)``), rec.py's ``--scale-rewards group`` by grpo.py's sample std; the
+      check states that factor exactly, sqrt(G / (G − 1)) on every group with both outcomes."""
+    from trinity.algorithm.advantage_fn.rec_advantage import RECGroupedAdvantage
+    from trinity.algorithm.policy_loss_fn.rec_policy_loss import RECPolicyLossFn
+    from trinity.common.experience import Experience
+
+    import algos.rec as rec
+
+    for seed in SEEDS:
+        old, new, advantages, mask = logprob_batch(seed)
+        B, T = mask.shape
+        tokens = int(mask.sum())
+        for low, high in ((0.2, 0.2), (0.1, 0.3)):
+            for mode in ("none", "one-side", "two-side"):
+                for weight in (False, True):
+                    loss_fn = RECPolicyLossFn(
+                        epsilon_low=low, epsilon_high=high, clip_mode=mode,
+                        weight="importance_sampling" if weight else "none",
+                    )  # fmt: skip
+                    a, b = new.clone().requires_grad_(), new.clone().requires_grad_()
+                    theirs, metrics = loss_fn(a, old, mask, advantages[:, None] * mask)
+                    per_token, dropped = rec.rec_loss(b, old, advantages, low, high, mode, weight)
+                    ours = rec.aggregate_loss(per_token, mask, "token-mean", B, tokens, T)
+                    what = f"{mode} weight {weight} eps {low}/{high} seed {seed}"
+                    close(theirs, ours, f"loss {what}")
+                    theirs.backward(), ours.backward()
+                    close(a.grad, b.grad, f"gradient {what}")
+                    close(
+                        metrics["pg_clipfrac"], (dropped * mask).sum() / mask.sum(), f"dropped share {what}"
+                    )
+                    if mode != "none" and low == 0.2:
+                        assert (dropped * mask).sum() > 0, f"nothing dropped: {what}"
+
+        rewards, _, _, _ = outcome_batch(seed)
+        Q, G = rewards.shape
+        for std_normalize in (False, True):
+            theirs = torch.stack([
+                torch.stack([
+                    exp.advantages[0]
+                    for exp in RECGroupedAdvantage(std_normalize=std_normalize).calculate_group_advantage(
+                        f"q{q}", [Experience(tokens=torch.tensor([1, 2, 3]), prompt_length=1, reward=float(r)) for r in rewards[q]]
+                    )[0]
+                ])
+                for q in range(Q)
+            ])  # fmt: skip
+            if not std_normalize:
+                close(theirs, rec.grpo_advantages(rewards, "none"), f"advantages r - mean seed {seed}")
+                continue
+            ours = rec.grpo_advantages(rewards, "group")
+            mixed = rewards.std(dim=1) > 0  # the groups with both outcomes (others: 0 in both)
+            close(
+                theirs[mixed], ours[mixed] * math.sqrt(G / (G - 1)), f"population std, seed {seed}", rtol=1e-4
+            )
+            close(theirs[~mixed], ours[~mixed], f"constant groups, seed {seed}")
+
+
 def main() -> int:
     failures = 0
     for function in CHECKS:
