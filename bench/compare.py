@@ -251,9 +251,7 @@ class RunSpec:
     run_dir: Path
     argv: list[str]  # the script and its flags, run with cwd = ROOT (without --resume)
     samples: int  # training samples it generates
-    script: str = (
-        ""  # algos/<script>.py; default: the method's (METHODS); bench/mismatch_lab.py names its own
-    )
+    script: str = ""  # algos/<script>.py; default: the method's (METHODS); mismatch_lab.py sets its own
 
     def __post_init__(self):
         self.script = self.script or METHODS[self.method]["script"]
