@@ -1,6 +1,6 @@
 """The mismatch lab: GRPO trained from a sampler that is not the trainer, and the corrections, on the tiny world.
 
-    ./run.sh lab                   # the full lab (3 seeds, 30 steps; 29-33 minutes on 2 idle cores)
+    ./run.sh lab                   # the full lab (3 seeds, 30 steps; 26.6 minutes measured on 2 cores)
     ./run.sh lab --dry-run         # the plan, its estimate and every command; runs nothing
     ./run.sh lab --smoke           # every cell at a tiny size, under runs/mismatch-lab-smoke (no result)
     ./run.sh lab --report-only     # rewrite the page's section and the plots from the finished runs
@@ -72,7 +72,7 @@ with other work): about 6 s to start a run, 1.73 s per step of 16 × 8 samples (
 correction, the extra forward for π_old), 0.0058 s per evaluated sample (in-run and final; a final
 evaluation of 120 × 16 is 15 s); ``run_seconds`` adds these up. The full lab is 12 to 14 cells × 3 seeds
 (the noise sweep runs one to three levels) and prints its plan and a running estimate: 29 to 33 minutes
-on 2 idle cores with 2 jobs (``estimate``; ``CONTENTION``: two jobs slow each other by about 15%). Resume: rerun
+on 2 idle cores with 2 jobs (the first full run, 14 cells, took 26.6 minutes) (``estimate``; ``CONTENTION``: two jobs slow each other by about 15%). Resume: rerun
 the same command; finished runs and evaluations are kept (bench/compare.py's keys), an interrupted run
 resumes from its checkpoint.
 """
