@@ -55,6 +55,7 @@ harness prints its plan and a running estimate.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import importlib
 import json
@@ -464,6 +465,30 @@ def run_child(argv: list[str], log_path: Path, threads: int) -> tuple[int, float
             _children.discard(proc)
     cpu = usage.ru_utime + usage.ru_stime
     return proc.returncode, time.time() - start, cpu, usage.ru_maxrss / 1024  # Linux: ru_maxrss in KiB
+
+
+@contextlib.contextmanager
+def stoppable_pool(jobs: int):
+    """A pool of ``jobs`` threads for the runs, stopped cleanly by Ctrl-C or SIGTERM: the running children get
+    SIGINT (each saves a checkpoint), queued jobs are cancelled and the process exits with status 130, so the
+    same command resumes. SIGTERM is mapped to Ctrl-C only in the main thread, and restored afterwards."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    if in_main_thread:  # SIGTERM stops cleanly too, like Ctrl-C
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            try:
+                yield pool
+            except KeyboardInterrupt:
+                log("interrupted: stopping the running jobs (each saves a checkpoint); rerun the same command to resume")  # fmt: skip
+                for proc in list(_children):
+                    proc.send_signal(signal.SIGINT)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise SystemExit(130) from None
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
@@ -1037,55 +1062,39 @@ def main(args: Args, train_fn: Callable = train, evaluate_fn: Callable = evaluat
 
     started = time.time()
     done_fresh, total = 0, len(specs)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous_sigterm = signal.getsignal(signal.SIGTERM)
-    if in_main_thread:  # SIGTERM stops cleanly too, like Ctrl-C
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+    with stoppable_pool(args.jobs) as pool:
         futures = {
             pool.submit(
                 evaluate_fn, base_config, base_path, out_dir / "base_eval.log", args.threads, world
             ): None
         }
         futures.update({pool.submit(job, spec): spec for spec in specs})
-        try:
-            for future in as_completed(futures):
-                spec = futures[future]
-                try:
-                    value = future.result()
-                except RunFailed as error:
-                    log(f"FAILED: {error}")
-                    meta["failed"].append(spec.name if spec else "base evaluation")
-                    continue
-                if spec is None:
-                    base = value
-                    log(
-                        f"base: pass@1 {base['eval']['pass@1']:.3f}, pass@{args.eval_n} {base['eval'][f'pass@{args.eval_n}']:.3f}"
-                    )
-                    continue
-                _, result, ev, cached = value
-                runs.append(result)
-                evals[spec.name] = ev
-                done_fresh += not cached
-                remaining = total - len(runs) - len([f for f in meta["failed"] if f != "base evaluation"])
-                eta = ""
-                if done_fresh and remaining:
-                    per_run = (time.time() - started) / done_fresh
-                    eta = f"; about {per_run * remaining / 60:.0f} min left"
-                log(f"{spec.name}{' (cached)' if cached else ''}: pass@1 {ev['eval']['pass@1']:.3f}, "
-                    f"pass@{args.eval_n} {ev['eval'][f'pass@{args.eval_n}']:.3f}, train {result['wall_s']:.0f}s, "
-                    f"{result['peak_rss_mib']:.0f} MiB [{len(runs)}/{total} done{eta}]")  # fmt: skip
-        except KeyboardInterrupt:
-            log(
-                "interrupted: stopping the running jobs (each saves a checkpoint); rerun the same command to resume"
-            )
-            for proc in list(_children):
-                proc.send_signal(signal.SIGINT)
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise SystemExit(130) from None
-        finally:
-            if in_main_thread:
-                signal.signal(signal.SIGTERM, previous_sigterm)
+        for future in as_completed(futures):
+            spec = futures[future]
+            try:
+                value = future.result()
+            except RunFailed as error:
+                log(f"FAILED: {error}")
+                meta["failed"].append(spec.name if spec else "base evaluation")
+                continue
+            if spec is None:
+                base = value
+                log(
+                    f"base: pass@1 {base['eval']['pass@1']:.3f}, pass@{args.eval_n} {base['eval'][f'pass@{args.eval_n}']:.3f}"
+                )
+                continue
+            _, result, ev, cached = value
+            runs.append(result)
+            evals[spec.name] = ev
+            done_fresh += not cached
+            remaining = total - len(runs) - len([f for f in meta["failed"] if f != "base evaluation"])
+            eta = ""
+            if done_fresh and remaining:
+                per_run = (time.time() - started) / done_fresh
+                eta = f"; about {per_run * remaining / 60:.0f} min left"
+            log(f"{spec.name}{' (cached)' if cached else ''}: pass@1 {ev['eval']['pass@1']:.3f}, "
+                f"pass@{args.eval_n} {ev['eval'][f'pass@{args.eval_n}']:.3f}, train {result['wall_s']:.0f}s, "
+                f"{result['peak_rss_mib']:.0f} MiB [{len(runs)}/{total} done{eta}]")  # fmt: skip
     if base is None:
         raise SystemExit("the base evaluation failed; no report written")
     summary = write_report(args, runs, evals, base, meta)

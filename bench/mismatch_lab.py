@@ -81,11 +81,9 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -831,79 +829,58 @@ def main(
     started: set[str] = set()
     by_name: dict[str, Cell] = {}
     ended: list[tuple[RunSpec, tuple]] = []  # runs that ended and are not yet read (the base is needed)
-    estimated_done, in_main_thread = 0.0, threading.current_thread() is threading.main_thread()
-    previous_sigterm = signal.getsignal(signal.SIGTERM)
-    if in_main_thread:  # SIGTERM stops cleanly too, like Ctrl-C
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+    estimated_done = 0.0
+    with compare.stoppable_pool(args.jobs) as pool:  # Ctrl-C / SIGTERM: children checkpoint, exit 130
         base_config = compare.eval_config(cargs, "tiny", seed=0)
         running = {
             pool.submit(
                 evaluate_fn, base_config, base_path, out_dir / "base_eval.log", args.threads, world
             ): None
         }
-        try:
-            while True:
-                cells = plan_cells(args, outcomes(rows, failed, args.seeds) if base else {})
-                by_name.update((c.name, c) for c in cells)
-                pending = [s for c in cells for s in cell_specs(c, args, runs_dir) if s.name not in started]
-                while pending and len(running) < args.jobs:
-                    spec = pending.pop(0)
-                    started.add(spec.name)
-                    running[pool.submit(job, spec)] = spec
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    spec = running.pop(future)
-                    try:
-                        value = future.result()
-                    except RunFailed as error:
-                        compare.log(f"FAILED: {error}")
-                        if spec is None:
-                            raise SystemExit(
-                                "the base evaluation failed; nothing to compare against"
-                            ) from None
-                        failed[spec.method] = failed.get(spec.method, 0) + 1
-                        meta["failed"].append(spec.name)
-                        continue
+        while True:
+            cells = plan_cells(args, outcomes(rows, failed, args.seeds) if base else {})
+            by_name.update((c.name, c) for c in cells)
+            pending = [s for c in cells for s in cell_specs(c, args, runs_dir) if s.name not in started]
+            while pending and len(running) < args.jobs:
+                spec = pending.pop(0)
+                started.add(spec.name)
+                running[pool.submit(job, spec)] = spec
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                spec = running.pop(future)
+                try:
+                    value = future.result()
+                except RunFailed as error:
+                    compare.log(f"FAILED: {error}")
                     if spec is None:
-                        base = value
-                        compare.log(f"base: pass@1 {base['eval']['pass@1']:.3f}")
-                    else:
-                        ended.append((spec, value))
-                if base is None:  # a run's drop and divergence are measured against the base
+                        raise SystemExit("the base evaluation failed; nothing to compare against") from None
+                    failed[spec.method] = failed.get(spec.method, 0) + 1
+                    meta["failed"].append(spec.name)
                     continue
-                while ended:
-                    spec, (result, ev, cached) = ended.pop(0)
-                    finish(spec, result, ev)
-                    if not cached:
-                        estimated_done += run_seconds(by_name[spec.method], args)
-                    left = sum(run_seconds(by_name[s.method], args) for s in pending)
-                    left += sum(
-                        run_seconds(by_name[s.method], args) / 2 for s in running.values() if s is not None
-                    )
-                    speed = estimated_done / max(time.time() - started_at, 1e-9)
-                    eta = (
-                        f"; about {left / speed / 60:.0f} min left as planned so far"
-                        if estimated_done
-                        else ""
-                    )
-                    gap = rows[spec.method][-1]["gap_mean"]
-                    compare.log(f"{spec.name}{' (cached)' if cached else ''}: pass@1 {ev['eval']['pass@1']:.3f}, "
-                                f"gap {fmt(gap, sci=True)}, train {result['wall_s']:.0f}s [{sum(map(len, rows.values()))} "
-                                f"done{eta}]")  # fmt: skip
-        except KeyboardInterrupt:
-            compare.log(
-                "interrupted: stopping the running jobs (each saves a checkpoint); rerun the same command to resume"
-            )
-            for proc in list(compare._children):
-                proc.send_signal(signal.SIGINT)
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise SystemExit(130) from None
-        finally:
-            if in_main_thread:
-                signal.signal(signal.SIGTERM, previous_sigterm)
+                if spec is None:
+                    base = value
+                    compare.log(f"base: pass@1 {base['eval']['pass@1']:.3f}")
+                else:
+                    ended.append((spec, value))
+            if base is None:  # a run's drop and divergence are measured against the base
+                continue
+            while ended:
+                spec, (result, ev, cached) = ended.pop(0)
+                finish(spec, result, ev)
+                if not cached:
+                    estimated_done += run_seconds(by_name[spec.method], args)
+                left = sum(run_seconds(by_name[s.method], args) for s in pending)
+                left += sum(
+                    run_seconds(by_name[s.method], args) / 2 for s in running.values() if s is not None
+                )
+                speed = estimated_done / max(time.time() - started_at, 1e-9)
+                eta = f"; about {left / speed / 60:.0f} min left as planned so far" if estimated_done else ""
+                gap = rows[spec.method][-1]["gap_mean"]
+                compare.log(f"{spec.name}{' (cached)' if cached else ''}: pass@1 {ev['eval']['pass@1']:.3f}, "
+                            f"gap {fmt(gap, sci=True)}, train {result['wall_s']:.0f}s [{sum(map(len, rows.values()))} "
+                            f"done{eta}]")  # fmt: skip
     meta["wall_min"] = (time.time() - started_at) / 60
     summary = write_report(args, cells, rows, base, outcomes(rows, failed, args.seeds), meta)
     compare.log(f"done in {meta['wall_min']:.1f} min" + (f"; {len(meta['failed'])} failed: "
