@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import tyro
-from smoke import smoke_flags
+from smoke import smoke_args
 
 from common.data import build_prompt
 from common.model import completion_logprobs, load_policy
@@ -252,7 +251,8 @@ def one_engine() -> dict:
 
 
 def run_script(script: str, run_dir: Path, engines: dict, *flags: str) -> list[dict]:
-    """``algos/SCRIPT.py FLAGS`` as its command line parses them, run in this process; its training rows.
+    """``algos/SCRIPT.py`` with the smoke flags and ``flags`` (tests/smoke.py), parsed as its command line
+    parses them and run in this process; its training rows.
 
     ``vllm.LLM`` is started once per (model, dtype) and handed to every later ``VLLMSampler`` made in here.
     Each script's own sampler still pushes its model's weights into it as it is made
@@ -268,13 +268,10 @@ def run_script(script: str, run_dir: Path, engines: dict, *flags: str) -> list[d
             engines[key] = start(**kwargs)
         return engines[key]
 
-    module = load_method(script).module
-    args = tyro.cli(
-        module.Args, args=[*flags, f"--output-dir={run_dir.parent}", f"--run-name={run_dir.name}"]
-    )
+    args = smoke_args(script, *flags, output_dir=str(run_dir.parent), run_name=run_dir.name)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(vllm, "LLM", started_once)
-        module.main(args)
+        load_method(script).module.main(args)
     return [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
 
 
@@ -284,9 +281,8 @@ def test_every_script_runs_with_vllm_rollouts(script, one_engine, tiny_world_dir
     optimizer step the sampler's log-probs keep matching the trainer's π_old (the logged mismatch stays at
     float32 noise; top-p is 1, so it is the whole gap). The engine is shared with the other scripts, which
     the first push of this script's own weights makes safe."""
-    flags = smoke_flags(script, "--rollout=vllm", "--num-steps=2", "--prompts-per-step=4", "--max-new-tokens=40",
-                        "--eval-problems=8", "--micro-batch-size=16", "--log-completions-every=10")  # fmt: skip
-    rows = run_script(script, tmp_path / "vllm", one_engine, *flags)
+    rows = run_script(script, tmp_path / "vllm", one_engine, "--rollout=vllm", "--num-steps=2", "--prompts-per-step=4",
+                      "--max-new-tokens=40", "--eval-problems=8", "--micro-batch-size=16", "--log-completions-every=10")  # fmt: skip
     assert [r["step"] for r in rows] == [1, 2]
     mismatch = [r["logprob_mismatch"] for r in rows]
     assert all(m < 1e-4 for m in mismatch), mismatch
@@ -297,9 +293,7 @@ def test_every_script_runs_with_vllm_rollouts(script, one_engine, tiny_world_dir
 def test_token_tis_runs_with_vllm_rollouts(one_engine, tiny_world_dir, tmp_path):
     """grpo.py with vLLM rollouts and token-level TIS: the correction's weights stay 1 within float32 noise
     while the engine follows the trainer (no token truncated)."""
-    flags = smoke_flags(
-        "grpo", "--rollout=vllm", "--num-steps=2", "--rollout-is=token-tis", "--max-new-tokens=40"
-    )
+    flags = ("--rollout=vllm", "--num-steps=2", "--rollout-is=token-tis", "--max-new-tokens=40")
     rows = run_script("grpo", tmp_path / "tis", one_engine, *flags)
     assert len(rows) == 2 and all(r["logprob_mismatch"] < 1e-4 for r in rows)
     assert all(r["correction/is_truncated_token_frac"] == 0 for r in rows)
